@@ -1,0 +1,255 @@
+//! Kaldi-compatible log-mel filterbank ("fbank"), the front end of the USAD / tutti encoder.
+//!
+//! Reference: `torchaudio.compliance.kaldi.fbank` (torchaudio 2.5.1,
+//! <https://github.com/pytorch/audio/blob/v2.5.1/src/torchaudio/compliance/kaldi.py>), called
+//! as USAD calls it (PAPERS.md section 1): the waveform's mean removed first, then
+//! `fbank(w, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
+//! num_mel_bins=128, dither=0.0, frame_shift=10)`, then `(x - (-4.268)) / (4.569 * 2)`.
+//!
+//! Per frame (snip_edges, so `1 + (n - 400) / 160` frames): remove the frame's DC offset,
+//! pre-emphasis 0.97 (the first sample against itself), a symmetric Hann window of 400 samples,
+//! zero-pad to 512, power spectrum, 128 Kaldi mel banks from 20 Hz to Nyquist, natural log floored
+//! at f32 epsilon. `htk_compat` only reorders the energy column, which is off here.
+//!
+//! Parity: `tests/frontend_parity.rs` against fixtures from `tools/parity/make_frontend_fixtures.py`.
+
+use std::sync::Arc;
+
+use realfft::{RealFftPlanner, RealToComplex};
+use serde::{Deserialize, Serialize};
+
+use crate::Features;
+use crate::error::AudioError;
+use crate::mel::{MelBanks, kaldi_mel_banks};
+
+/// Kaldi window shapes (torchaudio names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowType {
+    Hanning,
+    Hamming,
+    Povey,
+    Rectangular,
+}
+
+/// The fbank settings; the defaults are USAD's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FbankConfig {
+    pub sample_rate_hz: u32,
+    pub num_mel_bins: usize,
+    pub frame_length_ms: f64,
+    pub frame_shift_ms: f64,
+    pub window_type: WindowType,
+    pub preemphasis_coefficient: f64,
+    pub remove_dc_offset: bool,
+    pub low_freq_hz: f64,
+    /// `<= 0` counts down from Nyquist (Kaldi's convention).
+    pub high_freq_hz: f64,
+    /// Subtract the whole waveform's mean before framing (USAD does; Kaldi does not).
+    pub subtract_waveform_mean: bool,
+    /// Output is `(log_mel - norm_mean) / norm_scale`; USAD: -4.268 and 4.569 * 2.
+    pub norm_mean: f64,
+    pub norm_scale: f64,
+}
+
+impl Default for FbankConfig {
+    fn default() -> Self {
+        Self {
+            sample_rate_hz: 16_000,
+            num_mel_bins: 128,
+            frame_length_ms: 25.0,
+            frame_shift_ms: 10.0,
+            window_type: WindowType::Hanning,
+            preemphasis_coefficient: 0.97,
+            remove_dc_offset: true,
+            low_freq_hz: 20.0,
+            high_freq_hz: 0.0,
+            subtract_waveform_mean: true,
+            norm_mean: -4.268,
+            norm_scale: 4.569 * 2.0,
+        }
+    }
+}
+
+impl FbankConfig {
+    pub fn window_length(&self) -> usize {
+        (self.sample_rate_hz as f64 * self.frame_length_ms * 0.001) as usize
+    }
+
+    pub fn hop_length(&self) -> usize {
+        (self.sample_rate_hz as f64 * self.frame_shift_ms * 0.001) as usize
+    }
+
+    /// Frames produced for `samples` input samples (snip_edges).
+    pub fn num_frames(&self, samples: usize) -> usize {
+        let window = self.window_length();
+        if samples < window {
+            0
+        } else {
+            1 + (samples - window) / self.hop_length()
+        }
+    }
+}
+
+/// A ready-to-run fbank front end (window, banks and FFT plan built once).
+#[derive(Clone)]
+pub struct KaldiFbank {
+    config: FbankConfig,
+    window: Vec<f64>,
+    padded_length: usize,
+    banks: MelBanks,
+    fft: Arc<dyn RealToComplex<f64>>,
+}
+
+impl std::fmt::Debug for KaldiFbank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KaldiFbank")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl KaldiFbank {
+    pub fn new(config: FbankConfig) -> Result<Self, AudioError> {
+        let length = config.window_length();
+        if length < 2 || config.hop_length() == 0 {
+            return Err(AudioError::Config(format!(
+                "frame length {} and shift {} samples",
+                length,
+                config.hop_length()
+            )));
+        }
+        let padded_length = length.next_power_of_two();
+        let denominator = (length - 1) as f64;
+        let window = (0..length)
+            .map(|n| {
+                let phase = 2.0 * std::f64::consts::PI * n as f64 / denominator;
+                match config.window_type {
+                    WindowType::Hanning => 0.5 - 0.5 * phase.cos(),
+                    WindowType::Hamming => 0.54 - 0.46 * phase.cos(),
+                    WindowType::Povey => (0.5 - 0.5 * phase.cos()).powf(0.85),
+                    WindowType::Rectangular => 1.0,
+                }
+            })
+            .collect();
+        let banks = kaldi_mel_banks(
+            config.num_mel_bins,
+            padded_length,
+            config.sample_rate_hz as f64,
+            config.low_freq_hz,
+            config.high_freq_hz,
+        )
+        .map_err(AudioError::Config)?;
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(padded_length);
+        Ok(Self {
+            config,
+            window,
+            padded_length,
+            banks,
+            fft,
+        })
+    }
+
+    pub fn config(&self) -> &FbankConfig {
+        &self.config
+    }
+
+    /// Features `[frames, num_mel_bins]` of a mono waveform at `config.sample_rate_hz`.
+    pub fn compute(&self, waveform: &[f32]) -> Result<Features, AudioError> {
+        let length = self.window.len();
+        let frames = self.config.num_frames(waveform.len());
+        if frames == 0 {
+            return Err(AudioError::TooShort {
+                front_end: "fbank",
+                samples: waveform.len(),
+                minimum: length,
+            });
+        }
+        let offset = if self.config.subtract_waveform_mean {
+            waveform.iter().map(|&x| x as f64).sum::<f64>() / waveform.len() as f64
+        } else {
+            0.0
+        };
+        let bins = self.config.num_mel_bins;
+        let hop = self.config.hop_length();
+        let floor = f32::EPSILON as f64;
+        let mut data = vec![0.0f32; frames * bins];
+        let mut buffer = self.fft.make_input_vec();
+        let mut spectrum = self.fft.make_output_vec();
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0.0f64; self.padded_length / 2 + 1];
+        let mut mel = vec![0.0f64; bins];
+        let p = self.config.preemphasis_coefficient;
+        for (frame, out) in data.chunks_exact_mut(bins).enumerate() {
+            let start = frame * hop;
+            for (b, &x) in buffer[..length]
+                .iter_mut()
+                .zip(&waveform[start..start + length])
+            {
+                *b = x as f64 - offset;
+            }
+            buffer[length..].fill(0.0);
+            if self.config.remove_dc_offset {
+                let mean = buffer[..length].iter().sum::<f64>() / length as f64;
+                buffer[..length].iter_mut().for_each(|b| *b -= mean);
+            }
+            if p != 0.0 {
+                for i in (1..length).rev() {
+                    buffer[i] -= p * buffer[i - 1];
+                }
+                buffer[0] -= p * buffer[0];
+            }
+            for (b, w) in buffer[..length].iter_mut().zip(&self.window) {
+                *b *= w;
+            }
+            self.fft
+                .process_with_scratch(&mut buffer, &mut spectrum, &mut scratch)
+                .expect("buffer sizes come from the plan");
+            for (p, c) in power.iter_mut().zip(&spectrum) {
+                *p = c.norm_sqr();
+            }
+            self.banks.apply(&power, &mut mel);
+            for (o, &m) in out.iter_mut().zip(&mel) {
+                *o = ((m.max(floor).ln() - self.config.norm_mean) / self.config.norm_scale) as f32;
+            }
+        }
+        Ok(Features { data, frames, bins })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_count_follows_snip_edges() {
+        let config = FbankConfig::default();
+        assert_eq!(config.num_frames(399), 0);
+        assert_eq!(config.num_frames(400), 1);
+        assert_eq!(config.num_frames(16_000), 98);
+        assert_eq!(config.num_frames(800), 3);
+    }
+
+    #[test]
+    fn too_short_input_is_an_error() {
+        let fbank = KaldiFbank::new(FbankConfig::default()).unwrap();
+        assert!(matches!(
+            fbank.compute(&[0.0; 100]),
+            Err(AudioError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn silence_gives_the_floor() {
+        let fbank = KaldiFbank::new(FbankConfig::default()).unwrap();
+        let features = fbank.compute(&[0.0; 1600]).unwrap();
+        let expected = ((f32::EPSILON as f64).ln() + 4.268) / (4.569 * 2.0);
+        assert!(
+            features
+                .data
+                .iter()
+                .all(|&x| (x as f64 - expected).abs() < 1e-6)
+        );
+    }
+}

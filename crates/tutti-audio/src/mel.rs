@@ -1,0 +1,183 @@
+//! Mel filterbanks, built in f64.
+//!
+//! - [`kaldi_mel_banks`]: Kaldi's triangular banks on the `1127 ln(1 + f/700)` scale, as
+//!   `torchaudio.compliance.kaldi.get_mel_banks` builds them (no normalisation; the Nyquist bin
+//!   gets weight 0).
+//! - [`slaney_mel_filters`]: Slaney-scale, Slaney-normalised banks, as
+//!   `transformers.audio_utils.mel_filter_bank(norm="slaney", mel_scale="slaney")` (and
+//!   `librosa.filters.mel`) build them for Whisper.
+//!
+//! Both are returned as dense `[num_mel][num_fft_bins]` matrices plus, per mel bin, the range of
+//! FFT bins with non-zero weight, so that the product skips the zeros.
+
+/// A dense filterbank with the non-zero range of each row.
+#[derive(Debug, Clone)]
+pub struct MelBanks {
+    /// `[num_mel][num_fft_bins]`, row-major.
+    pub weights: Vec<f64>,
+    pub num_mel: usize,
+    pub num_fft_bins: usize,
+    /// For each mel bin, `start..end` of the FFT bins with non-zero weight.
+    pub ranges: Vec<(usize, usize)>,
+}
+
+impl MelBanks {
+    fn from_dense(weights: Vec<f64>, num_mel: usize, num_fft_bins: usize) -> Self {
+        let ranges = (0..num_mel)
+            .map(|m| {
+                let row = &weights[m * num_fft_bins..(m + 1) * num_fft_bins];
+                let start = row.iter().position(|&w| w != 0.0).unwrap_or(0);
+                let end = row.iter().rposition(|&w| w != 0.0).map_or(0, |e| e + 1);
+                (start, end.max(start))
+            })
+            .collect();
+        Self {
+            weights,
+            num_mel,
+            num_fft_bins,
+            ranges,
+        }
+    }
+
+    /// `out[m] = sum_k weights[m][k] * power[k]`.
+    pub fn apply(&self, power: &[f64], out: &mut [f64]) {
+        for (m, value) in out.iter_mut().enumerate() {
+            let (start, end) = self.ranges[m];
+            let row = &self.weights[m * self.num_fft_bins..(m + 1) * self.num_fft_bins];
+            *value = row[start..end]
+                .iter()
+                .zip(&power[start..end])
+                .map(|(w, p)| w * p)
+                .sum();
+        }
+    }
+}
+
+fn kaldi_mel(hz: f64) -> f64 {
+    1127.0 * (1.0 + hz / 700.0).ln()
+}
+
+/// Kaldi mel banks for an FFT of `padded_window_size` points: `[num_mel][padded/2 + 1]`.
+/// `high_freq <= 0` counts down from Nyquist, as in Kaldi.
+pub fn kaldi_mel_banks(
+    num_mel: usize,
+    padded_window_size: usize,
+    sample_rate_hz: f64,
+    low_freq: f64,
+    high_freq: f64,
+) -> Result<MelBanks, String> {
+    let num_fft_bins = padded_window_size / 2;
+    let nyquist = 0.5 * sample_rate_hz;
+    let high_freq = if high_freq <= 0.0 {
+        high_freq + nyquist
+    } else {
+        high_freq
+    };
+    if !(0.0 <= low_freq && low_freq < nyquist && 0.0 < high_freq && high_freq <= nyquist)
+        || low_freq >= high_freq
+    {
+        return Err(format!(
+            "bad mel range: low {low_freq} Hz, high {high_freq} Hz, nyquist {nyquist} Hz"
+        ));
+    }
+    let fft_bin_width = sample_rate_hz / padded_window_size as f64;
+    let mel_low = kaldi_mel(low_freq);
+    let mel_high = kaldi_mel(high_freq);
+    let mel_delta = (mel_high - mel_low) / (num_mel as f64 + 1.0);
+    // One extra column for the Nyquist bin, weight 0, as torchaudio pads it.
+    let columns = num_fft_bins + 1;
+    let mut weights = vec![0.0; num_mel * columns];
+    for m in 0..num_mel {
+        let left = mel_low + m as f64 * mel_delta;
+        let center = left + mel_delta;
+        let right = center + mel_delta;
+        for k in 0..num_fft_bins {
+            let mel = kaldi_mel(fft_bin_width * k as f64);
+            let up = (mel - left) / (center - left);
+            let down = (right - mel) / (right - center);
+            weights[m * columns + k] = up.min(down).max(0.0);
+        }
+    }
+    Ok(MelBanks::from_dense(weights, num_mel, columns))
+}
+
+fn slaney_hz_to_mel(hz: f64) -> f64 {
+    let min_log_hz = 1000.0;
+    let min_log_mel = 15.0;
+    let log_step = 27.0 / 6.4f64.ln();
+    if hz >= min_log_hz {
+        min_log_mel + (hz / min_log_hz).ln() * log_step
+    } else {
+        3.0 * hz / 200.0
+    }
+}
+
+fn slaney_mel_to_hz(mel: f64) -> f64 {
+    let min_log_hz = 1000.0;
+    let min_log_mel = 15.0;
+    let log_step = 6.4f64.ln() / 27.0;
+    if mel >= min_log_mel {
+        min_log_hz * (log_step * (mel - min_log_mel)).exp()
+    } else {
+        200.0 * mel / 3.0
+    }
+}
+
+/// Slaney mel filters for `num_fft_bins = n_fft/2 + 1` bins spread over `[0, sample_rate/2]`.
+pub fn slaney_mel_filters(
+    num_mel: usize,
+    num_fft_bins: usize,
+    sample_rate_hz: f64,
+    min_hz: f64,
+    max_hz: f64,
+) -> MelBanks {
+    let fft_freqs: Vec<f64> = (0..num_fft_bins)
+        .map(|k| k as f64 * (sample_rate_hz / 2.0) / (num_fft_bins - 1) as f64)
+        .collect();
+    let mel_min = slaney_hz_to_mel(min_hz);
+    let mel_max = slaney_hz_to_mel(max_hz);
+    let filter_freqs: Vec<f64> = (0..num_mel + 2)
+        .map(|i| slaney_mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (num_mel + 1) as f64))
+        .collect();
+    let mut weights = vec![0.0; num_mel * num_fft_bins];
+    for m in 0..num_mel {
+        let (lower, center, upper) = (filter_freqs[m], filter_freqs[m + 1], filter_freqs[m + 2]);
+        let norm = 2.0 / (upper - lower);
+        for (k, &f) in fft_freqs.iter().enumerate() {
+            let down = (f - lower) / (center - lower);
+            let up = (upper - f) / (upper - center);
+            weights[m * num_fft_bins + k] = down.min(up).max(0.0) * norm;
+        }
+    }
+    MelBanks::from_dense(weights, num_mel, num_fft_bins)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slaney_scale_round_trips() {
+        for hz in [0.0, 250.0, 999.0, 1000.0, 4321.0, 8000.0] {
+            assert!((slaney_mel_to_hz(slaney_hz_to_mel(hz)) - hz).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn kaldi_banks_are_triangles_that_cover_the_band() {
+        let banks = kaldi_mel_banks(128, 512, 16_000.0, 20.0, 0.0).unwrap();
+        assert_eq!(banks.num_fft_bins, 257);
+        // At 128 bins the lowest banks are narrower than one FFT bin and can be all zero, as in
+        // Kaldi and torchaudio; the rest peak in (0, 1].
+        let mut empty = 0;
+        for m in 0..128 {
+            let row = &banks.weights[m * 257..(m + 1) * 257];
+            let peak = row.iter().cloned().fold(0.0, f64::max);
+            assert!(peak <= 1.0, "bank {m} peak {peak}");
+            empty += (peak == 0.0) as usize;
+            assert_eq!(row[256], 0.0);
+        }
+        assert!(empty < 8, "{empty} empty banks");
+        assert!(kaldi_mel_banks(128, 512, 16_000.0, 9000.0, 0.0).is_err());
+    }
+}
