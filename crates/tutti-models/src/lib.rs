@@ -1,1 +1,17 @@
+//! tutti-models: the [`AudioEncoder`] contract, the tutti student encoder (USAD architecture),
+//! the preset registry, model artifacts and the embedding pipeline.
 
+pub mod artifact;
+pub mod embed;
+pub mod encoder;
+pub mod error;
+pub mod presets;
+pub mod tutti;
+
+pub use artifact::{Manifest, ModelDir, load_model, write_initialised_model};
+pub use embed::{
+    ClipEmbedding, EmbedOptions, Embedder, Embedding, FrameEmbedding, LayerSelection, Pooling,
+};
+pub use encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
+pub use error::ModelError;
+pub use tutti::{TuttiConfig, TuttiEncoder, TuttiModel};

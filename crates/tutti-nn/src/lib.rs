@@ -1,1 +1,10 @@
+//! tutti-nn: burn glue shared by every model: the strict safetensors loader and saver, padding
+//! masks, small functional layers, device selection.
 
+pub mod device;
+pub mod layers;
+pub mod loader;
+pub mod mask;
+
+pub use burn;
+pub use loader::{LoadError, LoadReport, load_safetensors_strict, save_safetensors};

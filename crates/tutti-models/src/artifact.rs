@@ -1,0 +1,219 @@
+//! Model artifacts: a directory with `config.json` (the resolved [`TuttiConfig`]),
+//! `model.safetensors` (PyTorch-style names and layouts) and `manifest.json` (what made it:
+//! version, seed, preset, sha256 of every file, whether it is trained).
+//!
+//! Writing is atomic: the directory is assembled under a temporary name beside the target and
+//! renamed into place, so an interrupted `tutti init` leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ModelError;
+use crate::tutti::{TuttiConfig, TuttiModel};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// `manifest.json`: provenance of an artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub tutti_version: String,
+    pub created_by: String,
+    pub preset: Option<String>,
+    pub seed: Option<u64>,
+    /// False for a freshly initialised model: its embeddings carry no learned information.
+    pub trained: bool,
+    pub parameters: usize,
+    pub device: String,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// A model directory on disk, read but not yet built.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub path: PathBuf,
+    pub config: TuttiConfig,
+    pub manifest: Option<Manifest>,
+}
+
+fn artifact_error(path: &Path, reason: impl Into<String>) -> ModelError {
+    ModelError::Artifact {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<FileEntry, ModelError> {
+    let bytes = std::fs::read(path).map_err(|e| artifact_error(path, e.to_string()))?;
+    Ok(FileEntry {
+        sha256: format!("{:x}", Sha256::digest(&bytes)),
+        bytes: bytes.len() as u64,
+    })
+}
+
+impl ModelDir {
+    pub fn open(path: &Path) -> Result<Self, ModelError> {
+        if !path.is_dir() {
+            return Err(artifact_error(
+                path,
+                "not a model directory (expected config.json, model.safetensors, manifest.json)",
+            ));
+        }
+        let config_path = path.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| artifact_error(&config_path, e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| artifact_error(&config_path, format!("not valid JSON: {e}")))?;
+        let model_type = value
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if model_type != "tutti" {
+            return Err(artifact_error(
+                &config_path,
+                format!(
+                    "model_type '{model_type}' is not a tutti model (this build loads model_type 'tutti')"
+                ),
+            ));
+        }
+        let config: TuttiConfig = serde_json::from_value(value)
+            .map_err(|e| artifact_error(&config_path, format!("bad tutti config: {e}")))?;
+        config.validate()?;
+        let manifest_path = path.join(MANIFEST_FILE);
+        let manifest = if manifest_path.exists() {
+            let text = std::fs::read_to_string(&manifest_path)
+                .map_err(|e| artifact_error(&manifest_path, e.to_string()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| artifact_error(&manifest_path, format!("bad manifest: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+            manifest,
+        })
+    }
+
+    /// Build the model and load its weights strictly; the weights' sha256 must match the manifest.
+    pub fn load(&self, device: &Device) -> Result<TuttiModel, ModelError> {
+        let weights = self.path.join(WEIGHTS_FILE);
+        if let Some(expected) = self
+            .manifest
+            .as_ref()
+            .and_then(|m| m.files.get(WEIGHTS_FILE))
+        {
+            let found = sha256_file(&weights)?;
+            if found.sha256 != expected.sha256 {
+                return Err(artifact_error(
+                    &weights,
+                    format!(
+                        "sha256 {} does not match the manifest's {} (the file changed after the manifest was written)",
+                        found.sha256, expected.sha256
+                    ),
+                ));
+            }
+        }
+        let mut encoder = self.config.init(device)?;
+        tutti_nn::load_safetensors_strict(&mut encoder, &weights, &[], &[])?;
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "tutti".into());
+        TuttiModel::new(self.config.clone(), encoder, device.clone(), name)
+    }
+}
+
+/// Open and load a model directory.
+pub fn load_model(path: &Path, device: &Device) -> Result<TuttiModel, ModelError> {
+    ModelDir::open(path)?.load(device)
+}
+
+/// Write a freshly initialised model of `config` (seeded) to `out`, atomically.
+pub fn write_initialised_model(
+    out: &Path,
+    config: &TuttiConfig,
+    preset: Option<&str>,
+    seed: u64,
+    device: &Device,
+) -> Result<Manifest, ModelError> {
+    if out.exists() {
+        let empty = out.is_dir()
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+        if !empty {
+            return Err(artifact_error(
+                out,
+                "already exists and is not empty; choose another directory or remove it",
+            ));
+        }
+    }
+    device.seed(seed);
+    let encoder = config.init(device)?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| artifact_error(parent, e.to_string()))?;
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| artifact_error(&staging, e.to_string()))?;
+    let result = (|| {
+        let weights = staging.join(WEIGHTS_FILE);
+        tutti_nn::save_safetensors(&encoder, &weights, &[("format", "pt")])?;
+        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
+        std::fs::write(staging.join(CONFIG_FILE), config_json + "\n")
+            .map_err(|e| artifact_error(&staging, e.to_string()))?;
+        let mut files = BTreeMap::new();
+        files.insert(WEIGHTS_FILE.to_string(), sha256_file(&weights)?);
+        files.insert(
+            CONFIG_FILE.to_string(),
+            sha256_file(&staging.join(CONFIG_FILE))?,
+        );
+        let manifest = Manifest {
+            format: "tutti-model/1".into(),
+            tutti_version: env!("CARGO_PKG_VERSION").into(),
+            created_by: "tutti init".into(),
+            preset: preset.map(str::to_string),
+            seed: Some(seed),
+            trained: false,
+            parameters: burn::module::Module::num_params(&encoder),
+            device: format!("{device:?}"),
+            files,
+        };
+        let manifest_json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        std::fs::write(staging.join(MANIFEST_FILE), manifest_json + "\n")
+            .map_err(|e| artifact_error(&staging, e.to_string()))?;
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(|e| artifact_error(out, e.to_string()))?;
+        }
+        std::fs::rename(&staging, out).map_err(|e| artifact_error(out, e.to_string()))?;
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}

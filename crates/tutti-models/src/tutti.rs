@@ -1,0 +1,457 @@
+//! The tutti student encoder: the USAD architecture (PAPERS.md section 1).
+//!
+//! Paper: USAD: Universal Speech and Audio Representation via Distillation (Chang et al., 2025)
+//! and USAD 2.0 (2026). Reference checkpoints `MIT-SLS/USAD-{Small,Base,Large}` are not
+//! reachable offline; the key names below follow Hugging Face's wav2vec 2.0 / data2vec-audio
+//! encoders, and a remap table for the USAD checkpoints is to be written when their key list is
+//! available (status: architecture per spec, no reference checkpoint parity yet).
+//!
+//! Pipeline (shapes for batch `B`, fbank frames `T`, width `D`):
+//! 1. Kaldi fbank, 128 bins at 100 Hz ([`tutti_audio::fbank`]) -> `[B, T, 128]`.
+//! 2. Conv subsampler (`subsampler`): 2-D convolutions of 64 channels, kernel 3, padding 1, GELU,
+//!    each halving the frequency axis; the first halves time (50 Hz), and for the 25 Hz presets
+//!    the second does too (?: the channel count is the paper's, the kernel and frequency strides
+//!    are tutti's choice). Channels and frequency are flattened, LayerNorm, Linear to `D`.
+//! 3. Convolutional positional encoding (`pos_conv`), data2vec style: 5 layers of grouped
+//!    Conv1d (kernel 19, 16 groups (?)), LayerNorm without affine, GELU; added to the input.
+//! 4. Transformer blocks (`layers`), post-LN (wav2vec 2.0 / data2vec) or pre-LN
+//!    (`layer_norm_first`), 4x FFN with GELU. Post-LN applies `layer_norm` before the first block;
+//!    pre-LN applies it after the last (as Hugging Face's "stable layer norm" encoders do).
+//!
+//! Padding: every stage zeroes the padded frames of its output and attention masks padded keys,
+//! so a padded batch gives each item the output it gets alone.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
+use burn::nn::{
+    LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
+};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use tutti_audio::{FbankConfig, KaldiFbank};
+use tutti_nn::layers::layer_norm_no_affine;
+use tutti_nn::mask::{conv_output_length, padding_mask, zero_padding};
+
+use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
+use crate::error::ModelError;
+
+/// The resolved configuration of a tutti encoder; written into every artifact as `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TuttiConfig {
+    /// Always "tutti" (lets loaders tell tutti artifacts from Hugging Face ones).
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// Channels of each subsampler convolution.
+    pub conv_channels: usize,
+    /// Time stride of each subsampler convolution (its length is the number of convolutions).
+    pub conv_time_strides: Vec<usize>,
+    pub num_conv_pos_embeddings: usize,
+    pub num_conv_pos_embedding_groups: usize,
+    pub conv_pos_layers: usize,
+    pub layer_norm_first: bool,
+    pub layer_norm_eps: f64,
+    pub fbank: FbankConfig,
+}
+
+impl TuttiConfig {
+    pub fn hop_samples(&self) -> usize {
+        self.fbank.hop_length() * self.conv_time_strides.iter().product::<usize>()
+    }
+
+    pub fn subsampled_bins(&self) -> usize {
+        self.conv_time_strides
+            .iter()
+            .fold(self.fbank.num_mel_bins, |bins, _| {
+                conv_output_length(bins, 3, 2, 1)
+            })
+    }
+
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |reason: String| Err(ModelError::Config(reason));
+        if self.model_type != "tutti" {
+            return fail(format!(
+                "model_type is '{}', expected 'tutti'",
+                self.model_type
+            ));
+        }
+        if self.hidden_size == 0 || self.num_attention_heads == 0 {
+            return fail("hidden_size and num_attention_heads must be positive".into());
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return fail(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !self
+            .hidden_size
+            .is_multiple_of(self.num_conv_pos_embedding_groups)
+        {
+            return fail(format!(
+                "hidden_size {} is not a multiple of num_conv_pos_embedding_groups {}",
+                self.hidden_size, self.num_conv_pos_embedding_groups
+            ));
+        }
+        if self.conv_time_strides.is_empty() || self.conv_time_strides.iter().any(|&s| s == 0) {
+            return fail("conv_time_strides needs at least one positive stride".into());
+        }
+        if self.num_conv_pos_embeddings % 2 == 0 {
+            return fail("num_conv_pos_embeddings must be odd".into());
+        }
+        Ok(())
+    }
+
+    /// Frames after the subsampler for `fbank_frames` input frames.
+    pub fn frames_for_fbank(&self, fbank_frames: usize) -> usize {
+        self.conv_time_strides
+            .iter()
+            .fold(fbank_frames, |t, &s| conv_output_length(t, 3, s, 1))
+    }
+
+    pub fn init(&self, device: &Device) -> Result<TuttiEncoder, ModelError> {
+        self.validate()?;
+        let convs = self
+            .conv_time_strides
+            .iter()
+            .enumerate()
+            .map(|(i, &stride)| {
+                Conv2dConfig::new(
+                    [
+                        if i == 0 { 1 } else { self.conv_channels },
+                        self.conv_channels,
+                    ],
+                    [3, 3],
+                )
+                .with_stride([stride, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+            })
+            .collect();
+        let flat = self.conv_channels * self.subsampled_bins();
+        let subsampler = ConvSubsampler {
+            conv: convs,
+            layer_norm: LayerNormConfig::new(flat)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            proj: LinearConfig::new(flat, self.hidden_size).init(device),
+        };
+        let kernel = self.num_conv_pos_embeddings;
+        let pos_conv = PositionalConv {
+            layers: (0..self.conv_pos_layers)
+                .map(|_| PositionalConvLayer {
+                    conv: Conv1dConfig::new(self.hidden_size, self.hidden_size, kernel)
+                        .with_groups(self.num_conv_pos_embedding_groups)
+                        .with_padding(PaddingConfig1d::Explicit(kernel / 2, kernel / 2))
+                        .init(device),
+                })
+                .collect(),
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| EncoderLayer {
+                attention: SelfAttention {
+                    q_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
+                    k_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
+                    v_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
+                    out_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
+                    num_heads: self.num_attention_heads,
+                },
+                layer_norm: LayerNormConfig::new(self.hidden_size)
+                    .with_epsilon(self.layer_norm_eps)
+                    .init(device),
+                feed_forward: FeedForward {
+                    intermediate_dense: LinearConfig::new(self.hidden_size, self.intermediate_size)
+                        .init(device),
+                    output_dense: LinearConfig::new(self.intermediate_size, self.hidden_size)
+                        .init(device),
+                },
+                final_layer_norm: LayerNormConfig::new(self.hidden_size)
+                    .with_epsilon(self.layer_norm_eps)
+                    .init(device),
+                layer_norm_first: self.layer_norm_first,
+            })
+            .collect();
+        Ok(TuttiEncoder {
+            subsampler,
+            pos_conv,
+            layer_norm: LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            layers,
+            layer_norm_first: self.layer_norm_first,
+            conv_pos_eps: self.layer_norm_eps,
+        })
+    }
+}
+
+/// fbank `[B, T, F]` -> `[B, T', D]` at 50 Hz (or 25 Hz).
+#[derive(Module, Debug)]
+pub struct ConvSubsampler {
+    pub conv: Vec<Conv2d>,
+    pub layer_norm: LayerNorm,
+    pub proj: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct PositionalConvLayer {
+    pub conv: Conv1d,
+}
+
+#[derive(Module, Debug)]
+pub struct PositionalConv {
+    pub layers: Vec<PositionalConvLayer>,
+}
+
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    pub intermediate_dense: Linear,
+    pub output_dense: Linear,
+}
+
+#[derive(Module, Debug)]
+pub struct EncoderLayer {
+    pub attention: SelfAttention,
+    pub layer_norm: LayerNorm,
+    pub feed_forward: FeedForward,
+    pub final_layer_norm: LayerNorm,
+    pub layer_norm_first: bool,
+}
+
+/// The tutti encoder module (weights only; front end and config live in [`TuttiModel`]).
+#[derive(Module, Debug)]
+pub struct TuttiEncoder {
+    pub subsampler: ConvSubsampler,
+    pub pos_conv: PositionalConv,
+    pub layer_norm: LayerNorm,
+    pub layers: Vec<EncoderLayer>,
+    pub layer_norm_first: bool,
+    pub conv_pos_eps: f64,
+}
+
+impl SelfAttention {
+    /// `x: [B, T, D]`, `key_padding: [B, T]` (true = padding) -> `[B, T, D]`.
+    pub fn forward(&self, x: Tensor<3>, key_padding: &Tensor<2, Bool>) -> Tensor<3> {
+        let [batch, frames, width] = x.dims();
+        let heads = self.num_heads;
+        let head_dim = width / heads;
+        let split = |t: Tensor<3>| t.reshape([batch, frames, heads, head_dim]).swap_dims(1, 2);
+        let q = split(self.q_proj.forward(x.clone()));
+        let k = split(self.k_proj.forward(x.clone()));
+        let v = split(self.v_proj.forward(x));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
+        let mask = key_padding
+            .clone()
+            .unsqueeze_dims::<4>(&[1, 2])
+            .expand([batch, heads, frames, frames]);
+        let weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+        let context = weights
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, frames, width]);
+        self.out_proj.forward(context)
+    }
+}
+
+impl FeedForward {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.output_dense
+            .forward(gelu(self.intermediate_dense.forward(x)))
+    }
+}
+
+impl EncoderLayer {
+    /// Returns the block's output and its FFN output.
+    pub fn forward(&self, x: Tensor<3>, key_padding: &Tensor<2, Bool>) -> (Tensor<3>, Tensor<3>) {
+        if self.layer_norm_first {
+            let attended = self
+                .attention
+                .forward(self.layer_norm.forward(x.clone()), key_padding);
+            let x = x + attended;
+            let ffn = self
+                .feed_forward
+                .forward(self.final_layer_norm.forward(x.clone()));
+            (x + ffn.clone(), ffn)
+        } else {
+            let attended = self.attention.forward(x.clone(), key_padding);
+            let x = self.layer_norm.forward(x + attended);
+            let ffn = self.feed_forward.forward(x.clone());
+            (self.final_layer_norm.forward(x + ffn.clone()), ffn)
+        }
+    }
+}
+
+impl TuttiEncoder {
+    /// fbank `[B, T, F]` (padded frames must be zero) with per-item fbank lengths.
+    pub fn forward(
+        &self,
+        features: Tensor<3>,
+        fbank_lengths: &[usize],
+        options: ForwardOptions,
+    ) -> EncoderOutput {
+        let device = features.device();
+        let mut lengths = fbank_lengths.to_vec();
+        let mut x = features.unsqueeze_dim::<4>(1); // [B, 1, T, F]
+        for conv in &self.subsampler.conv {
+            x = gelu(conv.forward(x));
+            let [batch, channels, frames, bins] = x.dims();
+            for length in lengths.iter_mut() {
+                *length = conv_output_length(*length, 3, conv.stride[0], 1);
+            }
+            let mask = padding_mask(&lengths, frames, &device)
+                .unsqueeze_dims::<4>(&[1, 3])
+                .expand([batch, channels, frames, bins]);
+            x = x.mask_fill(mask, 0.0);
+        }
+        let [batch, channels, frames, bins] = x.dims();
+        let x = x.swap_dims(1, 2).reshape([batch, frames, channels * bins]);
+        let x = self
+            .subsampler
+            .proj
+            .forward(self.subsampler.layer_norm.forward(x));
+        let mask = padding_mask(&lengths, frames, &device);
+        let x = zero_padding(x, &mask);
+
+        let mut position = x.clone();
+        for layer in &self.pos_conv.layers {
+            let convolved = layer.conv.forward(position.swap_dims(1, 2)).swap_dims(1, 2);
+            position = zero_padding(
+                gelu(layer_norm_no_affine(convolved, self.conv_pos_eps)),
+                &mask,
+            );
+        }
+        let mut x = x + position;
+        if !self.layer_norm_first {
+            x = self.layer_norm.forward(x);
+        }
+        let depth = options
+            .target_layer
+            .unwrap_or(self.layers.len())
+            .min(self.layers.len());
+        let mut hidden_states = Vec::with_capacity(depth + 1);
+        let mut ffn_outputs = Vec::with_capacity(depth);
+        hidden_states.push(x.clone());
+        for layer in &self.layers[..depth] {
+            let (next, ffn) = layer.forward(x, &mask);
+            x = next;
+            hidden_states.push(x.clone());
+            ffn_outputs.push(ffn);
+        }
+        if self.layer_norm_first && depth == self.layers.len() {
+            let last = hidden_states.pop().expect("at least one state");
+            hidden_states.push(self.layer_norm.forward(last));
+        }
+        EncoderOutput {
+            hidden_states,
+            ffn_outputs,
+            lengths,
+        }
+    }
+}
+
+/// A tutti encoder with its front end: implements [`AudioEncoder`].
+#[derive(Debug)]
+pub struct TuttiModel {
+    pub config: TuttiConfig,
+    pub encoder: TuttiEncoder,
+    pub fbank: KaldiFbank,
+    pub device: Device,
+    pub name: String,
+}
+
+impl TuttiModel {
+    pub fn new(
+        config: TuttiConfig,
+        encoder: TuttiEncoder,
+        device: Device,
+        name: String,
+    ) -> Result<Self, ModelError> {
+        let fbank = KaldiFbank::new(config.fbank.clone())?;
+        Ok(Self {
+            config,
+            encoder,
+            fbank,
+            device,
+            name,
+        })
+    }
+
+    /// fbank of each waveform, padded into `[B, T, F]` with zeros, and the lengths.
+    pub fn features(&self, waveforms: &[&[f32]]) -> Result<(Tensor<3>, Vec<usize>), ModelError> {
+        if waveforms.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let features = waveforms
+            .iter()
+            .map(|w| self.fbank.compute(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bins = self.config.fbank.num_mel_bins;
+        let max_frames = features.iter().map(|f| f.frames).max().unwrap_or(0);
+        let mut data = vec![0.0f32; waveforms.len() * max_frames * bins];
+        for (i, f) in features.iter().enumerate() {
+            data[i * max_frames * bins..i * max_frames * bins + f.data.len()]
+                .copy_from_slice(&f.data);
+        }
+        let lengths = features.iter().map(|f| f.frames).collect();
+        let tensor = Tensor::from_data(
+            TensorData::new(data, [waveforms.len(), max_frames, bins]),
+            &self.device,
+        );
+        Ok((tensor, lengths))
+    }
+}
+
+pub fn count_parameters<M: Module>(module: &M) -> usize {
+    module.num_params()
+}
+
+impl AudioEncoder for TuttiModel {
+    fn info(&self) -> EncoderInfo {
+        EncoderInfo {
+            name: self.name.clone(),
+            sample_rate_hz: self.config.fbank.sample_rate_hz,
+            hop_samples: self.config.hop_samples(),
+            num_layers: self.config.num_hidden_layers,
+            hidden_size: self.config.hidden_size,
+            input_kind: InputKind::Fbank,
+            parameters: self.encoder.num_params(),
+        }
+    }
+
+    fn num_frames(&self, samples: usize) -> usize {
+        let fbank_frames = self.config.fbank.num_frames(samples);
+        if fbank_frames == 0 {
+            0
+        } else {
+            self.config.frames_for_fbank(fbank_frames)
+        }
+    }
+
+    fn tail_samples(&self) -> usize {
+        self.config.fbank.window_length()
+    }
+
+    fn min_samples(&self) -> usize {
+        self.config.fbank.window_length()
+    }
+
+    fn encode(
+        &self,
+        waveforms: &[&[f32]],
+        options: ForwardOptions,
+    ) -> Result<EncoderOutput, ModelError> {
+        let (features, lengths) = self.features(waveforms)?;
+        Ok(self.encoder.forward(features, &lengths, options))
+    }
+}
