@@ -66,9 +66,9 @@ impl Default for LoadOptions {
 
 /// Decode `path` into mono audio at `options.target_rate_hz`.
 pub fn load_audio(path: &Path, options: &LoadOptions) -> Result<Audio, AudioError> {
-    let file = File::open(path).map_err(|source| AudioError::Open {
+    let file = File::open(path).map_err(|error| AudioError::Open {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
         return Err(AudioError::Empty {

@@ -4,11 +4,10 @@ use std::path::PathBuf;
 /// a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum AudioError {
-    #[error("{path}: cannot open: {source}")]
+    #[error("{path}: cannot open: {error}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: not a recognised audio file ({reason})")]
     NotAudio { path: PathBuf, reason: String },

@@ -1,1 +1,84 @@
-fn main() {}
+//! `tutti`: the command-line front of the toolkit. Each subcommand parses its arguments,
+//! resolves them into a plan and calls the libraries; stdout carries data, logs go to stderr.
+
+mod embed;
+mod features;
+mod info;
+mod init;
+mod inputs;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tutti",
+    version,
+    about = "Universal audio representations: one encoder for speech, sound and music",
+    long_about = None
+)]
+struct Cli {
+    /// Worker threads for tensor math (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Log level for stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed audio files, folders or JSONL manifests with an encoder.
+    Embed(embed::EmbedArgs),
+    /// Dump a front end's features (fbank or Whisper log-mel) of one file as .npy.
+    Features(features::FeaturesArgs),
+    /// Print a model's parameters, hop, sample rate, layers and width.
+    Info(info::InfoArgs),
+    /// Write a freshly initialised (untrained) model directory.
+    Init(init::InitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            // symphonia logs its own probing failures; tutti reports them as errors with the file.
+            tracing_subscriber::EnvFilter::try_new(format!(
+                "{},symphonia_core=off,symphonia=off",
+                cli.log
+            ))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if let Some(threads) = cli.threads
+        && let Err(error) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build_global()
+    {
+        eprintln!("error: cannot set {threads} threads: {error}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::Embed(args) => embed::run(args),
+        Command::Features(args) => features::run(args),
+        Command::Info(args) => info::run(args),
+        Command::Init(args) => init::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

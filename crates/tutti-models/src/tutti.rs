@@ -96,10 +96,10 @@ impl TuttiConfig {
                 self.hidden_size, self.num_conv_pos_embedding_groups
             ));
         }
-        if self.conv_time_strides.is_empty() || self.conv_time_strides.iter().any(|&s| s == 0) {
+        if self.conv_time_strides.is_empty() || self.conv_time_strides.contains(&0) {
             return fail("conv_time_strides needs at least one positive stride".into());
         }
-        if self.num_conv_pos_embeddings % 2 == 0 {
+        if self.num_conv_pos_embeddings.is_multiple_of(2) {
             return fail("num_conv_pos_embeddings must be odd".into());
         }
         Ok(())

@@ -1,0 +1,460 @@
+//! The `tutti` binary, run for real on files in a temporary folder.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tutti(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tutti"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/audio")
+        .join(name)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A minimal WAV writer (PCM16 or IEEE float32), for inputs the fixtures do not have.
+fn write_wav(path: &Path, rate: u32, samples: &[f32], float: bool) {
+    let (format, bits): (u16, u16) = if float { (3, 32) } else { (1, 16) };
+    let data: Vec<u8> = if float {
+        samples.iter().flat_map(|v| v.to_le_bytes()).collect()
+    } else {
+        samples
+            .iter()
+            .flat_map(|v| ((v.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+            .collect()
+    };
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&format.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&rate.to_le_bytes());
+    bytes.extend_from_slice(&(rate * bits as u32 / 8).to_le_bytes());
+    bytes.extend_from_slice(&(bits / 8).to_le_bytes());
+    bytes.extend_from_slice(&bits.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Shape of an .npy file written by tutti.
+fn npy_shape(path: &Path) -> Vec<usize> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let length = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + length]).unwrap();
+    let inner = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape: Vec<usize> = inner
+        .split(',')
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    assert_eq!(
+        bytes.len() - 10 - length,
+        shape.iter().product::<usize>() * 4
+    );
+    shape
+}
+
+fn npy_values(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + length..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn tiny_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny");
+    let out = tutti(&["init", "--preset", "tiny", "--seed", "1", "-o", s(&model)]);
+    assert!(out.status.success(), "{}", text(&out));
+    model
+}
+
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.into_path())
+        .filter(|p| p.to_string_lossy().contains(".partial"))
+        .collect()
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for command in ["embed", "features", "info", "init"] {
+        let out = tutti(&[command, "--help"]);
+        assert!(out.status.success(), "{command}: {}", text(&out));
+        assert!(text(&out).contains("Usage: tutti"), "{command}");
+    }
+}
+
+#[test]
+fn init_then_info_describes_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    for file in ["config.json", "model.safetensors", "manifest.json"] {
+        assert!(model.join(file).exists(), "{file}");
+    }
+    let out = tutti(&["info", s(&model), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["info"]["hop_samples"], 320);
+    assert_eq!(value["info"]["num_layers"], 2);
+    assert_eq!(value["info"]["hidden_size"], 32);
+    assert_eq!(value["trained"], false);
+    let plain = text(&tutti(&["info", s(&model)]));
+    assert!(
+        plain.contains("50 Hz frames") && plain.contains("trained        no"),
+        "{plain}"
+    );
+    // A second init into the same folder is refused, and the model is untouched.
+    let again = tutti(&["init", "--preset", "tiny", "-o", s(&model)]);
+    assert!(!again.status.success());
+    assert!(text(&again).contains("not empty"));
+    let unknown = tutti(&[
+        "init",
+        "--preset",
+        "gigantic",
+        "-o",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(!unknown.status.success() && text(&unknown).contains("known: tiny, small"));
+}
+
+#[test]
+fn embed_a_folder_then_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let audio = dir.path().join("audio");
+    std::fs::create_dir_all(audio.join("nested")).unwrap();
+    std::fs::copy(fixture("speech_16k.wav"), audio.join("speech.wav")).unwrap();
+    std::fs::copy(
+        fixture("music_44k_stereo.wav"),
+        audio.join("nested/music.wav"),
+    )
+    .unwrap();
+    std::fs::copy(fixture("fmt_s16.flac"), audio.join("nested/clip.flac")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = tutti(&["embed", s(&audio), "-o", s(&out_dir), "--model", s(&model)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(npy_shape(&out_dir.join("speech.npy")), vec![32]);
+    assert_eq!(npy_shape(&out_dir.join("nested/music.npy")), vec![32]);
+    assert_eq!(npy_shape(&out_dir.join("nested/clip.npy")), vec![32]);
+    let before = std::fs::metadata(out_dir.join("speech.npy"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let again = tutti(&["embed", s(&audio), "-o", s(&out_dir), "--model", s(&model)]);
+    assert!(again.status.success());
+    assert!(
+        text(&again).contains("skipped 3 already done"),
+        "{}",
+        text(&again)
+    );
+    let after = std::fs::metadata(out_dir.join("speech.npy"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(before, after);
+    // Determinism: recomputing gives the same bytes.
+    let first = std::fs::read(out_dir.join("speech.npy")).unwrap();
+    let redo = tutti(&[
+        "embed",
+        s(&audio),
+        "-o",
+        s(&out_dir),
+        "--model",
+        s(&model),
+        "--overwrite",
+    ]);
+    assert!(redo.status.success());
+    assert_eq!(std::fs::read(out_dir.join("speech.npy")).unwrap(), first);
+}
+
+#[test]
+fn frames_come_with_timestamps_at_the_exact_hop() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out_dir = dir.path().join("frames");
+    let out = tutti(&[
+        "embed",
+        s(&fixture("tone_440hz_16k.wav")),
+        "-o",
+        s(&out_dir),
+        "--model",
+        s(&model),
+        "--pool",
+        "none",
+        "--layer",
+        "all",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 1 s -> 98 fbank frames -> 49 frames; layers 0..=2.
+    assert_eq!(
+        npy_shape(&out_dir.join("tone_440hz_16k.npy")),
+        vec![3, 49, 32]
+    );
+    let times = npy_values(&out_dir.join("tone_440hz_16k.timestamps.npy"));
+    assert_eq!(times.len(), 49);
+    assert!((times[1] - 0.02).abs() < 1e-7 && (times[48] - 0.96).abs() < 1e-6);
+
+    let st = dir.path().join("st");
+    let out = tutti(&[
+        "embed",
+        s(&fixture("tone_440hz_16k.wav")),
+        "-o",
+        s(&st),
+        "--model",
+        s(&model),
+        "--pool",
+        "none",
+        "--format",
+        "safetensors",
+        "--layer",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let bytes = std::fs::read(st.join("tone_440hz_16k.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("embedding").unwrap().shape(), &[49, 32]);
+    assert_eq!(file.tensor("timestamps_secs").unwrap().shape(), &[49]);
+}
+
+#[test]
+fn manifest_segments_into_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    std::fs::copy(fixture("music_16k.wav"), dir.path().join("music.wav")).unwrap();
+    let manifest = dir.path().join("items.jsonl");
+    std::fs::write(
+        &manifest,
+        "{\"audio\": \"music.wav\", \"id\": \"first\", \"start\": 0.0, \"duration\": 1.0}\n\
+         {\"audio\": \"music.wav\", \"id\": \"second\", \"start\": 1.5, \"duration\": 1.0}\n",
+    )
+    .unwrap();
+    let out_file = dir.path().join("emb.jsonl");
+    let out = tutti(&[
+        "embed",
+        s(&manifest),
+        "-o",
+        s(&out_file),
+        "--model",
+        s(&model),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "first");
+    assert_eq!(lines[1]["start_secs"], 1.5);
+    assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 32);
+    assert_ne!(lines[0]["embedding"], lines[1]["embedding"]);
+    std::fs::write(&manifest, "{\"id\": \"no audio\"}\n").unwrap();
+    let bad = tutti(&[
+        "embed",
+        s(&manifest),
+        "-o",
+        s(&dir.path().join("x.jsonl")),
+        "--model",
+        s(&model),
+        "--format",
+        "jsonl",
+    ]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("items.jsonl line 1"), "{}", text(&bad));
+}
+
+#[test]
+fn bad_inputs_are_named_skipped_and_leave_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::write(
+        inputs.join("corrupt.wav"),
+        b"RIFF\x24\x00\x00\x00WAVEjunkjunkjunk",
+    )
+    .unwrap();
+    std::fs::write(inputs.join("empty.wav"), b"").unwrap();
+    std::fs::write(
+        inputs.join("notes.mp3"),
+        b"these are not audio samples at all, just text\n".repeat(20),
+    )
+    .unwrap();
+    let speech = std::fs::read(fixture("speech_16k.wav")).unwrap();
+    std::fs::write(inputs.join("truncated.wav"), &speech[..speech.len() / 3]).unwrap();
+    let mut with_nan: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+    with_nan[8_000] = f32::NAN;
+    write_wav(&inputs.join("nan.wav"), 16_000, &with_nan, true);
+    write_wav(&inputs.join("tiny.wav"), 16_000, &[0.1; 160], false); // 10 ms
+    std::fs::copy(fixture("speech_16k.wav"), inputs.join("good.wav")).unwrap();
+    write_wav(&inputs.join("silent.wav"), 22_050, &[0.0; 22_050], false);
+
+    let out_dir = dir.path().join("out");
+    let out = tutti(&["embed", s(&inputs), "-o", s(&out_dir), "--model", s(&model)]);
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("6 of 8 inputs failed"), "{log}");
+    for (name, reason) in [
+        ("corrupt.wav", "corrupt.wav: "),
+        ("empty.wav", "empty"),
+        ("notes.mp3", "notes.mp3: "),
+        ("truncated.wav", "truncated"),
+        ("nan.wav", "NaN"),
+        ("tiny.wav", "too short"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("  ") && l.contains(name))
+            .unwrap_or_else(|| panic!("no failure line for {name}:\n{log}"));
+        assert!(line.contains(reason), "{name}: {line}");
+        let stem = name.split('.').next().unwrap();
+        assert!(
+            !out_dir.join(format!("{stem}.npy")).exists(),
+            "{name} left an output"
+        );
+    }
+    // The good file and the silent one (silence is valid audio) were embedded.
+    assert_eq!(npy_shape(&out_dir.join("good.npy")), vec![32]);
+    assert!(
+        npy_values(&out_dir.join("silent.npy"))
+            .iter()
+            .all(|v| v.is_finite())
+    );
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+
+    // Too long for the limit, and a missing file.
+    let limited = tutti(&[
+        "embed",
+        s(&fixture("music_16k.wav")),
+        s(&dir.path().join("missing.wav")),
+        "-o",
+        s(&dir.path().join("o2")),
+        "--model",
+        s(&model),
+        "--max-duration-secs",
+        "1",
+    ]);
+    let log = text(&limited);
+    assert!(!limited.status.success());
+    assert!(
+        log.contains("exceeds the limit") && log.contains("missing.wav: cannot open"),
+        "{log}"
+    );
+    assert!(!dir.path().join("o2/music_16k.npy").exists());
+}
+
+#[test]
+fn a_missing_or_broken_model_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tutti(&[
+        "embed",
+        s(&fixture("tone_440hz_16k.wav")),
+        "-o",
+        s(dir.path()),
+        "--model",
+        s(&dir.path().join("nope")),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("hint: pass --model DIR"),
+        "{}",
+        text(&out)
+    );
+    let model = tiny_model(dir.path());
+    std::fs::write(model.join("model.safetensors"), b"not weights").unwrap();
+    let out = tutti(&["info", s(&model)]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("model.safetensors"), "{}", text(&out));
+}
+
+#[test]
+fn features_match_the_front_end_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("fbank.npy");
+    let out = tutti(&[
+        "features",
+        s(&fixture("speech_16k.wav")),
+        "-o",
+        s(&out_file),
+        "--kind",
+        "fbank",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(npy_shape(&out_file), vec![138, 128]);
+    let bytes = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/parity/frontend.safetensors"),
+    )
+    .unwrap();
+    let fixtures = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let expected: Vec<f32> = fixtures
+        .tensor("fbank/speech_16k.wav")
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let worst = npy_values(&out_file)
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(worst < 5e-4, "{worst}");
+    let mel = dir.path().join("mel.npy");
+    let out = tutti(&[
+        "features",
+        s(&fixture("speech_16k.wav")),
+        "-o",
+        s(&mel),
+        "--kind",
+        "whisper-mel",
+        "--mel-bins",
+        "128",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(npy_shape(&mel), vec![3000, 128]);
+    let bad = tutti(&[
+        "features",
+        s(&dir.path().join("none.wav")),
+        "-o",
+        s(&dir.path().join("none.npy")),
+    ]);
+    assert!(!bad.status.success() && !dir.path().join("none.npy").exists());
+}
