@@ -54,10 +54,10 @@ pub struct EmbedArgs {
     #[arg(long, value_enum, default_value = "npy")]
     format: Format,
     /// Long audio is embedded in windows of this many seconds...
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 20.0)]
     window_secs: f64,
     /// ...each seeing this much extra context on both sides.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 2.5)]
     context_secs: f64,
     /// Windows per forward pass (memory grows with it).
     #[arg(long, default_value_t = 4)]

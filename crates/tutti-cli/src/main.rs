@@ -1,6 +1,7 @@
 //! `tutti`: the command-line front of the toolkit. Each subcommand parses its arguments,
 //! resolves them into a plan and calls the libraries; stdout carries data, logs go to stderr.
 
+mod bench;
 mod embed;
 mod features;
 mod info;
@@ -32,6 +33,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks (speed).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Embed audio files, folders or JSONL manifests with an encoder.
     Embed(embed::EmbedArgs),
     /// Dump a front end's features (fbank or Whisper log-mel) of one file as .npy.
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
+        Command::Bench(command) => bench::run(command, cli.threads),
         Command::Embed(args) => embed::run(args),
         Command::Features(args) => features::run(args),
         Command::Info(args) => info::run(args),

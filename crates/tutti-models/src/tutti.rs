@@ -26,7 +26,9 @@ use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{
     LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
 };
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use tutti_audio::{FbankConfig, KaldiFbank};
@@ -103,6 +105,31 @@ impl TuttiConfig {
             return fail("num_conv_pos_embeddings must be odd".into());
         }
         Ok(())
+    }
+
+    /// Floating-point operations (a multiply-add counts 2) of one forward pass over one item of
+    /// `fbank_frames` frames: convolutions, projections, attention products and FFNs; the
+    /// element-wise work (norms, activations, softmax) is left out.
+    pub fn forward_flops(&self, fbank_frames: usize) -> f64 {
+        let mut macs = 0.0f64;
+        let (mut time, mut bins, mut channels_in) = (fbank_frames, self.fbank.num_mel_bins, 1);
+        for &stride in &self.conv_time_strides {
+            time = conv_output_length(time, 3, stride, 1);
+            bins = conv_output_length(bins, 3, 2, 1);
+            macs += (time * bins * self.conv_channels * channels_in * 9) as f64;
+            channels_in = self.conv_channels;
+        }
+        let (t, d) = (time as f64, self.hidden_size as f64);
+        macs += t * (self.conv_channels * bins) as f64 * d;
+        macs += self.conv_pos_layers as f64
+            * t
+            * d
+            * (d / self.num_conv_pos_embedding_groups as f64)
+            * self.num_conv_pos_embeddings as f64;
+        let per_layer =
+            4.0 * t * d * d + 2.0 * t * t * d + 2.0 * t * d * self.intermediate_size as f64;
+        macs += self.num_hidden_layers as f64 * per_layer;
+        2.0 * macs
     }
 
     /// Frames after the subsampler for `fbank_frames` input frames.
@@ -250,14 +277,9 @@ impl SelfAttention {
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
-        let mask = key_padding
-            .clone()
-            .unsqueeze_dims::<4>(&[1, 2])
-            .expand([batch, heads, frames, frames]);
-        let weights = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-        let context = weights
-            .matmul(v)
+        // [B, 1, 1, T]: broadcast over heads and queries by the backend, never materialised here.
+        let mask = key_padding.clone().unsqueeze_dims::<4>(&[1, 2]);
+        let context = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
             .swap_dims(1, 2)
             .reshape([batch, frames, width]);
         self.out_proj.forward(context)

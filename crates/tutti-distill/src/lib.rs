@@ -1,0 +1,17 @@
+//! tutti-distill: multi-teacher, layer-to-layer distillation (USAD / USAD 2.0, PAPERS.md §2).
+//!
+//! This first part holds the pieces a training step needs: the loss, the per-teacher prediction
+//! heads, the student/teacher layer mapping, frame-rate alignment, domain-aware teacher weights,
+//! and one complete step (forward, backward, AdamW) that the speed benchmark times and the full
+//! trainer will reuse.
+
+pub mod align;
+pub mod heads;
+pub mod loss;
+pub mod step;
+pub mod weights;
+
+pub use heads::PredictionHead;
+pub use loss::distillation_loss;
+pub use step::{DistillModel, DistillStep, StepTargets};
+pub use weights::domain_weights;

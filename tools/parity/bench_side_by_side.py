@@ -1,0 +1,112 @@
+"""tutti (Rust, burn flex) and the same architecture in PyTorch, side by side, same weights.
+
+    /tmp/parity/bin/python tools/parity/bench_side_by_side.py [--presets small base] [--secs 10]
+
+For each preset: `tutti init` writes a model; PyTorch loads the same model.safetensors
+(tutti_reference.py); both embed the same synthetic clip and the last hidden states are compared
+(so the timing compares the same computation); then each times its forward pass on a batch of one
+10 s clip (median of --iterations, after a warm-up) with --threads threads. Front ends too:
+torchaudio's Kaldi fbank and transformers' WhisperFeatureExtractor against tutti's.
+Needs the release binary: cargo build --release -p tutti-cli.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import soundfile as sf
+import torch
+from transformers import WhisperFeatureExtractor
+
+import tutti_reference as ref
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def tutti_binary() -> pathlib.Path:
+    target = os.environ.get("CARGO_TARGET_DIR", str(pathlib.Path.home() / ".cache/tutti/target"))
+    return pathlib.Path(target) / "release" / "tutti"
+
+
+def synthetic(samples: int) -> np.ndarray:
+    # The same signal `tutti bench speed` uses.
+    i = np.arange(samples, dtype=np.float64)
+    noise = ((i.astype(np.int64) * 7919) % 1000) / 1000.0 - 0.5
+    return (0.3 * np.sin(i * 0.031) + 0.01 * noise).astype(np.float32)
+
+
+def median_time(fn, iterations: int) -> float:
+    fn()
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--presets", nargs="+", default=["small", "base"])
+    parser.add_argument("--secs", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iterations", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    binary = tutti_binary()
+    wave = synthetic(int(args.secs * 16000))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        wav = tmp / "clip.wav"
+        sf.write(wav, wave, 16000, subtype="FLOAT")
+        for preset in args.presets:
+            model_dir = tmp / preset
+            subprocess.run([binary, "--log", "error", "init", "--preset", preset, "-o", model_dir], check=True)
+            model = ref.load(model_dir)
+            feats = ref.fbank(torch.from_numpy(wave), model.cfg)[None]
+            with torch.no_grad():
+                hidden, _ = model(feats)
+            out = tmp / f"emb_{preset}"
+            subprocess.run([binary, "--log", "error", "embed", wav, "-o", out, "--model", model_dir,
+                            "--pool", "none", "--window-secs", "600"], check=True)
+            ours = np.load(out / "clip.npy")
+            difference = float(np.abs(ours - hidden[-1][0].numpy()).max())
+            report = json.loads(subprocess.run(
+                [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
+                 "--secs", str(args.secs), "--iterations", str(args.iterations)],
+                check=True, capture_output=True, text=True).stdout)
+
+            def torch_forward():
+                with torch.no_grad():
+                    model(feats)
+
+            torch_secs = median_time(torch_forward, args.iterations)
+            gflop = ref.flops(model.cfg, feats.shape[1]) / 1e9
+            rows.append((preset, torch_secs, report["forward_secs_median"], gflop, difference))
+
+        w = torch.from_numpy(wave)
+        cfg = json.loads((tmp / args.presets[0] / "config.json").read_text())
+        torchaudio_fbank = median_time(lambda: ref.fbank(w, cfg), 20)
+        extractor = WhisperFeatureExtractor()
+        hf_whisper = median_time(lambda: extractor(wave, sampling_rate=16000, return_tensors="np"), 10)
+
+    print(f"machine: {args.threads} threads, torch {torch.__version__}, clip {args.secs:.0f} s, batch 1")
+    print(f"{'model':<8} {'PyTorch ms':>11} {'tutti ms':>9} {'speed-up':>9} {'GFLOP':>7} {'PyTorch GFLOP/s':>16} {'tutti GFLOP/s':>14} {'max |diff|':>11}")
+    for preset, t_torch, t_tutti, gflop, diff in rows:
+        print(f"{preset:<8} {t_torch * 1e3:>11.1f} {t_tutti * 1e3:>9.1f} {t_torch / t_tutti:>8.2f}x {gflop:>7.2f} "
+              f"{gflop / t_torch:>16.1f} {gflop / t_tutti:>14.1f} {diff:>11.2e}")
+    print(f"{'fbank':<8} {torchaudio_fbank * 1e3:>11.2f} {report['fbank_secs_median'] * 1e3:>9.2f} "
+          f"{torchaudio_fbank / report['fbank_secs_median']:>8.1f}x   (torchaudio.compliance.kaldi.fbank)")
+    print(f"{'whisper':<8} {hf_whisper * 1e3:>11.2f} {report['whisper_mel_secs_median'] * 1e3:>9.2f} "
+          f"{hf_whisper / report['whisper_mel_secs_median']:>8.1f}x   (WhisperFeatureExtractor, 30 s window)")
+
+
+if __name__ == "__main__":
+    main()
