@@ -57,7 +57,12 @@ def main() -> None:
     parser.add_argument("--secs", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--train", action="store_true",
+                        help="time distillation steps (forward, backward, AdamW) at --train-batch instead")
+    parser.add_argument("--train-batch", type=int, default=8)
     args = parser.parse_args()
+    if args.train:
+        return train_side_by_side(args)
     torch.set_num_threads(args.threads)
     binary = tutti_binary()
     wave = synthetic(int(args.secs * 16000))
@@ -106,6 +111,68 @@ def main() -> None:
           f"{torchaudio_fbank / report['fbank_secs_median']:>8.1f}x   (torchaudio.compliance.kaldi.fbank)")
     print(f"{'whisper':<8} {hf_whisper * 1e3:>11.2f} {report['whisper_mel_secs_median'] * 1e3:>9.2f} "
           f"{hf_whisper / report['whisper_mel_secs_median']:>8.1f}x   (WhisperFeatureExtractor, 30 s window)")
+
+
+class Head(torch.nn.Module):
+    """FC-ReLU-FC prediction head (tutti_distill::heads::PredictionHead)."""
+
+    def __init__(self, student_dim: int, hidden: int, teacher_dim: int):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(student_dim, hidden)
+        self.fc2 = torch.nn.Linear(hidden, teacher_dim)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def distillation_loss(prediction, target):
+    """(1/D)|z_hat - z|_1 - log sigmoid(cos(z_hat, z)), mean over frames (tutti_distill::loss)."""
+    l1 = (prediction - target).abs().mean(-1)
+    cosine = torch.nn.functional.cosine_similarity(prediction, target, dim=-1, eps=1e-8)
+    return (l1 - torch.nn.functional.logsigmoid(cosine)).mean()
+
+
+def train_side_by_side(args) -> None:
+    """The step `tutti bench speed --train` times, in PyTorch: one 768-d teacher at the student's
+    rate, K = 4 distilled FFN outputs (layer_pairs(L, 12, 4)), FC-ReLU-FC heads of width 2 x D,
+    AdamW (weight decay 0.01, lr 1e-4), fixed random targets, a batch of identical 10 s clips."""
+    torch.set_num_threads(args.threads)
+    binary = tutti_binary()
+    wave = synthetic(int(args.secs * 16000))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        for preset in args.presets:
+            model_dir = tmp / preset
+            subprocess.run([binary, "--log", "error", "init", "--preset", preset, "-o", model_dir], check=True)
+            model = ref.load(model_dir).train()
+            cfg = model.cfg
+            layers = [k * cfg["num_hidden_layers"] // 4 for k in range(1, 5)]
+            d = cfg["hidden_size"]
+            heads = torch.nn.ModuleList(Head(d, 2 * d, 768) for _ in layers)
+            feats = ref.fbank(torch.from_numpy(wave), cfg)[None].repeat(args.train_batch, 1, 1)
+            with torch.no_grad():
+                frames = model(feats[:1])[0][0].shape[1]
+            targets = [torch.randn(args.train_batch, frames, 768) for _ in layers]
+            optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=1e-4, weight_decay=0.01)
+
+            def step():
+                optimizer.zero_grad(set_to_none=True)
+                _, ffns = model(feats)
+                loss = sum(distillation_loss(head(ffns[l - 1]), t) for head, l, t in zip(heads, layers, targets)) / len(layers)
+                loss.backward()
+                optimizer.step()
+
+            torch_secs = median_time(step, args.iterations)
+            report = json.loads(subprocess.run(
+                [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
+                 "--secs", str(args.secs), "--batch", str(args.train_batch), "--iterations", str(args.iterations),
+                 "--train"], check=True, capture_output=True, text=True).stdout)
+            rows.append((preset, torch_secs, report["step_secs_median"]))
+    print(f"machine: {args.threads} threads, torch {torch.__version__}, batch {args.train_batch} x {args.secs:.0f} s")
+    print(f"{'model':<8} {'PyTorch step ms':>16} {'tutti step ms':>14} {'speed-up':>9}")
+    for preset, t_torch, t_tutti in rows:
+        print(f"{preset:<8} {t_torch * 1e3:>16.0f} {t_tutti * 1e3:>14.0f} {t_torch / t_tutti:>8.2f}x")
 
 
 if __name__ == "__main__":

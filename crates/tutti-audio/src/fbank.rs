@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
@@ -93,13 +94,16 @@ impl FbankConfig {
 }
 
 /// A ready-to-run fbank front end (window, banks and FFT plan built once).
+///
+/// Frames are independent, so they are computed in parallel (rayon), in f32 as torchaudio does;
+/// only the waveform mean is accumulated in f64.
 #[derive(Clone)]
 pub struct KaldiFbank {
     config: FbankConfig,
-    window: Vec<f64>,
+    window: Vec<f32>,
     padded_length: usize,
     banks: MelBanks,
-    fft: Arc<dyn RealToComplex<f64>>,
+    fft: Arc<dyn RealToComplex<f32>>,
 }
 
 impl std::fmt::Debug for KaldiFbank {
@@ -109,6 +113,9 @@ impl std::fmt::Debug for KaldiFbank {
             .finish()
     }
 }
+
+/// Frames per parallel task: enough work to amortise scheduling, few enough to balance.
+const FRAMES_PER_TASK: usize = 64;
 
 impl KaldiFbank {
     pub fn new(config: FbankConfig) -> Result<Self, AudioError> {
@@ -125,12 +132,12 @@ impl KaldiFbank {
         let window = (0..length)
             .map(|n| {
                 let phase = 2.0 * std::f64::consts::PI * n as f64 / denominator;
-                match config.window_type {
+                (match config.window_type {
                     WindowType::Hanning => 0.5 - 0.5 * phase.cos(),
                     WindowType::Hamming => 0.54 - 0.46 * phase.cos(),
                     WindowType::Povey => (0.5 - 0.5 * phase.cos()).powf(0.85),
                     WindowType::Rectangular => 1.0,
-                }
+                }) as f32
             })
             .collect();
         let banks = kaldi_mel_banks(
@@ -141,7 +148,7 @@ impl KaldiFbank {
             config.high_freq_hz,
         )
         .map_err(AudioError::Config)?;
-        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(padded_length);
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(padded_length);
         Ok(Self {
             config,
             window,
@@ -167,54 +174,80 @@ impl KaldiFbank {
             });
         }
         let offset = if self.config.subtract_waveform_mean {
-            waveform.iter().map(|&x| x as f64).sum::<f64>() / waveform.len() as f64
+            (waveform.iter().map(|&x| x as f64).sum::<f64>() / waveform.len() as f64) as f32
         } else {
             0.0
         };
         let bins = self.config.num_mel_bins;
         let hop = self.config.hop_length();
-        let floor = f32::EPSILON as f64;
         let mut data = vec![0.0f32; frames * bins];
-        let mut buffer = self.fft.make_input_vec();
-        let mut spectrum = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0.0f64; self.padded_length / 2 + 1];
-        let mut mel = vec![0.0f64; bins];
-        let p = self.config.preemphasis_coefficient;
-        for (frame, out) in data.chunks_exact_mut(bins).enumerate() {
-            let start = frame * hop;
-            for (b, &x) in buffer[..length]
-                .iter_mut()
-                .zip(&waveform[start..start + length])
-            {
-                *b = x as f64 - offset;
-            }
-            buffer[length..].fill(0.0);
-            if self.config.remove_dc_offset {
-                let mean = buffer[..length].iter().sum::<f64>() / length as f64;
-                buffer[..length].iter_mut().for_each(|b| *b -= mean);
-            }
-            if p != 0.0 {
-                for i in (1..length).rev() {
-                    buffer[i] -= p * buffer[i - 1];
+        data.par_chunks_mut(FRAMES_PER_TASK * bins)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                let mut buffer = self.fft.make_input_vec();
+                let mut spectrum = self.fft.make_output_vec();
+                let mut scratch = self.fft.make_scratch_vec();
+                let mut power = vec![0.0f32; self.padded_length / 2 + 1];
+                for (row, out) in rows.chunks_exact_mut(bins).enumerate() {
+                    let start = (task * FRAMES_PER_TASK + row) * hop;
+                    self.frame(
+                        &waveform[start..start + length],
+                        offset,
+                        &mut buffer,
+                        &mut spectrum,
+                        &mut scratch,
+                        &mut power,
+                        out,
+                    );
                 }
-                buffer[0] -= p * buffer[0];
-            }
-            for (b, w) in buffer[..length].iter_mut().zip(&self.window) {
-                *b *= w;
-            }
-            self.fft
-                .process_with_scratch(&mut buffer, &mut spectrum, &mut scratch)
-                .expect("buffer sizes come from the plan");
-            for (p, c) in power.iter_mut().zip(&spectrum) {
-                *p = c.norm_sqr();
-            }
-            self.banks.apply(&power, &mut mel);
-            for (o, &m) in out.iter_mut().zip(&mel) {
-                *o = ((m.max(floor).ln() - self.config.norm_mean) / self.config.norm_scale) as f32;
-            }
-        }
+            });
         Ok(Features { data, frames, bins })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn frame(
+        &self,
+        samples: &[f32],
+        offset: f32,
+        buffer: &mut [f32],
+        spectrum: &mut [realfft::num_complex::Complex<f32>],
+        scratch: &mut [realfft::num_complex::Complex<f32>],
+        power: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let length = samples.len();
+        for (b, &x) in buffer[..length].iter_mut().zip(samples) {
+            *b = x - offset;
+        }
+        buffer[length..].fill(0.0);
+        if self.config.remove_dc_offset {
+            let mean = buffer[..length].iter().sum::<f32>() / length as f32;
+            buffer[..length].iter_mut().for_each(|b| *b -= mean);
+        }
+        let p = self.config.preemphasis_coefficient as f32;
+        if p != 0.0 {
+            for i in (1..length).rev() {
+                buffer[i] -= p * buffer[i - 1];
+            }
+            buffer[0] -= p * buffer[0];
+        }
+        for (b, w) in buffer[..length].iter_mut().zip(&self.window) {
+            *b *= w;
+        }
+        self.fft
+            .process_with_scratch(buffer, spectrum, scratch)
+            .expect("buffer sizes come from the plan");
+        for (p, c) in power.iter_mut().zip(spectrum.iter()) {
+            *p = c.norm_sqr();
+        }
+        self.banks.apply_f32(power, out);
+        let (mean, scale) = (
+            self.config.norm_mean as f32,
+            1.0 / self.config.norm_scale as f32,
+        );
+        for o in out.iter_mut() {
+            *o = (o.max(f32::EPSILON).ln() - mean) * scale;
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct MelBanks {
     pub num_fft_bins: usize,
     /// For each mel bin, `start..end` of the FFT bins with non-zero weight.
     pub ranges: Vec<(usize, usize)>,
+    /// The weights rounded to f32, for the f32 fast path.
+    pub weights_f32: Vec<f32>,
 }
 
 impl MelBanks {
@@ -31,11 +33,13 @@ impl MelBanks {
                 (start, end.max(start))
             })
             .collect();
+        let weights_f32 = weights.iter().map(|&w| w as f32).collect();
         Self {
             weights,
             num_mel,
             num_fft_bins,
             ranges,
+            weights_f32,
         }
     }
 
@@ -44,6 +48,21 @@ impl MelBanks {
         for (m, value) in out.iter_mut().enumerate() {
             let (start, end) = self.ranges[m];
             let row = &self.weights[m * self.num_fft_bins..(m + 1) * self.num_fft_bins];
+            *value = row[start..end]
+                .iter()
+                .zip(&power[start..end])
+                .map(|(w, p)| w * p)
+                .sum();
+        }
+    }
+}
+
+impl MelBanks {
+    /// f32 version of [`MelBanks::apply`].
+    pub fn apply_f32(&self, power: &[f32], out: &mut [f32]) {
+        for (m, value) in out.iter_mut().enumerate() {
+            let (start, end) = self.ranges[m];
+            let row = &self.weights_f32[m * self.num_fft_bins..(m + 1) * self.num_fft_bins];
             *value = row[start..end]
                 .iter()
                 .zip(&power[start..end])

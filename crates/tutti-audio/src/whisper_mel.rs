@@ -5,7 +5,8 @@
 //! called with its defaults: audio zero-padded (or cut) to 30 s, a periodic Hann window of 400,
 //! hop 160, centred frames with reflect padding, power spectrum, Slaney mel filters (0-8 kHz,
 //! Slaney norm), `log10(max(x, 1e-10))`, the last frame dropped, clamped to `max - 8`, then
-//! `(x + 4) / 4`. Computed in f64 and returned as f32.
+//! `(x + 4) / 4`. Computed in f32 (as the reference's torch path does), frames in parallel; frames
+//! that read only padding are all-zero spectra, whose value (`log10(1e-10)`) is written directly.
 //!
 //! Audio longer than one window is processed as successive 30 s windows, each exactly as the
 //! reference would process that window alone (its own `max - 8` clamp), and the frames
@@ -16,6 +17,7 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use realfft::{RealFftPlanner, RealToComplex};
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +52,15 @@ impl Default for WhisperMelConfig {
 #[derive(Clone)]
 pub struct WhisperMel {
     config: WhisperMelConfig,
-    window: Vec<f64>,
+    window: Vec<f32>,
     filters: MelBanks,
-    fft: Arc<dyn RealToComplex<f64>>,
+    fft: Arc<dyn RealToComplex<f32>>,
 }
+
+/// Frames per parallel task.
+const FRAMES_PER_TASK: usize = 64;
+/// `log10` of the mel floor.
+const LOG_FLOOR: f32 = -10.0;
 
 impl std::fmt::Debug for WhisperMel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,7 +78,7 @@ impl WhisperMel {
         let n = config.n_fft;
         // Periodic Hann: np.hanning(n + 1)[:-1].
         let window = (0..n)
-            .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos())
+            .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
             .collect();
         let filters = slaney_mel_filters(
             config.num_mel_bins,
@@ -80,7 +87,7 @@ impl WhisperMel {
             0.0,
             8000.0,
         );
-        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(n);
+        let fft = RealFftPlanner::<f32>::new().plan_fft_forward(n);
         Ok(Self {
             config,
             window,
@@ -139,7 +146,7 @@ impl WhisperMel {
             });
         }
         // Reflect padding (numpy "reflect": the edge sample is not repeated).
-        let at = |i: isize| -> f64 {
+        let at = |i: isize| -> f32 {
             let len = padded_length as isize;
             let j = if i < 0 {
                 -i
@@ -148,39 +155,48 @@ impl WhisperMel {
             } else {
                 i
             };
-            samples.get(j as usize).copied().unwrap_or(0.0) as f64
+            samples.get(j as usize).copied().unwrap_or(0.0)
         };
         let frames = padded_length / hop; // 1 + padded/hop frames, minus the dropped last one
         let bins = self.config.num_mel_bins;
-        let mut log_spec = vec![0.0f64; frames * bins];
-        let mut buffer = self.fft.make_input_vec();
-        let mut spectrum = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0.0f64; n_fft / 2 + 1];
-        let mut mel = vec![0.0f64; bins];
-        for frame in 0..frames {
-            let start = (frame * hop) as isize - half as isize;
-            for (i, b) in buffer.iter_mut().enumerate() {
-                *b = at(start + i as isize) * self.window[i];
-            }
-            self.fft
-                .process_with_scratch(&mut buffer, &mut spectrum, &mut scratch)
-                .expect("buffer sizes come from the plan");
-            for (p, c) in power.iter_mut().zip(&spectrum) {
-                *p = c.norm_sqr();
-            }
-            self.filters.apply(&power, &mut mel);
-            for (o, &m) in log_spec[frame * bins..(frame + 1) * bins]
-                .iter_mut()
-                .zip(&mel)
-            {
-                *o = m.max(1e-10).log10();
-            }
-        }
-        let max = log_spec.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let mut log_spec = vec![0.0f32; frames * bins];
+        log_spec
+            .par_chunks_mut(FRAMES_PER_TASK * bins)
+            .enumerate()
+            .for_each(|(task, rows)| {
+                let mut buffer = self.fft.make_input_vec();
+                let mut spectrum = self.fft.make_output_vec();
+                let mut scratch = self.fft.make_scratch_vec();
+                let mut power = vec![0.0f32; n_fft / 2 + 1];
+                for (row, out) in rows.chunks_exact_mut(bins).enumerate() {
+                    let frame = task * FRAMES_PER_TASK + row;
+                    let start = (frame * hop) as isize - half as isize;
+                    let mut silent = true;
+                    for (i, b) in buffer.iter_mut().enumerate() {
+                        let x = at(start + i as isize);
+                        silent &= x == 0.0;
+                        *b = x * self.window[i];
+                    }
+                    if silent {
+                        out.fill(LOG_FLOOR);
+                        continue;
+                    }
+                    self.fft
+                        .process_with_scratch(&mut buffer, &mut spectrum, &mut scratch)
+                        .expect("buffer sizes come from the plan");
+                    for (p, c) in power.iter_mut().zip(&spectrum) {
+                        *p = c.norm_sqr();
+                    }
+                    self.filters.apply_f32(&power, out);
+                    for o in out.iter_mut() {
+                        *o = o.max(1e-10).log10();
+                    }
+                }
+            });
+        let max = log_spec.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let data = log_spec
             .iter()
-            .map(|&x| ((x.max(max - 8.0) + 4.0) / 4.0) as f32)
+            .map(|&x| (x.max(max - 8.0) + 4.0) / 4.0)
             .collect();
         Ok(Features { data, frames, bins })
     }

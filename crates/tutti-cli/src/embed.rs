@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tutti_audio::{LoadOptions, load_audio};
 use tutti_models::{
-    AudioEncoder, EmbedOptions, Embedder, Embedding, LayerSelection, ModelDir, Pooling,
+    EmbedOptions, Embedder, Embedding, LayerSelection, ModelDir, Pooling, load_encoder,
 };
 
 use crate::inputs::{InputItem, resolve};
@@ -87,17 +87,18 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             model_dir.display()
         );
     }
-    let dir = ModelDir::open(&model_dir)?;
-    if dir.manifest.as_ref().is_some_and(|m| !m.trained) {
+    if let Ok(dir) = ModelDir::open(&model_dir)
+        && dir.manifest.as_ref().is_some_and(|m| !m.trained)
+    {
         tracing::warn!(
             "{} is untrained (random initialisation): its embeddings carry no learned information",
             model_dir.display()
         );
     }
-    let model = dir.load(&tutti_nn::device::cpu())?;
+    let model = load_encoder(&model_dir, &tutti_nn::device::cpu())?;
     let info = model.info();
     let embedder = Embedder::new(
-        &model,
+        model.as_ref(),
         EmbedOptions {
             layer: args.layer.clone(),
             pooling: if args.pool == Pool::Mean {

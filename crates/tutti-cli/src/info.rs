@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use tutti_models::{AudioEncoder, ModelDir};
+use tutti_models::{AudioEncoder, ModelDir, load_encoder};
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -14,7 +14,9 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
-    let dir = ModelDir::open(&args.model)?;
+    let Ok(dir) = ModelDir::open(&args.model) else {
+        return foreign(&args);
+    };
     let model = dir.load(&tutti_nn::device::cpu())?;
     let info = model.info();
     let trained = dir.manifest.as_ref().map(|m| m.trained);
@@ -71,6 +73,36 @@ pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
             }
             None => println!("manifest       none"),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A checkpoint that is not a tutti model (Hugging Face wav2vec 2.0 / HuBERT).
+fn foreign(args: &InfoArgs) -> anyhow::Result<ExitCode> {
+    let encoder = load_encoder(&args.model, &tutti_nn::device::cpu())?;
+    let info = encoder.info();
+    if args.json {
+        let value = serde_json::json!({ "info": info, "frame_rate_hz": info.frame_rate_hz() });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("model          {}", args.model.display());
+        println!(
+            "parameters     {} ({:.1} M)",
+            info.parameters,
+            info.parameters as f64 / 1e6
+        );
+        println!("sample rate    {} Hz", info.sample_rate_hz);
+        println!(
+            "hop            {} samples ({} Hz frames)",
+            info.hop_samples,
+            info.frame_rate_hz()
+        );
+        println!(
+            "layers         {} (hidden states 0..={})",
+            info.num_layers, info.num_layers
+        );
+        println!("width          {}", info.hidden_size);
+        println!("input          {:?}", info.input_kind);
     }
     Ok(ExitCode::SUCCESS)
 }

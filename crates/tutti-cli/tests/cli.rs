@@ -458,3 +458,36 @@ fn features_match_the_front_end_fixtures() {
     ]);
     assert!(!bad.status.success() && !dir.path().join("none.npy").exists());
 }
+
+#[test]
+fn embed_and_info_work_with_hugging_face_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    for variant in ["hf_wav2vec2_group", "hf_hubert_layer"] {
+        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/parity")
+            .join(variant);
+        let out = tutti(&["info", s(&model), "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(value["info"]["hop_samples"], 80);
+        let out_dir = dir.path().join(variant);
+        let out = tutti(&[
+            "embed",
+            s(&fixture("music_44k_stereo.wav")),
+            "-o",
+            s(&out_dir),
+            "--model",
+            s(&model),
+            "--pool",
+            "none",
+            "--layer",
+            "all",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        // 2 s at 16 kHz: (32000 - 10) / 5 + 1 = 6399 -> 1599 -> 399 frames; layers 0..=2, width 32.
+        assert_eq!(
+            npy_shape(&out_dir.join("music_44k_stereo.npy")),
+            vec![3, 399, 32]
+        );
+    }
+}

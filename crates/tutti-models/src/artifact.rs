@@ -12,8 +12,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::encoder::AudioEncoder;
 use crate::error::ModelError;
 use crate::tutti::{TuttiConfig, TuttiModel};
+use crate::wav2vec2::HfWav2Vec2;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -136,6 +138,32 @@ impl ModelDir {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "tutti".into());
         TuttiModel::new(self.config.clone(), encoder, device.clone(), name)
+    }
+}
+
+/// Load any encoder tutti knows from a directory, by its `config.json`'s `model_type`: tutti's
+/// own models, or Hugging Face checkpoints ("wav2vec2", "hubert").
+pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder>, ModelError> {
+    let config_path = path.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        artifact_error(
+            &config_path,
+            format!("{e} (a model directory holds config.json and model.safetensors)"),
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| artifact_error(&config_path, format!("not valid JSON: {e}")))?;
+    match value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+    {
+        "tutti" => Ok(Box::new(load_model(path, device)?)),
+        "wav2vec2" | "hubert" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
+        other => Err(artifact_error(
+            &config_path,
+            format!("model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert)"),
+        )),
     }
 }
 

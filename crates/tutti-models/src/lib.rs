@@ -7,8 +7,9 @@ pub mod encoder;
 pub mod error;
 pub mod presets;
 pub mod tutti;
+pub mod wav2vec2;
 
-pub use artifact::{Manifest, ModelDir, load_model, write_initialised_model};
+pub use artifact::{Manifest, ModelDir, load_encoder, load_model, write_initialised_model};
 pub use embed::{
     ClipEmbedding, EmbedOptions, Embedder, Embedding, FrameEmbedding, LayerSelection, Pooling,
 };
