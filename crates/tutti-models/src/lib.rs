@@ -2,6 +2,7 @@
 //! the preset registry, model artifacts and the embedding pipeline.
 
 pub mod artifact;
+pub mod conformance;
 pub mod embed;
 pub mod encoder;
 pub mod error;
