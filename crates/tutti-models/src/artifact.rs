@@ -16,6 +16,7 @@ use crate::encoder::AudioEncoder;
 use crate::error::ModelError;
 use crate::tutti::{TuttiConfig, TuttiModel};
 use crate::wav2vec2::HfWav2Vec2;
+use crate::whisper::HfWhisperEncoder;
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -160,9 +161,12 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
     {
         "tutti" => Ok(Box::new(load_model(path, device)?)),
         "wav2vec2" | "hubert" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
+        "whisper" => Ok(Box::new(HfWhisperEncoder::load(path, device)?)),
         other => Err(artifact_error(
             &config_path,
-            format!("model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert)"),
+            format!(
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, whisper)"
+            ),
         )),
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod presets;
 pub mod tutti;
 pub mod wav2vec2;
+pub mod whisper;
 
 pub use artifact::{Manifest, ModelDir, load_encoder, load_model, write_initialised_model};
 pub use embed::{
