@@ -5,7 +5,7 @@ computed alone (unpadded, as the model expects) and the preprocessor's output.
     /tmp/parity/bin/python tools/parity/make_w2v2_fixtures.py
 
 Writes fixtures/parity/hf_<name>/{config.json,preprocessor_config.json,model.safetensors,expected.safetensors}.
-Variants: wav2vec2 with group-norm feature extractor and post-LN encoder (wav2vec2-base style),
+Variants (WavLM too, with its gated relative position bias): wav2vec2 with group-norm feature extractor and post-LN encoder (wav2vec2-base style),
 wav2vec2 with layer-norm feature extractor and stable-layer-norm encoder (large-lv60 style), and
 HuBERT in both styles. Weight-norm positional convolutions are saved as torch saves them
 (parametrizations.weight.original0/1).
@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model, WavLMConfig, WavLMModel
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -41,6 +41,10 @@ VARIANTS = {
     "wav2vec2_layer": (Wav2Vec2Config, Wav2Vec2Model, dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)),
     "hubert_group": (HubertConfig, HubertModel, dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)),
     "hubert_layer": (HubertConfig, HubertModel, dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, feat_proj_layer_norm=True)),
+    # Few buckets and a short maximum distance, so that clips of ~100 frames reach the
+    # logarithmic buckets and the clamp.
+    "wavlm_group": (WavLMConfig, WavLMModel, dict(feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False, num_buckets=32, max_bucket_distance=40)),
+    "wavlm_layer": (WavLMConfig, WavLMModel, dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True, num_buckets=32, max_bucket_distance=40)),
 }
 
 
@@ -57,6 +61,9 @@ def main() -> None:
                 if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
                     module.weight.uniform_(0.5, 1.5)
                     module.bias.uniform_(-0.2, 0.2)
+            for param_name, param in model.named_parameters():
+                if "gru_rel_pos_const" in param_name or "rel_attn_embed" in param_name:
+                    param.uniform_(-1.0, 1.0)  # the defaults (ones, N(0, 1)) would hide a swapped gate
         out_dir = ROOT / "fixtures" / "parity" / f"hf_{name}"
         model.save_pretrained(out_dir, safe_serialization=True)
         normalize = extra["feat_extract_norm"] == "layer"

@@ -160,12 +160,12 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
         .unwrap_or("")
     {
         "tutti" => Ok(Box::new(load_model(path, device)?)),
-        "wav2vec2" | "hubert" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
+        "wav2vec2" | "hubert" | "wavlm" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
         "whisper" => Ok(Box::new(HfWhisperEncoder::load(path, device)?)),
         other => Err(artifact_error(
             &config_path,
             format!(
-                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, whisper)"
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper)"
             ),
         )),
     }

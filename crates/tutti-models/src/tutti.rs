@@ -21,10 +21,10 @@
 //! Padding: every stage zeroes the padded frames of its output and attention masks padded keys,
 //! so a padded batch gives each item the output it gets alone.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{
-    LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
+    Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
 };
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
@@ -185,6 +185,7 @@ impl TuttiConfig {
                     v_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
                     out_proj: LinearConfig::new(self.hidden_size, self.hidden_size).init(device),
                     num_heads: self.num_attention_heads,
+                    gate: None,
                 },
                 layer_norm: LayerNormConfig::new(self.hidden_size)
                     .with_epsilon(self.layer_norm_eps)
@@ -239,6 +240,76 @@ pub struct SelfAttention {
     pub v_proj: Linear,
     pub out_proj: Linear,
     pub num_heads: usize,
+    /// WavLM's gated relative position bias (absent in tutti, wav2vec 2.0 and HuBERT).
+    pub gate: Option<RelativePositionGate>,
+}
+
+/// WavLM's gated relative position bias (Chen et al., 2022; `WavLMAttention` in transformers):
+/// the first block owns `rel_attn_embed` (a bias per head and relative-position bucket); every
+/// block gates the shared bias per query with `gru_rel_pos_linear` and `gru_rel_pos_const`.
+#[derive(Module, Debug)]
+pub struct RelativePositionGate {
+    pub gru_rel_pos_const: Param<Tensor<4>>,
+    pub gru_rel_pos_linear: Linear,
+    pub rel_attn_embed: Option<Embedding>,
+    pub num_buckets: usize,
+    pub max_distance: usize,
+}
+
+impl RelativePositionGate {
+    /// The bucket of `relative = key - query` (T5-style, bidirectional), computed in f32 as the
+    /// reference does so that the truncations agree.
+    pub fn bucket(&self, relative: i64) -> i64 {
+        let half = (self.num_buckets / 2) as i64;
+        let mut bucket = if relative > 0 { half } else { 0 };
+        let distance = relative.abs();
+        let max_exact = half / 2;
+        if distance < max_exact {
+            bucket += distance;
+        } else {
+            let large = ((distance as f32 / max_exact as f32).ln()
+                / ((self.max_distance as f64 / max_exact as f64).ln() as f32)
+                * (half - max_exact) as f32) as i64;
+            bucket += (max_exact + large).min(half - 1);
+        }
+        bucket
+    }
+
+    /// The ungated bias `[heads, frames, frames]` (first block only).
+    fn compute_bias(&self, frames: usize, device: &Device) -> Option<Tensor<3>> {
+        let embed = self.rel_attn_embed.as_ref()?;
+        let buckets: Vec<i64> = (0..frames as i64)
+            .flat_map(|q| (0..frames as i64).map(move |k| (q, k)))
+            .map(|(q, k)| self.bucket(k - q))
+            .collect();
+        let index = Tensor::<1, burn::tensor::Int>::from_data(
+            TensorData::new(buckets, [frames * frames]),
+            device,
+        );
+        let values = embed.weight.val().select(0, index); // [T*T, H]
+        let heads = values.dims()[1];
+        Some(values.reshape([frames, frames, heads]).permute([2, 0, 1]))
+    }
+
+    /// Gate `bias` (`[heads, T, T]`) per query from the attention input `x` (`[B, T, D]`):
+    /// `[B, heads, T, T]`.
+    fn gated(&self, x: Tensor<3>, bias: Tensor<3>, heads: usize) -> Tensor<4> {
+        let [batch, frames, width] = x.dims();
+        let per_head = x
+            .reshape([batch, frames, heads, width / heads])
+            .swap_dims(1, 2);
+        let projected = self
+            .gru_rel_pos_linear
+            .forward(per_head)
+            .reshape([batch, heads, frames, 2, 4])
+            .sum_dim(4)
+            .reshape([batch, heads, frames, 2]);
+        let gates = burn::tensor::activation::sigmoid(projected);
+        let gate_a = gates.clone().narrow(3, 0, 1);
+        let gate_b = gates.narrow(3, 1, 1);
+        let gate = gate_a * (gate_b * self.gru_rel_pos_const.val() - 1.0) + 2.0; // [B, H, T, 1]
+        gate * bias.unsqueeze_dim::<4>(0)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -270,19 +341,45 @@ pub struct TuttiEncoder {
 impl SelfAttention {
     /// `x: [B, T, D]`, `key_padding: [B, T]` (true = padding) -> `[B, T, D]`.
     pub fn forward(&self, x: Tensor<3>, key_padding: &Tensor<2, Bool>) -> Tensor<3> {
+        self.forward_with_bias(x, key_padding, None).0
+    }
+
+    /// As [`SelfAttention::forward`], threading WavLM's relative position bias: the first block
+    /// computes it (`position_bias = None`), later blocks receive it; returns it for the next.
+    pub fn forward_with_bias(
+        &self,
+        x: Tensor<3>,
+        key_padding: &Tensor<2, Bool>,
+        position_bias: Option<Tensor<3>>,
+    ) -> (Tensor<3>, Option<Tensor<3>>) {
         let [batch, frames, width] = x.dims();
         let heads = self.num_heads;
         let head_dim = width / heads;
+        let (bias, gated) = match &self.gate {
+            Some(gate) => {
+                let bias = position_bias.or_else(|| gate.compute_bias(frames, &x.device()));
+                let gated = bias.clone().map(|b| gate.gated(x.clone(), b, heads));
+                (bias, gated)
+            }
+            None => (position_bias, None),
+        };
         let split = |t: Tensor<3>| t.reshape([batch, frames, heads, head_dim]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
         // [B, 1, 1, T]: broadcast over heads and queries by the backend, never materialised here.
         let mask = key_padding.clone().unsqueeze_dims::<4>(&[1, 2]);
-        let context = attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
-            .swap_dims(1, 2)
-            .reshape([batch, frames, width]);
-        self.out_proj.forward(context)
+        let context = attention(
+            q,
+            k,
+            v,
+            Some(mask),
+            gated,
+            AttentionModuleOptions::default(),
+        )
+        .swap_dims(1, 2)
+        .reshape([batch, frames, width]);
+        (self.out_proj.forward(context), bias)
     }
 }
 
@@ -296,20 +393,35 @@ impl FeedForward {
 impl EncoderLayer {
     /// Returns the block's output and its FFN output.
     pub fn forward(&self, x: Tensor<3>, key_padding: &Tensor<2, Bool>) -> (Tensor<3>, Tensor<3>) {
+        let (x, ffn, _) = self.forward_with_bias(x, key_padding, None);
+        (x, ffn)
+    }
+
+    /// As [`EncoderLayer::forward`], threading a relative position bias (WavLM).
+    pub fn forward_with_bias(
+        &self,
+        x: Tensor<3>,
+        key_padding: &Tensor<2, Bool>,
+        position_bias: Option<Tensor<3>>,
+    ) -> (Tensor<3>, Tensor<3>, Option<Tensor<3>>) {
         if self.layer_norm_first {
-            let attended = self
-                .attention
-                .forward(self.layer_norm.forward(x.clone()), key_padding);
+            let (attended, bias) = self.attention.forward_with_bias(
+                self.layer_norm.forward(x.clone()),
+                key_padding,
+                position_bias,
+            );
             let x = x + attended;
             let ffn = self
                 .feed_forward
                 .forward(self.final_layer_norm.forward(x.clone()));
-            (x + ffn.clone(), ffn)
+            (x + ffn.clone(), ffn, bias)
         } else {
-            let attended = self.attention.forward(x.clone(), key_padding);
+            let (attended, bias) =
+                self.attention
+                    .forward_with_bias(x.clone(), key_padding, position_bias);
             let x = self.layer_norm.forward(x + attended);
             let ffn = self.feed_forward.forward(x.clone());
-            (self.final_layer_norm.forward(x + ffn.clone()), ffn)
+            (self.final_layer_norm.forward(x + ffn.clone()), ffn, bias)
         }
     }
 }

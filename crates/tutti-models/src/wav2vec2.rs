@@ -1,9 +1,10 @@
-//! wav2vec 2.0 and HuBERT encoders, loaded from Hugging Face checkpoints by their own names.
+//! wav2vec 2.0, HuBERT and WavLM encoders, loaded from Hugging Face checkpoints by their own names.
 //!
-//! Papers: wav2vec 2.0 (Baevski et al., 2020), HuBERT (Hsu et al., 2021). Reference:
+//! Papers: wav2vec 2.0 (Baevski et al., 2020), HuBERT (Hsu et al., 2021), WavLM (Chen et al.,
+//! 2022; its gated relative position bias is [`crate::tutti::RelativePositionGate`]). Reference:
 //! `transformers` 4.46.3 `modeling_wav2vec2.py` / `modeling_hubert.py`
 //! (<https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/wav2vec2/modeling_wav2vec2.py>).
-//! Checkpoints: a directory with `config.json` (`model_type` "wav2vec2" or "hubert"),
+//! Checkpoints: a directory with `config.json` (`model_type` "wav2vec2", "hubert" or "wavlm"),
 //! `model.safetensors` and optionally `preprocessor_config.json`. Parity:
 //! `tests/hf_parity.rs` against tiny seeded models from `tools/parity/make_w2v2_fixtures.py`.
 //!
@@ -20,9 +21,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d};
+use burn::nn::{
+    EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d,
+};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
@@ -30,7 +33,7 @@ use tutti_nn::mask::{conv_output_length, padding_mask, zero_padding};
 
 use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
 use crate::error::ModelError;
-use crate::tutti::{EncoderLayer, FeedForward, SelfAttention};
+use crate::tutti::{EncoderLayer, FeedForward, RelativePositionGate, SelfAttention};
 
 /// The fields of a Hugging Face `Wav2Vec2Config` / `HubertConfig` that the encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +65,18 @@ pub struct Wav2Vec2Config {
     pub feat_proj_layer_norm: Option<bool>,
     #[serde(default)]
     pub conv_pos_batch_norm: bool,
+    /// WavLM only: relative-position buckets and their maximum distance.
+    #[serde(default = "default_buckets")]
+    pub num_buckets: usize,
+    #[serde(default = "default_bucket_distance")]
+    pub max_bucket_distance: usize,
+}
+
+fn default_buckets() -> usize {
+    320
+}
+fn default_bucket_distance() -> usize {
+    800
 }
 
 fn gelu_name() -> String {
@@ -195,13 +210,30 @@ impl Wav2Vec2Config {
                     .with_epsilon(self.layer_norm_eps)
                     .init(device),
                 layers: (0..self.num_hidden_layers)
-                    .map(|_| EncoderLayer {
+                    .map(|layer| EncoderLayer {
                         attention: SelfAttention {
                             q_proj: LinearConfig::new(d, d).init(device),
                             k_proj: LinearConfig::new(d, d).init(device),
                             v_proj: LinearConfig::new(d, d).init(device),
                             out_proj: LinearConfig::new(d, d).init(device),
                             num_heads: self.num_attention_heads,
+                            gate: (self.model_type == "wavlm").then(|| RelativePositionGate {
+                                gru_rel_pos_const: Param::from_tensor(Tensor::ones(
+                                    [1, self.num_attention_heads, 1, 1],
+                                    device,
+                                )),
+                                gru_rel_pos_linear: LinearConfig::new(
+                                    d / self.num_attention_heads,
+                                    8,
+                                )
+                                .init(device),
+                                rel_attn_embed: (layer == 0).then(|| {
+                                    EmbeddingConfig::new(self.num_buckets, self.num_attention_heads)
+                                        .init(device)
+                                }),
+                                num_buckets: self.num_buckets,
+                                max_distance: self.max_bucket_distance,
+                            }),
                         },
                         layer_norm: LayerNormConfig::new(d)
                             .with_epsilon(self.layer_norm_eps)
@@ -346,8 +378,10 @@ impl Wav2Vec2Model {
             .min(layers.len());
         let mut hidden_states = vec![x.clone()];
         let mut ffn_outputs = Vec::with_capacity(depth);
+        let mut position_bias = None;
         for layer in &layers[..depth] {
-            let (next, ffn) = layer.forward(x, &mask);
+            let (next, ffn, bias) = layer.forward_with_bias(x, &mask, position_bias);
+            position_bias = bias;
             x = next;
             hidden_states.push(x.clone());
             ffn_outputs.push(ffn);
@@ -365,7 +399,7 @@ impl Wav2Vec2Model {
 }
 
 /// Prefixes under which task heads store the encoder (`Wav2Vec2ForCTC` and friends).
-const ENCODER_PREFIXES: [&str; 2] = ["wav2vec2.", "hubert."];
+const ENCODER_PREFIXES: [&str; 3] = ["wav2vec2.", "hubert.", "wavlm."];
 /// Tensors that belong to pre-training or task heads, skipped on purpose (and reported).
 const SKIPPED: [&str; 8] = [
     "masked_spec_embed",
@@ -538,11 +572,16 @@ impl HfWav2Vec2 {
         let mut model = config.init(device);
         let mut skip: Vec<&str> = SKIPPED.to_vec();
         skip.push("head::");
+        // The one rename: WavLM's gate tensors live in their own module (`attention.gate.*`).
+        let remap = [(
+            r"\.attention\.(gru_rel_pos_const|gru_rel_pos_linear|rel_attn_embed)",
+            ".attention.gate.$1",
+        )];
         let report = tutti_nn::loader::load_safetensors_bytes_strict(
             &mut model,
             prepared,
             &weights_path,
-            &[],
+            &remap,
             &skip,
         )?;
         let name = dir

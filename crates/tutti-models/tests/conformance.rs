@@ -38,6 +38,8 @@ fn the_hugging_face_encoders_conform() {
         "hf_wav2vec2_layer",
         "hf_hubert_group",
         "hf_hubert_layer",
+        "hf_wavlm_group",
+        "hf_wavlm_layer",
         "tutti_postln_50hz",
     ] {
         let encoder = load_encoder(&root.join(variant), &tutti_nn::device::cpu()).unwrap();

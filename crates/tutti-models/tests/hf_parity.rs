@@ -1,4 +1,4 @@
-//! wav2vec 2.0 and HuBERT against Hugging Face transformers 4.46.3 (torch 2.5.1).
+//! wav2vec 2.0, HuBERT and WavLM against Hugging Face transformers 4.46.3 (torch 2.5.1).
 //!
 //! Fixtures: `fixtures/parity/hf_*`, from `tools/parity/make_w2v2_fixtures.py`: tiny seeded models
 //! in Hugging Face layout (weight-normed positional convolution as torch 2.5 saves it, a
@@ -13,11 +13,13 @@ use tutti_models::{ForwardOptions, load_encoder};
 /// Largest absolute difference on any hidden state (LayerNorm-scaled values, f32 on both sides).
 const HF_TOLERANCE: f32 = 1e-4;
 
-const VARIANTS: [&str; 4] = [
+const VARIANTS: [&str; 6] = [
     "hf_wav2vec2_group",
     "hf_wav2vec2_layer",
     "hf_hubert_group",
     "hf_hubert_layer",
+    "hf_wavlm_group",
+    "hf_wavlm_layer",
 ];
 
 fn dir(name: &str) -> PathBuf {
@@ -89,7 +91,7 @@ fn every_variant_matches_transformers() {
 #[test]
 fn a_perturbed_checkpoint_breaks_parity() {
     // Negative control: scale the weight-norm magnitude `g` of the positional convolution.
-    for name in ["hf_wav2vec2_group", "hf_hubert_layer"] {
+    for name in ["hf_wav2vec2_group", "hf_hubert_layer", "hf_wavlm_layer"] {
         let tmp = tempfile::tempdir().unwrap();
         for file in ["config.json", "preprocessor_config.json"] {
             std::fs::copy(dir(name).join(file), tmp.path().join(file)).unwrap();
