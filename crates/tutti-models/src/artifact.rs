@@ -12,6 +12,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::crepe::CrepeEncoder;
 use crate::encoder::AudioEncoder;
 use crate::error::ModelError;
 use crate::tutti::{TuttiConfig, TuttiModel};
@@ -162,10 +163,21 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
         "tutti" => Ok(Box::new(load_model(path, device)?)),
         "wav2vec2" | "hubert" | "wavlm" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
         "whisper" => Ok(Box::new(HfWhisperEncoder::load(path, device)?)),
+        "crepe" => {
+            let capacity = value
+                .get("capacity")
+                .and_then(|v| v.as_str())
+                .unwrap_or("full");
+            Ok(Box::new(CrepeEncoder::load(
+                &path.join("model.pth"),
+                Some(capacity),
+                device,
+            )?))
+        }
         other => Err(artifact_error(
             &config_path,
             format!(
-                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper)"
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe)"
             ),
         )),
     }

@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod conformance;
+pub mod crepe;
 pub mod ct2;
 pub mod embed;
 pub mod encoder;

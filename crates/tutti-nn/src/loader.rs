@@ -130,6 +130,46 @@ pub fn load_safetensors_bytes_strict<M: Module + ModuleSnapshot>(
     })
 }
 
+/// As [`load_safetensors_strict`], from a PyTorch state dict (`.pt`/`.pth`/`.bin`, zip or legacy
+/// format) through burn-store's PyTorch reader. Skip entries starting with `*` match suffixes
+/// (`*.num_batches_tracked`).
+pub fn load_pytorch_strict<M: Module + ModuleSnapshot>(
+    module: &mut M,
+    path: &Path,
+    skip: &[&str],
+) -> Result<LoadReport, LoadError> {
+    let mut store = burn::store::PytorchStore::from_file(path)
+        .allow_partial(true)
+        .validate(true);
+    let result = module.load_from(&mut store).map_err(|e| LoadError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let skipped_by = |name: &str| {
+        skip.iter().any(|p| match p.strip_prefix('*') {
+            Some(suffix) => name.ends_with(suffix),
+            None => name.starts_with(p),
+        })
+    };
+    let (skipped, unused): (Vec<String>, Vec<String>) =
+        result.unused.into_iter().partition(|name| skipped_by(name));
+    let details = MismatchDetails {
+        missing: result.missing.into_iter().map(|(path, _)| path).collect(),
+        unused,
+        errors: result.errors.iter().map(|e| e.to_string()).collect(),
+    };
+    if !details.missing.is_empty() || !details.unused.is_empty() || !details.errors.is_empty() {
+        return Err(LoadError::Mismatch {
+            path: path.to_path_buf(),
+            details,
+        });
+    }
+    Ok(LoadReport {
+        applied: result.applied.len(),
+        skipped,
+    })
+}
+
 /// Save `module` to `path` in PyTorch layout, atomically (temporary file, then rename).
 pub fn save_safetensors<M: Module + ModuleSnapshot>(
     module: &M,

