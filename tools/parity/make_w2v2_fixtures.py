@@ -66,10 +66,15 @@ def main() -> None:
                     param.uniform_(-1.0, 1.0)  # the defaults (ones, N(0, 1)) would hide a swapped gate
         out_dir = ROOT / "fixtures" / "parity" / f"hf_{name}"
         model.save_pretrained(out_dir, safe_serialization=True)
+        if name == "wav2vec2_group":
+            # The same weights as pytorch_model.bin (torch.save), for the .bin loading path.
+            model.save_pretrained(ROOT / "fixtures" / "parity" / "hf_wav2vec2_group_bin", safe_serialization=False)
         normalize = extra["feat_extract_norm"] == "layer"
         extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                                              do_normalize=normalize, return_attention_mask=normalize)
         extractor.save_pretrained(out_dir)
+        if name == "wav2vec2_group":
+            extractor.save_pretrained(ROOT / "fixtures" / "parity" / "hf_wav2vec2_group_bin")
         tensors = {}
         with torch.no_grad():
             for i, wave in enumerate(waves):

@@ -2,6 +2,7 @@
 //! the preset registry, model artifacts and the embedding pipeline.
 
 pub mod artifact;
+pub mod checkpoint;
 pub mod conformance;
 pub mod crepe;
 pub mod ct2;

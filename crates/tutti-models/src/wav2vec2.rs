@@ -557,17 +557,7 @@ impl HfWav2Vec2 {
         } else {
             Wav2Vec2Preprocessor::default()
         };
-        let weights_path = dir.join("model.safetensors");
-        if !weights_path.exists() {
-            let hint = if dir.join("pytorch_model.bin").exists() {
-                "only pytorch_model.bin is present; convert it once with safetensors' `convert` or tools/parity"
-            } else {
-                "no model.safetensors"
-            };
-            return Err(artifact(&weights_path, hint.into()));
-        }
-        let bytes =
-            std::fs::read(&weights_path).map_err(|e| artifact(&weights_path, e.to_string()))?;
+        let (bytes, weights_path) = crate::checkpoint::checkpoint_bytes(dir)?;
         let prepared = prepare_weights(&bytes, &weights_path)?;
         let mut model = config.init(device);
         let mut skip: Vec<&str> = SKIPPED.to_vec();

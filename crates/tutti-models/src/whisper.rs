@@ -260,9 +260,7 @@ impl HfWhisperEncoder {
                 .collect(),
             layer_norm: LayerNormConfig::new(d).init(device),
         };
-        let weights_path = dir.join("model.safetensors");
-        let bytes =
-            std::fs::read(&weights_path).map_err(|e| artifact(&weights_path, e.to_string()))?;
+        let (bytes, weights_path) = crate::checkpoint::checkpoint_bytes(dir)?;
         let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| artifact(&weights_path, format!("not a safetensors file: {e}")))?
             .names()

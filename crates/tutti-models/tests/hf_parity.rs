@@ -146,3 +146,10 @@ fn unknown_model_types_are_refused_by_name() {
         .to_string();
     assert!(error.contains("'bert' is not supported"), "{error}");
 }
+
+#[test]
+fn a_pytorch_model_bin_checkpoint_loads_the_same() {
+    // The same weights saved by torch.save (pytorch_model.bin) instead of safetensors.
+    let error = worst("hf_wav2vec2_group", &dir("hf_wav2vec2_group_bin"));
+    assert!(error <= HF_TOLERANCE, "{error}");
+}
