@@ -58,6 +58,11 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     if args.train {
         return train_speed(args, threads);
     }
+    if let Some(dir) = &args.model
+        && tutti_models::ModelDir::open(dir).is_err()
+    {
+        return any_encoder_speed(&args, dir, threads);
+    }
     let model = load(&args)?;
     let info = model.info();
     let samples = (args.secs * info.sample_rate_hz as f64) as usize;
@@ -240,6 +245,54 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         "step_secs_min": times[0].0,
         "audio_secs_per_sec": audio_secs / step_secs,
         "losses": losses,
+        "peak_memory_mib": peak_memory_mib(),
+        "machine": machine_facts(threads),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Any encoder `load_encoder` knows (teachers, Hugging Face checkpoints): the whole `encode`
+/// call, front end included, on one item.
+fn any_encoder_speed(
+    args: &SpeedArgs,
+    dir: &std::path::Path,
+    threads: Option<usize>,
+) -> anyhow::Result<ExitCode> {
+    let encoder = tutti_models::load_encoder(dir, &tutti_nn::device::cpu())?;
+    let info = encoder.info();
+    let samples = (args.secs * info.sample_rate_hz as f64) as usize;
+    let wave = synthetic_wave(samples);
+    let batch: Vec<&[f32]> = (0..args.batch).map(|_| wave.as_slice()).collect();
+    let time = || -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let out = encoder.encode(&batch, ForwardOptions::default())?;
+        let _ = out
+            .hidden_states
+            .last()
+            .expect("states")
+            .clone()
+            .into_data();
+        Ok(start.elapsed().as_secs_f64())
+    };
+    time()?;
+    let mut times: Vec<f64> = (0..args.iterations.max(1))
+        .map(|_| time())
+        .collect::<Result<_, _>>()?;
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let audio_secs = args.secs * args.batch as f64;
+    let report = serde_json::json!({
+        "model": info.name,
+        "parameters": info.parameters,
+        "audio_secs_per_item": args.secs,
+        "batch": args.batch,
+        "iterations": times.len(),
+        "encode_secs_median": median,
+        "encode_secs_min": times[0],
+        "real_time_factor": median / audio_secs,
+        "audio_secs_per_sec": audio_secs / median,
+        "frames_per_sec": (encoder.num_frames(samples) * args.batch) as f64 / median,
         "peak_memory_mib": peak_memory_mib(),
         "machine": machine_facts(threads),
     });
