@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use tutti_nn::fixtures::read_f32_tensors;
+
 use tutti_audio::{LoadOptions, load_audio};
 use tutti_models::crepe::CrepeEncoder;
 use tutti_models::{AudioEncoder, ForwardOptions};
@@ -23,19 +25,7 @@ fn root() -> PathBuf {
 }
 
 fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(root().join("fixtures/parity/crepe_expected.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (k, (v.shape().to_vec(), values))
-        })
-        .collect()
+    read_f32_tensors(&root().join("fixtures/parity/crepe_expected.safetensors"))
 }
 
 fn clips() -> Vec<Vec<f32>> {
@@ -54,11 +44,7 @@ fn clips() -> Vec<Vec<f32>> {
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    tutti_nn::fixtures::max_abs_diff(a, b)
 }
 
 fn random_model_error(encoder: &CrepeEncoder) -> f32 {

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use tutti_nn::fixtures::read_f32_tensors;
+
 use tutti_audio::{LoadOptions, load_audio};
 use tutti_models::{ForwardOptions, load_encoder};
 
@@ -27,19 +29,9 @@ fn root() -> PathBuf {
 }
 
 fn read_safetensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<_> = file
-        .tensors()
+    let mut out: Vec<_> = read_f32_tensors(path)
         .into_iter()
-        .map(|(k, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (k, v.shape().to_vec(), values)
-        })
+        .map(|(name, (shape, values))| (name, shape, values))
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use tutti_nn::fixtures::read_f32_tensors;
+
 use tutti_models::{ForwardOptions, load_encoder};
 
 /// Largest absolute difference on any hidden state (LayerNorm-scaled values, f32 on both sides).
@@ -29,19 +31,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn expected(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(dir(name).join("expected.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (k, (v.shape().to_vec(), values))
-        })
-        .collect()
+    read_f32_tensors(&dir(name).join("expected.safetensors"))
 }
 
 fn worst(name: &str, model_dir: &std::path::Path) -> f32 {

@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use tutti_nn::fixtures::read_f32_tensors;
+
 use burn::tensor::Tensor;
 use tutti_models::{AudioEncoder, ForwardOptions, ModelDir};
 
@@ -25,19 +27,7 @@ fn fixture_dir(name: &str) -> PathBuf {
 }
 
 fn read_expected(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(fixture_dir(name).join("expected.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(key, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (key, (view.shape().to_vec(), values))
-        })
-        .collect()
+    read_f32_tensors(&fixture_dir(name).join("expected.safetensors"))
 }
 
 fn item_values(t: &Tensor<3>, index: usize, frames: usize) -> Vec<f32> {

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use tutti_nn::fixtures::read_f32_tensors;
+
 use tutti_audio::{LoadOptions, load_audio};
 use tutti_models::conformance::check_conformance;
 use tutti_models::{ForwardOptions, load_encoder};
@@ -20,20 +22,7 @@ fn root() -> PathBuf {
 }
 
 fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes =
-        std::fs::read(root().join("fixtures/parity/hf_whisper/expected.safetensors")).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (k, (v.shape().to_vec(), values))
-        })
-        .collect()
+    read_f32_tensors(&root().join("fixtures/parity/hf_whisper/expected.safetensors"))
 }
 
 fn worst(model_dir: &std::path::Path) -> f32 {

@@ -2,6 +2,7 @@
 //! masks, small functional layers, device selection.
 
 pub mod device;
+pub mod fixtures;
 pub mod layers;
 pub mod loader;
 pub mod mask;

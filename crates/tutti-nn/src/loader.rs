@@ -109,10 +109,24 @@ pub fn load_safetensors_bytes_strict<M: Module + ModuleSnapshot>(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let (skipped, unused): (Vec<String>, Vec<String>) = result
-        .unused
-        .into_iter()
-        .partition(|name| skip_prefixes.iter().any(|p| name.starts_with(p)));
+    verdict(result, path, skip_prefixes)
+}
+
+/// Accept an application only if it was exact, but for the tensors skipped on purpose: entries
+/// of `skip` are prefixes, or suffixes when they start with `*` (`*.num_batches_tracked`).
+fn verdict(
+    result: burn::store::ApplyResult,
+    path: &Path,
+    skip: &[&str],
+) -> Result<LoadReport, LoadError> {
+    let skipped_by = |name: &str| {
+        skip.iter().any(|p| match p.strip_prefix('*') {
+            Some(suffix) => name.ends_with(suffix),
+            None => name.starts_with(p),
+        })
+    };
+    let (skipped, unused): (Vec<String>, Vec<String>) =
+        result.unused.into_iter().partition(|name| skipped_by(name));
     let details = MismatchDetails {
         missing: result.missing.into_iter().map(|(path, _)| path).collect(),
         unused,
@@ -145,29 +159,7 @@ pub fn load_pytorch_strict<M: Module + ModuleSnapshot>(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let skipped_by = |name: &str| {
-        skip.iter().any(|p| match p.strip_prefix('*') {
-            Some(suffix) => name.ends_with(suffix),
-            None => name.starts_with(p),
-        })
-    };
-    let (skipped, unused): (Vec<String>, Vec<String>) =
-        result.unused.into_iter().partition(|name| skipped_by(name));
-    let details = MismatchDetails {
-        missing: result.missing.into_iter().map(|(path, _)| path).collect(),
-        unused,
-        errors: result.errors.iter().map(|e| e.to_string()).collect(),
-    };
-    if !details.missing.is_empty() || !details.unused.is_empty() || !details.errors.is_empty() {
-        return Err(LoadError::Mismatch {
-            path: path.to_path_buf(),
-            details,
-        });
-    }
-    Ok(LoadReport {
-        applied: result.applied.len(),
-        skipped,
-    })
+    verdict(result, path, skip)
 }
 
 /// Save `module` to `path` in PyTorch layout, atomically (temporary file, then rename).
