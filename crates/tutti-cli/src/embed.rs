@@ -144,9 +144,13 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         ProgressBar::hidden()
     };
     progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} files  {elapsed} < {eta}  {msg}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} files  {elapsed_precise} < {eta}  {msg}",
+        )
+        .expect("static template"),
     );
+    // Redraw while a long file is being embedded, so the clock and spinner keep moving.
+    progress.enable_steady_tick(std::time::Duration::from_millis(200));
 
     let mut failures: Vec<(PathBuf, String)> = Vec::new();
     let mut skipped = 0usize;
