@@ -8,6 +8,39 @@ use burn::store::pytorch_reader::{DType, PytorchReader};
 
 use crate::error::ModelError;
 
+/// A Hugging Face checkpoint's `config.json` as `T` (`what` names the expected kind in errors).
+pub fn read_config<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> Result<T, ModelError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Artifact {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ModelError::Artifact {
+        path,
+        reason: format!("not a {what} config: {e}"),
+    })
+}
+
+/// `preprocessor_config.json` as `T`, or `T`'s defaults (an empty object) when there is none.
+pub fn read_preprocessor<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<T, ModelError> {
+    let path = dir.join("preprocessor_config.json");
+    let text = if path.exists() {
+        std::fs::read_to_string(&path).map_err(|e| ModelError::Artifact {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?
+    } else {
+        "{}".to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| ModelError::Artifact {
+        path,
+        reason: e.to_string(),
+    })
+}
+
 /// The weights of the checkpoint in `dir` as safetensors bytes, and the file they came from.
 pub fn checkpoint_bytes(dir: &Path) -> Result<(Vec<u8>, PathBuf), ModelError> {
     let safetensors_path = dir.join("model.safetensors");

@@ -31,6 +31,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 use tutti_nn::mask::{conv_output_length, padding_mask, zero_padding};
 
+use crate::checkpoint::{read_config, read_preprocessor};
 use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
 use crate::error::ModelError;
 use crate::tutti::{EncoderLayer, FeedForward, RelativePositionGate, SelfAttention};
@@ -539,24 +540,9 @@ pub struct HfWav2Vec2 {
 
 impl HfWav2Vec2 {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let artifact = |path: &Path, reason: String| ModelError::Artifact {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| artifact(&config_path, e.to_string()))?;
-        let config: Wav2Vec2Config = serde_json::from_str(&text)
-            .map_err(|e| artifact(&config_path, format!("not a wav2vec2/HuBERT config: {e}")))?;
+        let config: Wav2Vec2Config = read_config(dir, "wav2vec2/HuBERT/WavLM")?;
         config.validate()?;
-        let preprocessor_path = dir.join("preprocessor_config.json");
-        let preprocessor = if preprocessor_path.exists() {
-            let text = std::fs::read_to_string(&preprocessor_path)
-                .map_err(|e| artifact(&preprocessor_path, e.to_string()))?;
-            serde_json::from_str(&text).map_err(|e| artifact(&preprocessor_path, e.to_string()))?
-        } else {
-            Wav2Vec2Preprocessor::default()
-        };
+        let preprocessor: Wav2Vec2Preprocessor = read_preprocessor(dir)?;
         let (bytes, weights_path) = crate::checkpoint::checkpoint_bytes(dir)?;
         let prepared = prepare_weights(&bytes, &weights_path)?;
         let mut model = config.init(device);

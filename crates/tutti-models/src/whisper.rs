@@ -27,6 +27,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 use tutti_audio::{WhisperMel, WhisperMelConfig};
 
+use crate::checkpoint::{read_config, read_preprocessor};
 use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
 use crate::error::ModelError;
 
@@ -192,28 +193,18 @@ pub struct HfWhisperEncoder {
 
 impl HfWhisperEncoder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
-        let artifact = |path: &Path, reason: String| ModelError::Artifact {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| artifact(&config_path, e.to_string()))?;
-        let config: WhisperConfig = serde_json::from_str(&text)
-            .map_err(|e| artifact(&config_path, format!("not a Whisper config: {e}")))?;
+        let config: WhisperConfig = read_config(dir, "Whisper")?;
         if config.activation_function != "gelu" {
             return Err(ModelError::Config(format!(
                 "activation {} (gelu only)",
                 config.activation_function
             )));
         }
+        let preprocessor: WhisperPreprocessor = read_preprocessor(dir)?;
         let preprocessor_path = dir.join("preprocessor_config.json");
-        let preprocessor: WhisperPreprocessor = if preprocessor_path.exists() {
-            let text = std::fs::read_to_string(&preprocessor_path)
-                .map_err(|e| artifact(&preprocessor_path, e.to_string()))?;
-            serde_json::from_str(&text).map_err(|e| artifact(&preprocessor_path, e.to_string()))?
-        } else {
-            serde_json::from_str("{}").expect("defaults")
+        let artifact = |path: &Path, reason: String| ModelError::Artifact {
+            path: path.to_path_buf(),
+            reason,
         };
         if preprocessor.feature_size != config.num_mel_bins {
             return Err(artifact(
