@@ -47,8 +47,7 @@ fn load(args: &SpeedArgs) -> anyhow::Result<TuttiModel> {
         Some(dir) => tutti_models::load_model(dir, &device)?,
         None => {
             let config = tutti_models::presets::preset(&args.preset)?;
-            device.seed(0);
-            let encoder = config.init(&device)?;
+            let encoder = tutti_nn::device::seeded(&device, 0, || config.init(&device))?;
             TuttiModel::new(config, encoder, device, args.preset.clone())?
         }
     })
@@ -181,10 +180,9 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let plain = load(&args)?;
     let config = plain.config.clone();
     let device = tutti_nn::device::cpu().autodiff();
-    device.seed(0);
     let student = match &args.model {
         Some(dir) => tutti_models::load_model(dir, &device)?.encoder,
-        None => config.init(&device)?,
+        None => tutti_nn::device::seeded(&device, 0, || config.init(&device))?,
     };
     let samples = (args.secs * config.fbank.sample_rate_hz as f64) as usize;
     let wave = synthetic_wave(samples);
@@ -221,6 +219,7 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         vec![teacher],
         2 * config.hidden_size,
         1e-4,
+        0,
         &device,
     );
     let mut time_step = || {

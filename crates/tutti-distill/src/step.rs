@@ -53,15 +53,31 @@ impl DistillStep {
         teachers: Vec<TeacherSlot>,
         head_hidden: usize,
         learning_rate: f64,
+        seed: u64,
         device: &Device,
     ) -> Self {
         let width = student.layers[0].feed_forward.output_dense.weight.dims()[1];
-        let heads = teachers
+        // The heads are initialised from `seed` (the student arrives initialised or trained).
+        let heads: Vec<Vec<PredictionHead>> = teachers
             .iter()
-            .map(|t| {
-                t.student_layers
+            .enumerate()
+            .map(|(t, teacher)| {
+                teacher
+                    .student_layers
                     .iter()
-                    .map(|_| PredictionHead::new(width, head_hidden, t.dim, device))
+                    .enumerate()
+                    .map(|(k, _)| {
+                        let head_seed = seed.wrapping_add((t * 1000 + k) as u64);
+                        tutti_nn::device::seeded(device, head_seed, || {
+                            Ok::<_, std::convert::Infallible>(PredictionHead::new(
+                                width,
+                                head_hidden,
+                                teacher.dim,
+                                device,
+                            ))
+                        })
+                        .expect("infallible")
+                    })
                     .collect()
             })
             .collect();

@@ -2,16 +2,29 @@
 
 use burn::module::list_param_ids;
 use burn::optim::GradientsParams;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 use tutti_distill::step::{DistillStep, StepTargets, TeacherSlot};
 use tutti_models::TuttiModel;
 use tutti_models::presets::preset;
 
+/// Deterministic pseudo-random targets (a fixed LCG, no shared generator).
+fn fixed_targets(shape: [usize; 3], seed: u64, device: &Device) -> Tensor<3> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let values: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
 fn setup() -> (DistillStep, Tensor<3>, Vec<usize>, StepTargets) {
     let device = tutti_nn::device::cpu().autodiff();
-    device.seed(3);
     let config = preset("tiny").unwrap();
-    let student = config.init(&device).unwrap();
+    let student = tutti_nn::device::seeded(&device, 3, || config.init(&device)).unwrap();
     // Real fbank features of two clips of unequal length (computed outside the graph).
     let plain = tutti_nn::device::cpu();
     let model = TuttiModel::new(
@@ -46,14 +59,10 @@ fn setup() -> (DistillStep, Tensor<3>, Vec<usize>, StepTargets) {
     let targets = StepTargets {
         targets: vec![
             vec![
-                Tensor::random([2, frames, 24], Distribution::Normal(0.0, 1.0), &device),
-                Tensor::random([2, frames, 24], Distribution::Normal(0.0, 1.0), &device),
+                fixed_targets([2, frames, 24], 1, &device),
+                fixed_targets([2, frames, 24], 2, &device),
             ],
-            vec![Tensor::random(
-                [2, frames.div_ceil(2), 12],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            )],
+            vec![fixed_targets([2, frames.div_ceil(2), 12], 3, &device)],
         ],
         teacher_lengths: vec![
             vec![frames, short],
@@ -61,7 +70,7 @@ fn setup() -> (DistillStep, Tensor<3>, Vec<usize>, StepTargets) {
         ],
         weights: vec![10.0 / 11.0, 1.0 / 11.0],
     };
-    let step = DistillStep::new(student, 50.0, teachers, 16, 3e-3, &device);
+    let step = DistillStep::new(student, 50.0, teachers, 16, 3e-3, 5, &device);
     (step, features, lengths, targets)
 }
 

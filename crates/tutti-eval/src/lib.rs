@@ -9,6 +9,7 @@
 
 pub mod knn;
 pub mod metrics;
+pub mod probe;
 pub mod score;
 
 pub use metrics::{accuracy, average_precision, macro_f1, mean_average_precision, r2_score};

@@ -208,8 +208,7 @@ pub fn write_initialised_model(
             ));
         }
     }
-    device.seed(seed);
-    let encoder = config.init(device)?;
+    let encoder = tutti_nn::device::seeded(device, seed, || config.init(device))?;
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,0 +1,284 @@
+//! Trained probes on frozen embeddings (PAPERS.md section 4):
+//! - `linear`: LayerNorm + Linear (X-ARES): AdamW, lr 1e-3, 10 epochs, batch 32, cosine decay;
+//! - `mlp`: LayerNorm + Linear + ReLU + Linear (one hidden layer), the same schedule, its width and
+//!   learning rate chosen on the validation split from a small grid.
+//!
+//! Multiclass targets use cross-entropy; the data order is shuffled each epoch from a seeded RNG,
+//! so a probe is deterministic for a given seed.
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::{relu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Probe settings; defaults are X-ARES's.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// `None` = linear probe; `Some(width)` = one hidden layer of that width.
+    pub hidden: Option<usize>,
+    pub learning_rate: f64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub weight_decay: f64,
+    pub seed: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            hidden: None,
+            learning_rate: 1e-3,
+            epochs: 10,
+            batch_size: 32,
+            weight_decay: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct ProbeModel {
+    pub norm: LayerNorm,
+    pub hidden: Option<Linear>,
+    pub output: Linear,
+}
+
+impl ProbeModel {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.norm.forward(x);
+        match &self.hidden {
+            Some(hidden) => self.output.forward(relu(hidden.forward(x))),
+            None => self.output.forward(x),
+        }
+    }
+}
+
+/// A trained probe, ready to score embeddings.
+#[derive(Debug)]
+pub struct Probe {
+    model: ProbeModel,
+    device: Device,
+    dim: usize,
+    classes: usize,
+}
+
+/// A tiny deterministic generator for shuffling (xorshift64*).
+struct Shuffler(u64);
+
+impl Shuffler {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Train a multiclass probe on `embeddings` (`[items, dim]` row-major) and `labels`.
+pub fn train_probe(
+    embeddings: &[f32],
+    labels: &[usize],
+    dim: usize,
+    classes: usize,
+    config: &ProbeConfig,
+) -> Probe {
+    let device = tutti_nn::device::cpu().autodiff();
+    let mut model = tutti_nn::device::seeded(&device, config.seed, || {
+        Ok::<_, std::convert::Infallible>(ProbeModel {
+            norm: LayerNormConfig::new(dim).init(&device),
+            hidden: config
+                .hidden
+                .map(|h| LinearConfig::new(dim, h).init(&device)),
+            output: LinearConfig::new(config.hidden.unwrap_or(dim), classes).init(&device),
+        })
+    })
+    .expect("infallible");
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let items = labels.len();
+    let steps_per_epoch = items.div_ceil(config.batch_size).max(1);
+    let total_steps = (steps_per_epoch * config.epochs).max(1);
+    let mut order: Vec<usize> = (0..items).collect();
+    let mut shuffler = Shuffler(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut step = 0usize;
+    for _ in 0..config.epochs {
+        shuffler.shuffle(&mut order);
+        for batch in order.chunks(config.batch_size) {
+            let mut x = Vec::with_capacity(batch.len() * dim);
+            for &i in batch {
+                x.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
+            }
+            let y: Vec<i64> = batch.iter().map(|&i| labels[i] as i64).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &device);
+            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch.len()]), &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            // Cosine decay from the base learning rate to 0 over all steps.
+            let progress = step as f64 / total_steps as f64;
+            let lr = config.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+            model = optimizer.step(lr, model, grads);
+            step += 1;
+        }
+    }
+    let inference = tutti_nn::device::cpu();
+    Probe {
+        model: model.valid().to_device(&inference),
+        device: inference,
+        dim,
+        classes,
+    }
+}
+
+/// Train one probe per configuration of `grid` and keep the one with the best validation
+/// accuracy (the first on ties); returns it with its index in `grid` and validation accuracy.
+pub fn select_on_validation(
+    train: (&[f32], &[usize]),
+    validation: (&[f32], &[usize]),
+    dim: usize,
+    classes: usize,
+    grid: &[ProbeConfig],
+) -> (Probe, usize, f64) {
+    let mut best: Option<(Probe, usize, f64)> = None;
+    for (index, config) in grid.iter().enumerate() {
+        let probe = train_probe(train.0, train.1, dim, classes, config);
+        let predicted = crate::knn::predictions(&probe.scores(validation.0), classes);
+        let score = crate::metrics::accuracy(validation.1, &predicted);
+        if best.as_ref().is_none_or(|b| score > b.2) {
+            best = Some((probe, index, score));
+        }
+    }
+    best.expect("a non-empty grid")
+}
+
+/// The MLP grid (HEAR-style, small): hidden width x learning rate.
+pub fn mlp_grid() -> Vec<ProbeConfig> {
+    [256, 1024]
+        .into_iter()
+        .flat_map(|width| {
+            [1e-3, 1e-4].into_iter().map(move |lr| ProbeConfig {
+                hidden: Some(width),
+                learning_rate: lr,
+                ..ProbeConfig::default()
+            })
+        })
+        .collect()
+}
+
+impl Probe {
+    /// Class probabilities `[items, classes]`, row-major.
+    pub fn scores(&self, embeddings: &[f32]) -> Vec<f64> {
+        let items = embeddings.len() / self.dim;
+        let x = Tensor::<2>::from_data(
+            TensorData::new(embeddings.to_vec(), [items, self.dim]),
+            &self.device,
+        );
+        softmax(self.model.forward(x), 1)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 output")
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::knn::predictions;
+    use crate::metrics::accuracy;
+
+    /// Three Gaussian clusters in 8 dimensions; `shuffle_labels` destroys the relation.
+    fn clusters(items: usize, seed: u64, shuffle_labels: bool) -> (Vec<f32>, Vec<usize>) {
+        let mut rng = Shuffler(seed | 1);
+        let mut uniform = || (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..items {
+            let class = i % 3;
+            for d in 0..8 {
+                let centre = if d == class { 3.0 } else { 0.0 };
+                x.push((centre + (uniform() - 0.5) * 2.0) as f32);
+            }
+            y.push(class);
+        }
+        if shuffle_labels {
+            let mut order: Vec<usize> = (0..items).collect();
+            Shuffler(seed.wrapping_add(99) | 1).shuffle(&mut order);
+            y = order.iter().map(|&i| y[i]).collect();
+        }
+        (x, y)
+    }
+
+    #[test]
+    fn probes_learn_separable_classes_and_not_noise() {
+        let (train_x, train_y) = clusters(300, 1, false);
+        let (test_x, test_y) = clusters(90, 2, false);
+        for hidden in [None, Some(16)] {
+            let config = ProbeConfig {
+                hidden,
+                epochs: 20,
+                learning_rate: 1e-2,
+                ..ProbeConfig::default()
+            };
+            let probe = train_probe(&train_x, &train_y, 8, 3, &config);
+            let acc = accuracy(&test_y, &predictions(&probe.scores(&test_x), 3));
+            assert!(acc > 0.95, "{hidden:?}: {acc}");
+            // Negative control: trained on shuffled labels, the probe is near chance.
+            let (noise_x, noise_y) = clusters(300, 1, true);
+            let probe = train_probe(&noise_x, &noise_y, 8, 3, &config);
+            let acc = accuracy(&test_y, &predictions(&probe.scores(&test_x), 3));
+            assert!(acc < 0.6, "{hidden:?} learned noise: {acc}");
+        }
+    }
+
+    #[test]
+    fn validation_picks_the_configuration_that_generalises() {
+        let (train_x, train_y) = clusters(150, 4, false);
+        let (val_x, val_y) = clusters(60, 5, false);
+        // A learning rate of 0 leaves the probe at its initialisation: validation must reject it.
+        let grid = vec![
+            ProbeConfig {
+                learning_rate: 0.0,
+                ..ProbeConfig::default()
+            },
+            ProbeConfig {
+                learning_rate: 1e-2,
+                epochs: 20,
+                ..ProbeConfig::default()
+            },
+        ];
+        let (_, index, accuracy) =
+            select_on_validation((&train_x, &train_y), (&val_x, &val_y), 8, 3, &grid);
+        assert_eq!(index, 1);
+        assert!(accuracy > 0.95);
+        assert_eq!(mlp_grid().len(), 4);
+    }
+
+    #[test]
+    fn a_probe_is_deterministic_for_a_seed() {
+        let (x, y) = clusters(60, 3, false);
+        let config = ProbeConfig {
+            epochs: 2,
+            ..ProbeConfig::default()
+        };
+        let a = train_probe(&x, &y, 8, 3, &config).scores(&x);
+        let b = train_probe(&x, &y, 8, 3, &config).scores(&x);
+        assert_eq!(a, b);
+    }
+}
