@@ -491,3 +491,41 @@ fn embed_and_info_work_with_hugging_face_checkpoints() {
         );
     }
 }
+
+#[test]
+fn any_sample_rate_and_codec_is_resampled_to_the_encoder_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let inputs = dir.path().join("rates");
+    std::fs::create_dir_all(&inputs).unwrap();
+    // 1 s at 8 kHz and at 48 kHz: both become 16000 samples -> 49 frames.
+    let tone = |rate: u32| -> Vec<f32> {
+        (0..rate)
+            .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / rate as f32).sin() * 0.3)
+            .collect()
+    };
+    write_wav(&inputs.join("low.wav"), 8_000, &tone(8_000), false);
+    write_wav(&inputs.join("high.wav"), 48_000, &tone(48_000), true);
+    for name in ["fmt_vorbis.ogg", "fmt_mp3.mp3"] {
+        std::fs::copy(fixture(name), inputs.join(name)).unwrap();
+    }
+    let out_dir = dir.path().join("out");
+    let out = tutti(&[
+        "embed",
+        s(&inputs),
+        "-o",
+        s(&out_dir),
+        "--model",
+        s(&model),
+        "--pool",
+        "none",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(npy_shape(&out_dir.join("low.npy")), vec![49, 32]);
+    assert_eq!(npy_shape(&out_dir.join("high.npy")), vec![49, 32]);
+    // 0.5 s at 22.05 kHz (lossy codecs may add or drop a few priming samples).
+    for name in ["fmt_vorbis", "fmt_mp3"] {
+        let frames = npy_shape(&out_dir.join(format!("{name}.npy")))[0];
+        assert!((23..=26).contains(&frames), "{name}: {frames} frames");
+    }
+}
