@@ -95,21 +95,11 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
             .into_data();
         Ok(start.elapsed().as_secs_f64())
     };
-    time_forward()?;
-    let mut forward: Vec<f64> = (0..args.iterations.max(1))
-        .map(|_| time_forward())
-        .collect::<Result<_, _>>()?;
-    let mut front: Vec<f64> = (0..args.iterations.max(1) * 4)
-        .map(|_| time_front_end())
-        .collect::<Result<_, _>>()?;
-    let mut whisper_times: Vec<f64> = (0..args.iterations.max(1) * 4)
-        .map(|_| time_whisper())
-        .collect::<Result<_, _>>()?;
-    whisper_times.sort_by(f64::total_cmp);
-    forward.sort_by(f64::total_cmp);
-    front.sort_by(f64::total_cmp);
-    let forward_secs = forward[forward.len() / 2];
-    let front_secs = front[front.len() / 2];
+    let forward = Timings::measure(args.iterations, time_forward)?;
+    let front = Timings::measure(args.iterations * 4, time_front_end)?;
+    let whisper_times = Timings::measure(args.iterations * 4, time_whisper)?;
+    let forward_secs = forward.median;
+    let front_secs = front.median;
     let audio_secs = args.secs * args.batch as f64;
     let flops = model.config.forward_flops(fbank_frames) * args.batch as f64;
     let report = serde_json::json!({
@@ -117,9 +107,9 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,
-        "iterations": forward.len(),
+        "iterations": forward.count,
         "forward_secs_median": forward_secs,
-        "forward_secs_min": forward[0],
+        "forward_secs_min": forward.min,
         "real_time_factor": forward_secs / audio_secs,
         "audio_secs_per_sec": audio_secs / forward_secs,
         "frames_per_sec": (model.num_frames(samples) * args.batch) as f64 / forward_secs,
@@ -127,12 +117,37 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
         "achieved_gflops": flops / forward_secs / 1e9,
         "fbank_secs_median": front_secs,
         "fbank_audio_secs_per_sec": args.secs / front_secs,
-        "whisper_mel_secs_median": whisper_times[whisper_times.len() / 2],
+        "whisper_mel_secs_median": whisper_times.median,
         "peak_memory_mib": peak_memory_mib(),
         "machine": machine_facts(threads),
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Median and minimum of repeated timings, after one untimed warm-up run.
+struct Timings {
+    median: f64,
+    min: f64,
+    count: usize,
+}
+
+impl Timings {
+    fn measure(
+        iterations: usize,
+        mut run: impl FnMut() -> anyhow::Result<f64>,
+    ) -> anyhow::Result<Self> {
+        run()?;
+        let mut times: Vec<f64> = (0..iterations.max(1))
+            .map(|_| run())
+            .collect::<Result<_, _>>()?;
+        times.sort_by(f64::total_cmp);
+        Ok(Self {
+            median: times[times.len() / 2],
+            min: times[0],
+            count: times.len(),
+        })
+    }
 }
 
 /// The process's peak resident memory (VmHWM), where the OS reports it.
@@ -274,21 +289,17 @@ fn any_encoder_speed(
             .into_data();
         Ok(start.elapsed().as_secs_f64())
     };
-    time()?;
-    let mut times: Vec<f64> = (0..args.iterations.max(1))
-        .map(|_| time())
-        .collect::<Result<_, _>>()?;
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let times = Timings::measure(args.iterations, time)?;
+    let median = times.median;
     let audio_secs = args.secs * args.batch as f64;
     let report = serde_json::json!({
         "model": info.name,
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,
-        "iterations": times.len(),
+        "iterations": times.count,
         "encode_secs_median": median,
-        "encode_secs_min": times[0],
+        "encode_secs_min": times.min,
         "real_time_factor": median / audio_secs,
         "audio_secs_per_sec": audio_secs / median,
         "frames_per_sec": (encoder.num_frames(samples) * args.batch) as f64 / median,

@@ -30,29 +30,9 @@ pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("model          {}", args.model.display());
-        println!(
-            "parameters     {} ({:.1} M)",
-            info.parameters,
-            info.parameters as f64 / 1e6
-        );
-        println!("sample rate    {} Hz", info.sample_rate_hz);
-        println!(
-            "hop            {} samples ({} ms, {} Hz frames)",
-            info.hop_samples,
-            info.hop_samples * 1000 / info.sample_rate_hz as usize,
-            info.frame_rate_hz()
-        );
-        println!(
-            "layers         {} (hidden states 0..={})",
-            info.num_layers, info.num_layers
-        );
-        println!("width          {}", info.hidden_size);
+        print_common(&args.model, &info);
         println!("heads          {}", dir.config.num_attention_heads);
-        println!(
-            "input          {:?}, {} mel bins",
-            info.input_kind, dir.config.fbank.num_mel_bins
-        );
+        println!("mel bins       {}", dir.config.fbank.num_mel_bins);
         match &dir.manifest {
             Some(m) => {
                 println!(
@@ -77,7 +57,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A checkpoint that is not a tutti model (Hugging Face wav2vec 2.0 / HuBERT).
+/// Any other encoder `load_encoder` knows (Hugging Face checkpoints, teachers).
 fn foreign(args: &InfoArgs) -> anyhow::Result<ExitCode> {
     let encoder = load_encoder(&args.model, &tutti_nn::device::cpu())?;
     let info = encoder.info();
@@ -85,24 +65,30 @@ fn foreign(args: &InfoArgs) -> anyhow::Result<ExitCode> {
         let value = serde_json::json!({ "info": info, "frame_rate_hz": info.frame_rate_hz() });
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        println!("model          {}", args.model.display());
-        println!(
-            "parameters     {} ({:.1} M)",
-            info.parameters,
-            info.parameters as f64 / 1e6
-        );
-        println!("sample rate    {} Hz", info.sample_rate_hz);
-        println!(
-            "hop            {} samples ({} Hz frames)",
-            info.hop_samples,
-            info.frame_rate_hz()
-        );
-        println!(
-            "layers         {} (hidden states 0..={})",
-            info.num_layers, info.num_layers
-        );
-        println!("width          {}", info.hidden_size);
-        println!("input          {:?}", info.input_kind);
+        print_common(&args.model, &info);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The lines every encoder has.
+fn print_common(path: &std::path::Path, info: &tutti_models::EncoderInfo) {
+    println!("model          {}", path.display());
+    println!(
+        "parameters     {} ({:.1} M)",
+        info.parameters,
+        info.parameters as f64 / 1e6
+    );
+    println!("sample rate    {} Hz", info.sample_rate_hz);
+    println!(
+        "hop            {} samples ({} ms, {} Hz frames)",
+        info.hop_samples,
+        info.hop_samples as f64 * 1000.0 / info.sample_rate_hz as f64,
+        info.frame_rate_hz()
+    );
+    println!(
+        "layers         {} (hidden states 0..={})",
+        info.num_layers, info.num_layers
+    );
+    println!("width          {}", info.hidden_size);
+    println!("input          {:?}", info.input_kind);
 }
