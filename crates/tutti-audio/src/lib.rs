@@ -7,9 +7,11 @@
 //!   `torchaudio.compliance.kaldi.fbank`).
 //! - [`whisper_mel`]: Whisper's log-mel spectrogram (matches Hugging Face
 //!   `WhisperFeatureExtractor`).
-//! - [`mel`]: the two mel filterbank constructions (Kaldi and Slaney).
+//! - [`aisfx_mel`]: aiSFX's normalised log-mel (matches the package's librosa front end).
+//! - [`mel`]: the mel filterbank constructions (Kaldi, Slaney, HTK with unit-sum rows).
 //! - [`chunk`]: the window plan used to process long audio with bounded memory.
 
+pub mod aisfx_mel;
 pub mod chunk;
 pub mod decode;
 pub mod error;

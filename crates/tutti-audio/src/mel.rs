@@ -6,8 +6,10 @@
 //! - [`slaney_mel_filters`]: Slaney-scale, Slaney-normalised banks, as
 //!   `transformers.audio_utils.mel_filter_bank(norm="slaney", mel_scale="slaney")` (and
 //!   `librosa.filters.mel`) build them for Whisper.
+//! - [`htk_mel_filters_unit_sum`]: HTK-scale banks with unit-sum rows, as
+//!   `librosa.filters.mel(htk=True, norm=1.0)` builds them for aiSFX.
 //!
-//! Both are returned as dense `[num_mel][num_fft_bins]` matrices plus, per mel bin, the range of
+//! All are returned as dense `[num_mel][num_fft_bins]` matrices plus, per mel bin, the range of
 //! FFT bins with non-zero weight, so that the product skips the zeros.
 
 /// A dense filterbank with the non-zero range of each row.
@@ -150,25 +152,66 @@ pub fn slaney_mel_filters(
     min_hz: f64,
     max_hz: f64,
 ) -> MelBanks {
-    let fft_freqs: Vec<f64> = (0..num_fft_bins)
-        .map(|k| k as f64 * (sample_rate_hz / 2.0) / (num_fft_bins - 1) as f64)
-        .collect();
-    let mel_min = slaney_hz_to_mel(min_hz);
-    let mel_max = slaney_hz_to_mel(max_hz);
+    let (mel_min, mel_max) = (slaney_hz_to_mel(min_hz), slaney_hz_to_mel(max_hz));
     let filter_freqs: Vec<f64> = (0..num_mel + 2)
         .map(|i| slaney_mel_to_hz(mel_min + (mel_max - mel_min) * i as f64 / (num_mel + 1) as f64))
+        .collect();
+    let mut weights = triangles(&filter_freqs, num_fft_bins, sample_rate_hz);
+    for m in 0..num_mel {
+        let norm = 2.0 / (filter_freqs[m + 2] - filter_freqs[m]);
+        for w in &mut weights[m * num_fft_bins..(m + 1) * num_fft_bins] {
+            *w *= norm;
+        }
+    }
+    MelBanks::from_dense(weights, num_mel, num_fft_bins)
+}
+
+/// HTK-scale (`2595 log10(1 + f/700)`) triangular filters, each row scaled to unit sum (an all-zero
+/// row stays zero), as `librosa.filters.mel(htk=True, norm=1.0)` builds them (librosa 0.9.2).
+pub fn htk_mel_filters_unit_sum(
+    num_mel: usize,
+    num_fft_bins: usize,
+    sample_rate_hz: f64,
+    min_hz: f64,
+    max_hz: f64,
+) -> MelBanks {
+    let to_mel = |hz: f64| 2595.0 * (1.0 + hz / 700.0).log10();
+    let (mel_min, mel_max) = (to_mel(min_hz), to_mel(max_hz));
+    let filter_freqs: Vec<f64> = (0..num_mel + 2)
+        .map(|i| {
+            let mel = mel_min + (mel_max - mel_min) * i as f64 / (num_mel + 1) as f64;
+            700.0 * (10f64.powf(mel / 2595.0) - 1.0)
+        })
+        .collect();
+    let mut weights = triangles(&filter_freqs, num_fft_bins, sample_rate_hz);
+    for row in weights.chunks_exact_mut(num_fft_bins) {
+        // librosa stores the triangles in f32, then divides by the row's sum.
+        let sum: f64 = row.iter().map(|&w| w as f32 as f64).sum();
+        if sum > f64::from(f32::MIN_POSITIVE) {
+            for w in row.iter_mut() {
+                *w = (*w as f32 as f64) / sum;
+            }
+        }
+    }
+    MelBanks::from_dense(weights, num_mel, num_fft_bins)
+}
+
+/// Triangles with corners at `filter_freqs[m..m + 3]` over FFT bins spread on `[0, rate/2]`.
+fn triangles(filter_freqs: &[f64], num_fft_bins: usize, sample_rate_hz: f64) -> Vec<f64> {
+    let num_mel = filter_freqs.len() - 2;
+    let fft_freqs: Vec<f64> = (0..num_fft_bins)
+        .map(|k| k as f64 * (sample_rate_hz / 2.0) / (num_fft_bins - 1) as f64)
         .collect();
     let mut weights = vec![0.0; num_mel * num_fft_bins];
     for m in 0..num_mel {
         let (lower, center, upper) = (filter_freqs[m], filter_freqs[m + 1], filter_freqs[m + 2]);
-        let norm = 2.0 / (upper - lower);
         for (k, &f) in fft_freqs.iter().enumerate() {
             let down = (f - lower) / (center - lower);
             let up = (upper - f) / (upper - center);
-            weights[m * num_fft_bins + k] = down.min(up).max(0.0) * norm;
+            weights[m * num_fft_bins + k] = down.min(up).max(0.0);
         }
     }
-    MelBanks::from_dense(weights, num_mel, num_fft_bins)
+    weights
 }
 
 #[cfg(test)]

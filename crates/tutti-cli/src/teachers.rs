@@ -40,7 +40,9 @@ pub fn run(command: TeachersCommand) -> anyhow::Result<ExitCode> {
             "{:<18} {:<8} {:>8} {:<12} {:<8} {}",
             t.name,
             t.domain,
-            t.frame_rate_hz,
+            format!("{:.3}", t.frame_rate_hz)
+                .trim_end_matches('0')
+                .trim_end_matches('.'),
             format!("{:?}", t.target_layers),
             if row["fetched"].as_bool() == Some(true) {
                 "yes"

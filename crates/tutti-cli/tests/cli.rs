@@ -493,6 +493,51 @@ fn embed_and_info_work_with_hugging_face_checkpoints() {
 }
 
 #[test]
+fn embed_works_with_the_cnn_teachers() {
+    let dir = tempfile::tempdir().unwrap();
+    let parity = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity");
+    // (model directory, config.json, weights, expected [layers, frames, width] for 5 s at 16 kHz
+    // input and 5 s at 44.1 kHz).
+    let cases = [
+        (
+            "aisfx",
+            r#"{"model_type": "aisfx", "width": 4}"#,
+            "aisfx_tiny_random.pth",
+            // 44.1 kHz: 1 + 220500 / 1024 = 216 spectrogram frames -> 3 blocks of 100 every 50.
+            vec![2, 3, 32],
+        ),
+        (
+            "crepe",
+            r#"{"model_type": "crepe", "capacity": "tiny"}"#,
+            "crepe_tiny_random.pth",
+            // 16 kHz: 1 + 80000 / 160 = 501 frames.
+            vec![3, 501, 256],
+        ),
+    ];
+    for (name, config, weights, shape) in cases {
+        let model = dir.path().join(name);
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("config.json"), config).unwrap();
+        std::fs::copy(parity.join(weights), model.join("model.pth")).unwrap();
+        let out_dir = dir.path().join(format!("{name}-out"));
+        let out = tutti(&[
+            "embed",
+            s(&fixture("sfx_44k.flac")),
+            "-o",
+            s(&out_dir),
+            "--model",
+            s(&model),
+            "--pool",
+            "none",
+            "--layer",
+            "all",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(npy_shape(&out_dir.join("sfx_44k.npy")), shape, "{name}");
+    }
+}
+
+#[test]
 fn any_sample_rate_and_codec_is_resampled_to_the_encoder_rate() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());

@@ -12,6 +12,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::aisfx::AisfxEncoder;
 use crate::crepe::CrepeEncoder;
 use crate::encoder::AudioEncoder;
 use crate::error::ModelError;
@@ -174,10 +175,18 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
                 device,
             )?))
         }
+        "aisfx" => {
+            let width = value.get("width").and_then(|v| v.as_u64()).unwrap_or(64) as usize;
+            Ok(Box::new(AisfxEncoder::load(
+                &path.join("model.pth"),
+                width,
+                device,
+            )?))
+        }
         other => Err(artifact_error(
             &config_path,
             format!(
-                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe)"
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe, aisfx)"
             ),
         )),
     }

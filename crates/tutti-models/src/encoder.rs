@@ -12,8 +12,10 @@ pub enum InputKind {
     Fbank,
     /// Whisper log-mel.
     WhisperMel,
-    /// The raw waveform (wav2vec 2.0 family).
+    /// The raw waveform (wav2vec 2.0 family, CREPE).
     Waveform,
+    /// aiSFX's peak-normalised log-mel (44.1 kHz).
+    AisfxMel,
 }
 
 /// Static facts about an encoder.

@@ -1,6 +1,7 @@
 //! tutti-models: the [`AudioEncoder`] contract, the tutti student encoder (USAD architecture),
 //! the preset registry, model artifacts and the embedding pipeline.
 
+pub mod aisfx;
 pub mod artifact;
 pub mod checkpoint;
 pub mod conformance;

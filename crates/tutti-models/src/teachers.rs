@@ -14,14 +14,15 @@ pub struct TeacherEntry {
     /// Folder under `$TUTTI_HOME/teachers`.
     pub folder: &'static str,
     pub frame_rate_hz: f64,
-    /// Hidden states offered as distillation targets (FFN outputs of these blocks).
+    /// Layers offered as distillation targets: the FFN outputs of these blocks for transformers,
+    /// these hidden states for the CNN teachers.
     pub target_layers: &'static [usize],
     pub status: &'static str,
 }
 
 /// The file that marks a teacher as fetched.
 pub fn weights_file(entry: &TeacherEntry) -> &'static str {
-    if entry.name.starts_with("crepe") {
+    if entry.name.starts_with("crepe") || entry.name == "aisfx" {
         "model.pth"
     } else {
         "model.safetensors"
@@ -38,6 +39,16 @@ pub const TEACHERS: &[TeacherEntry] = &[
         frame_rate_hz: 50.0,
         target_layers: &[1, 2, 3, 4],
         status: "runs natively; parity against ctranslate2 on a real clip",
+    },
+    TeacherEntry {
+        name: "aisfx",
+        domain: "sound",
+        source: "PyPI aisfx 0.1.2, aisfx/models/checkpoint.pth (PyTorch zip, (state_dict, ds_dict))",
+        licence: "CC BY 4.0 (weights); MIT (code)",
+        folder: "aisfx",
+        frame_rate_hz: 44_100.0 / 51_200.0,
+        target_layers: &[0, 1],
+        status: "runs natively with its librosa front end; parity against the package on a real clip",
     },
     TeacherEntry {
         name: "crepe-full",

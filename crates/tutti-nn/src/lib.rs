@@ -6,6 +6,7 @@ pub mod fixtures;
 pub mod layers;
 pub mod loader;
 pub mod mask;
+pub mod torch_zip;
 
 pub use burn;
 pub use loader::{LoadError, LoadReport, load_safetensors_strict, save_safetensors};

@@ -162,6 +162,48 @@ pub fn load_pytorch_strict<M: Module + ModuleSnapshot>(
     verdict(result, path, skip)
 }
 
+/// As [`load_safetensors_strict`], from the state dict found at `steps` inside a PyTorch zip
+/// checkpoint whose root is not a dictionary (e.g. `torch.save((state_dict, extra), path)`), read
+/// by [`crate::torch_zip`]. The tensors keep their dtypes; `remap` and `skip` work as for
+/// safetensors files.
+pub fn load_torch_zip_strict<M: Module + ModuleSnapshot>(
+    module: &mut M,
+    path: &Path,
+    steps: &[crate::torch_zip::Step],
+    remap: &[(&str, &str)],
+    skip: &[&str],
+) -> Result<LoadReport, LoadError> {
+    use crate::torch_zip::TorchDtype;
+    let read_error = |reason: String| LoadError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tensors =
+        crate::torch_zip::read_state_dict(path, steps).map_err(|e| read_error(e.reason))?;
+    let views = tensors
+        .iter()
+        .map(|(name, t)| {
+            let dtype = match t.dtype {
+                TorchDtype::F32 => safetensors::Dtype::F32,
+                TorchDtype::F64 => safetensors::Dtype::F64,
+                TorchDtype::F16 => safetensors::Dtype::F16,
+                TorchDtype::BF16 => safetensors::Dtype::BF16,
+                TorchDtype::I64 => safetensors::Dtype::I64,
+                TorchDtype::I32 => safetensors::Dtype::I32,
+                TorchDtype::I16 => safetensors::Dtype::I16,
+                TorchDtype::I8 => safetensors::Dtype::I8,
+                TorchDtype::U8 => safetensors::Dtype::U8,
+                TorchDtype::Bool => safetensors::Dtype::BOOL,
+            };
+            safetensors::tensor::TensorView::new(dtype, t.shape.clone(), &t.bytes)
+                .map(|view| (name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read_error(e.to_string()))?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| read_error(e.to_string()))?;
+    load_safetensors_bytes_strict(module, bytes, path, remap, skip)
+}
+
 /// Save `module` to `path` in PyTorch layout, atomically (temporary file, then rename).
 pub fn save_safetensors<M: Module + ModuleSnapshot>(
     module: &M,
