@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use burn::tensor::activation::gelu;
 use tutti_models::presets::preset;
 use tutti_models::{ForwardOptions, TuttiModel};
+use tutti_nn::layers::gelu;
 use tutti_nn::layers::layer_norm_no_affine;
 use tutti_nn::mask::padding_mask;
 

@@ -26,12 +26,12 @@ use burn::nn::conv::{Conv1d, Conv1dConfig, Conv2d, Conv2dConfig};
 use burn::nn::{
     Embedding, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d, PaddingConfig2d,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use tutti_audio::{FbankConfig, KaldiFbank};
+use tutti_nn::layers::gelu;
 use tutti_nn::layers::layer_norm_no_affine;
 use tutti_nn::mask::{conv_output_length, padding_mask, zero_padding};
 

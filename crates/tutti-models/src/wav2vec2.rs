@@ -26,9 +26,9 @@ use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{
     EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d,
 };
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
+use tutti_nn::layers::gelu;
 use tutti_nn::mask::{conv_output_length, padding_mask, zero_padding};
 
 use crate::checkpoint::{read_config, read_preprocessor};

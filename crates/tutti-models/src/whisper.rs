@@ -20,12 +20,12 @@ use std::path::Path;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig1d};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Deserialize;
 use tutti_audio::{WhisperMel, WhisperMelConfig};
+use tutti_nn::layers::gelu;
 
 use crate::checkpoint::{read_config, read_preprocessor};
 use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
