@@ -9,6 +9,7 @@ mod info;
 mod init;
 mod inputs;
 mod output;
+mod suite;
 mod teachers;
 
 use std::process::ExitCode;
@@ -35,9 +36,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmarks (speed).
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Benchmarks: `--suite DIR --model A ...` scores encoders on a probe suite; `speed` times one.
+    Bench(BenchArgs),
     /// Convert a checkpoint from another format into one tutti loads.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
@@ -49,9 +49,25 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// Draw the HTML report of a results.json.
+    Report(suite::ReportArgs),
+    /// Build benchmark suites (`build --quick`) or import a folder-per-class dataset.
+    #[command(subcommand)]
+    Suite(suite::SuiteCommand),
     /// The real teachers tutti can fetch from package registries.
     #[command(subcommand)]
     Teachers(teachers::TeachersCommand),
+    /// Check task specifications and their manifests.
+    Validate(suite::ValidateArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<bench::BenchCommand>,
+    #[command(flatten)]
+    suite: suite::SuiteBenchArgs,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +94,17 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Bench(command) => bench::run(command, cli.threads),
+        Command::Bench(BenchArgs {
+            command: Some(command),
+            ..
+        }) => bench::run(command, cli.threads),
+        Command::Bench(BenchArgs {
+            command: None,
+            suite,
+        }) => suite::bench_suite(suite, cli.threads),
+        Command::Report(args) => suite::report_command(args),
+        Command::Suite(command) => suite::suite_command(command),
+        Command::Validate(args) => suite::validate_command(args),
         Command::Embed(args) => embed::run(args),
         Command::Features(args) => features::run(args),
         Command::Info(args) => info::run(args),

@@ -574,3 +574,135 @@ fn any_sample_rate_and_codec_is_resampled_to_the_encoder_rate() {
         assert!((23..=26).contains(&frames), "{name}: {frames} frames");
     }
 }
+
+#[test]
+fn quick_suite_runs_end_to_end_with_cache_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("quick");
+    let out = tutti(&["suite", "build", "--quick", "-o", s(&suite)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tutti(&["validate", s(&suite)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let model = tiny_model(dir.path());
+    let cache = dir.path().join("cache");
+    let results = dir.path().join("results.json");
+    let run = || {
+        tutti(&[
+            "bench",
+            "--suite",
+            s(&suite),
+            "--baseline",
+            "logmel",
+            "--model",
+            s(&model),
+            "--layers",
+            "all",
+            "--cache",
+            s(&cache),
+            "-o",
+            s(&results),
+        ])
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let models = value["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for m in models {
+        assert_eq!(m["tasks"].as_array().unwrap().len(), 5);
+        for probe in ["knn", "linear", "mlp"] {
+            let overall = m["suite"][probe]["overall"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&overall), "{probe} {overall}");
+            assert_eq!(
+                m["suite"][probe]["per_domain"].as_object().unwrap().len(),
+                3
+            );
+        }
+    }
+    // Log-mel statistics separate white, pink and brown noise: far above chance (1/3).
+    let noise = models[0]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task"] == "quick-noise-colour")
+        .unwrap();
+    assert!(
+        noise["per_layer"][0]["knn"].as_f64().unwrap() > 0.8,
+        "{noise}"
+    );
+    // The tiny model (2 blocks) is probed at every layer.
+    assert_eq!(
+        models[1]["tasks"][0]["per_layer"].as_array().unwrap().len(),
+        3
+    );
+    // A rerun takes every split from the cache (the files are not rewritten).
+    let cached: Vec<_> = walkdir::WalkDir::new(&cache)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+        .map(|e| {
+            (
+                e.path().to_path_buf(),
+                e.metadata().unwrap().modified().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(cached.len(), 2 * 5 * 3);
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out));
+    for (path, modified) in &cached {
+        assert_eq!(
+            &std::fs::metadata(path).unwrap().modified().unwrap(),
+            modified
+        );
+    }
+    let report = dir.path().join("report.html");
+    let out = tutti(&["report", s(&results), "-o", s(&report)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("<svg") && html.contains("quick-vowel") && html.contains("logmel-stats"));
+    // A task whose splits share a source is refused by validate and by bench.
+    let manifest = suite.join("quick-vowel/test.jsonl");
+    let leaked = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "\"source\":\"source-6\"",
+        "\"source\":\"source-0\"",
+        1,
+    );
+    std::fs::write(&manifest, leaked).unwrap();
+    let out = tutti(&["validate", s(&suite)]);
+    assert!(!out.status.success() && text(&out).contains("is in both train and test"));
+    assert!(!run().status.success());
+}
+
+#[test]
+fn a_folder_per_class_dataset_becomes_a_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    for class in ["bark", "meow"] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for source in 0..12 {
+            let samples: Vec<f32> = (0..1600).map(|i| (i as f32 * 0.1).sin() * 0.2).collect();
+            write_wav(
+                &data.join(class).join(format!("rec{source}-{class}.wav")),
+                16_000,
+                &samples,
+                false,
+            );
+        }
+    }
+    let task = dir.path().join("task");
+    let out = tutti(&[
+        "suite",
+        "import-folder",
+        s(&data),
+        "-o",
+        s(&task),
+        "--domain",
+        "sound",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = tutti(&["validate", s(&task)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 classes"), "{}", text(&out));
+}
