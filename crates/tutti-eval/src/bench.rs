@@ -282,14 +282,6 @@ pub fn bench_model(
     })
 }
 
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 /// Embeddings of one split, from the cache when it is there and current.
 fn split_data(
     subject: &Subject,
@@ -304,7 +296,9 @@ fn split_data(
         "validation" => &task.spec.splits.validation,
         _ => &task.spec.splits.test,
     });
-    let stamp = sha256_file(&manifest)?;
+    let stamp = tutti_models::artifact::sha256_file(&manifest)
+        .map_err(|e| e.to_string())?
+        .sha256;
     let path = options
         .cache
         .join(subject.key())
@@ -317,12 +311,31 @@ fn split_data(
     let mut values = Vec::new();
     let mut labels = Vec::new();
     let (mut layers, mut dim) = (0, 0);
+    // One embedder or front end for the whole split.
+    let (embedder, fbank, rate) = match subject {
+        Subject::Encoder { encoder, .. } => (
+            Some(
+                Embedder::new(
+                    *encoder,
+                    EmbedOptions {
+                        layer: LayerSelection::All,
+                        pooling: Pooling::None,
+                        ..EmbedOptions::default()
+                    },
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            None,
+            encoder.info().sample_rate_hz,
+        ),
+        Subject::LogMel => (
+            None,
+            Some(KaldiFbank::new(FbankConfig::default()).map_err(|e| e.to_string())?),
+            16_000,
+        ),
+    };
     for entry in entries {
         let audio_path = entry.resolve(&task.dir);
-        let rate = match subject {
-            Subject::Encoder { encoder, .. } => encoder.info().sample_rate_hz,
-            Subject::LogMel => 16_000,
-        };
         let load = LoadOptions {
             target_rate_hz: Some(rate),
             start_secs: entry.start.unwrap_or(0.0),
@@ -331,17 +344,8 @@ fn split_data(
         };
         let audio = load_audio(&audio_path, &load).map_err(|e| e.to_string())?;
         // frames: [layers][frames][dim]
-        let (frames, l, d, hop, rows) = match subject {
-            Subject::Encoder { encoder, .. } => {
-                let embedder = Embedder::new(
-                    *encoder,
-                    EmbedOptions {
-                        layer: LayerSelection::All,
-                        pooling: Pooling::None,
-                        ..EmbedOptions::default()
-                    },
-                )
-                .map_err(|e| e.to_string())?;
+        let (frames, l, d, hop, rows) = match (&embedder, &fbank) {
+            (Some(embedder), _) => {
                 match embedder
                     .embed(&audio.samples)
                     .map_err(|e| format!("{}: {e}", audio_path.display()))?
@@ -350,14 +354,14 @@ fn split_data(
                     Embedding::Clip(_) => unreachable!("pooling none gives frames"),
                 }
             }
-            Subject::LogMel => {
-                let fbank = KaldiFbank::new(FbankConfig::default()).map_err(|e| e.to_string())?;
+            (None, Some(fbank)) => {
                 let f = fbank
                     .compute(&audio.samples)
                     .map_err(|e| format!("{}: {e}", audio_path.display()))?;
                 let hop = fbank.config().hop_length() as f64 / 16_000.0;
                 (f.data, 1, f.bins, hop, f.frames)
             }
+            (None, None) => unreachable!("every subject has an embedder or a front end"),
         };
         if rows == 0 {
             return Err(format!("{}: no frames", audio_path.display()));
