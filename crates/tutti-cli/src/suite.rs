@@ -22,9 +22,17 @@ pub struct ValidateArgs {
 #[derive(Subcommand)]
 pub enum SuiteCommand {
     /// Build a suite. `--quick`: small synthetic tasks in all three domains, in seconds, offline.
+    /// `--data DIR`: the standard suite (21 tasks) from the package data that
+    /// `scripts/build_suite.sh` fetches into DIR.
     Build {
-        #[arg(long, required = true)]
+        #[arg(long, conflicts_with = "data", required_unless_present = "data")]
         quick: bool,
+        /// Source folder with root/<package>/ and synth/index.tsv.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Standard suite: build only these tasks (repeatable).
+        #[arg(long = "task")]
+        only: Vec<String>,
         /// Output folder (one sub-folder per task).
         #[arg(short, long)]
         output: PathBuf,
@@ -60,6 +68,15 @@ pub struct SuiteBenchArgs {
     /// Baselines that are not model directories: `logmel` (fbank mean and std).
     #[arg(long = "baseline")]
     pub baselines: Vec<String>,
+    /// Score the concatenation of these models' last layers (comma-separated model
+    /// directories; the distillation topline). Repeatable; members reuse their cached embeddings.
+    #[arg(long = "concat", value_name = "A,B")]
+    pub concat: Vec<String>,
+    /// Run short clips at their own length in encoders that pad to a fixed window (Whisper's
+    /// 30 s): much faster on short clips, but not the input the model was trained on. The
+    /// results name such models with a `[no-pad]` suffix and cache them apart.
+    #[arg(long)]
+    pub no_window_padding: bool,
     /// Layers to probe: `last`, `all`, or a number.
     #[arg(long, default_value = "last")]
     pub layers: String,
@@ -159,9 +176,35 @@ pub fn validate_command(args: ValidateArgs) -> anyhow::Result<ExitCode> {
 
 pub fn suite_command(command: SuiteCommand) -> anyhow::Result<ExitCode> {
     match command {
-        SuiteCommand::Build { output, seed, .. } => {
+        SuiteCommand::Build {
+            output,
+            seed,
+            data,
+            only,
+            ..
+        } => {
             let started = std::time::Instant::now();
-            let dirs = tutti_data::quick::build_quick(&output, seed)?;
+            let tasks = match data {
+                Some(data) => {
+                    let summaries = tutti_data::standard::build_standard(
+                        &output,
+                        &tutti_data::standard::StandardOptions { data, seed, only },
+                        &|what| tracing::info!("{what}"),
+                    )?;
+                    let clips: usize = summaries
+                        .iter()
+                        .map(|s| s.counts.iter().sum::<usize>())
+                        .sum();
+                    let hours: f64 =
+                        summaries.iter().map(|s| s.seconds_of_audio).sum::<f64>() / 3600.0;
+                    tracing::info!(
+                        "built {} tasks now: {clips} clips, {hours:.2} h",
+                        summaries.len()
+                    );
+                    tutti_data::standard::TASKS.len()
+                }
+                None => tutti_data::quick::build_quick(&output, seed)?.len(),
+            };
             let bytes: u64 = walkdir::WalkDir::new(&output)
                 .into_iter()
                 .filter_map(|e| e.ok())
@@ -171,7 +214,7 @@ pub fn suite_command(command: SuiteCommand) -> anyhow::Result<ExitCode> {
                 .sum();
             tracing::info!(
                 "wrote {} tasks to {} ({:.1} MiB) in {:.1} s",
-                dirs.len(),
+                tasks,
                 output.display(),
                 bytes as f64 / (1 << 20) as f64,
                 started.elapsed().as_secs_f64()
@@ -222,8 +265,8 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
         .suite
         .clone()
         .context("--suite is required (or use `tutti bench speed`)")?;
-    if args.models.is_empty() && args.baselines.is_empty() {
-        bail!("nothing to score: give --model DIR and/or --baseline logmel");
+    if args.models.is_empty() && args.baselines.is_empty() && args.concat.is_empty() {
+        bail!("nothing to score: give --model DIR, --concat A,B and/or --baseline logmel");
     }
     let mut tasks: Vec<Task> = Vec::new();
     for dir in task_dirs(&suite)? {
@@ -265,21 +308,47 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
             other => bail!("unknown baseline '{other}' (known: logmel)"),
         }
     }
+    let concat: Vec<Vec<PathBuf>> = args
+        .concat
+        .iter()
+        .map(|g| g.split(',').map(PathBuf::from).collect())
+        .collect();
     let device = tutti_nn::device::cpu();
-    for dir in &args.models {
-        let encoder = tutti_models::load_encoder(dir, &device)
+    let mut loaded: Vec<(PathBuf, Box<dyn tutti_models::AudioEncoder>, bool)> = Vec::new();
+    for dir in args.models.iter().chain(concat.iter().flatten()) {
+        if loaded.iter().any(|(d, ..)| d == dir) {
+            continue;
+        }
+        let mut encoder = tutti_models::load_encoder(dir, &device)
             .with_context(|| format!("loading {}", dir.display()))?;
-        let subject = Subject::Encoder {
+        let unpadded = args.no_window_padding && encoder.set_pad_to_window(false);
+        loaded.push((dir.clone(), encoder, unpadded));
+    }
+    let subject = |dir: &PathBuf| {
+        let (_, encoder, unpadded) = loaded.iter().find(|(d, ..)| d == dir).expect("loaded");
+        let suffix = if *unpadded { "[no-pad]" } else { "" };
+        Subject::Encoder {
             name: dir
                 .canonicalize()
                 .ok()
                 .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .unwrap_or_else(|| dir.display().to_string()),
-            key: model_key(dir),
+                .unwrap_or_else(|| dir.display().to_string())
+                + suffix,
+            key: model_key(dir) + suffix,
             encoder: encoder.as_ref(),
-        };
-        models
-            .push(bench_model(&subject, &tasks, &options, &progress).map_err(anyhow::Error::msg)?);
+        }
+    };
+    for dir in &args.models {
+        models.push(
+            bench_model(&subject(dir), &tasks, &options, &progress).map_err(anyhow::Error::msg)?,
+        );
+    }
+    for group in &concat {
+        if group.len() < 2 {
+            bail!("--concat needs at least two model directories, comma-separated");
+        }
+        let concat = Subject::Concat(group.iter().map(subject).collect());
+        models.push(bench_model(&concat, &tasks, &options, &progress).map_err(anyhow::Error::msg)?);
     }
     let results = BenchResults {
         format: "tutti-bench/1".into(),

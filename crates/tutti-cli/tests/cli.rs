@@ -610,7 +610,7 @@ fn quick_suite_runs_end_to_end_with_cache_and_report() {
     let models = value["models"].as_array().unwrap();
     assert_eq!(models.len(), 2);
     for m in models {
-        assert_eq!(m["tasks"].as_array().unwrap().len(), 5);
+        assert_eq!(m["tasks"].as_array().unwrap().len(), 7);
         for probe in ["knn", "linear", "mlp"] {
             let overall = m["suite"][probe]["overall"].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&overall), "{probe} {overall}");
@@ -631,6 +631,38 @@ fn quick_suite_runs_end_to_end_with_cache_and_report() {
         noise["per_layer"][0]["knn"].as_f64().unwrap() > 0.8,
         "{noise}"
     );
+    // Regression and multilabel tasks are scored with R² and mAP; log-mel statistics carry a
+    // tone's pitch and which notes sound (chance mAP for three labels is about 0.6).
+    let task = |name: &str| {
+        models[0]["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task"] == name)
+            .unwrap()
+            .clone()
+    };
+    let pitch = task("quick-tone-pitch");
+    assert_eq!(
+        (pitch["metric"].as_str(), pitch["target"].as_str()),
+        (Some("r2"), Some("regression"))
+    );
+    // (kNN and the validated MLP; the X-ARES linear probe, 10 epochs at 1e-3 on 36 items,
+    // underfits here.)
+    assert!(
+        pitch["per_layer"][0]["knn"].as_f64().unwrap() > 0.8,
+        "{pitch}"
+    );
+    assert!(
+        pitch["per_layer"][0]["mlp"].as_f64().unwrap() > 0.5,
+        "{pitch}"
+    );
+    let chord = task("quick-chord-tones");
+    assert_eq!(chord["metric"].as_str(), Some("map"));
+    assert!(
+        chord["per_layer"][0]["mlp"].as_f64().unwrap() > 0.7,
+        "{chord}"
+    );
     // The tiny model (2 blocks) is probed at every layer.
     assert_eq!(
         models[1]["tasks"][0]["per_layer"].as_array().unwrap().len(),
@@ -648,7 +680,7 @@ fn quick_suite_runs_end_to_end_with_cache_and_report() {
             )
         })
         .collect();
-    assert_eq!(cached.len(), 2 * 5 * 3);
+    assert_eq!(cached.len(), 2 * 7 * 3);
     let out = run();
     assert!(out.status.success(), "{}", text(&out));
     for (path, modified) in &cached {
@@ -657,6 +689,37 @@ fn quick_suite_runs_end_to_end_with_cache_and_report() {
             modified
         );
     }
+    // The concatenation baseline reuses its members' cached embeddings (no new cache files).
+    let concat_results = dir.path().join("concat.json");
+    let joined = format!("{},{}", s(&model), s(&model));
+    let out = tutti(&[
+        "bench",
+        "--suite",
+        s(&suite),
+        "--concat",
+        &joined,
+        "--cache",
+        s(&cache),
+        "-o",
+        s(&concat_results),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&concat_results).unwrap()).unwrap();
+    assert!(
+        value["models"][0]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("concat(")
+    );
+    assert_eq!(
+        walkdir::WalkDir::new(&cache)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+            .count(),
+        2 * 7 * 3
+    );
     let report = dir.path().join("report.html");
     let out = tutti(&["report", s(&results), "-o", s(&report)]);
     assert!(out.status.success(), "{}", text(&out));

@@ -5,11 +5,13 @@
 //! - [`manifest`]: the manifest line and a strict JSONL reader (errors name file and line).
 //! - [`task`]: the task specification and its validation.
 //! - [`quick`]: the `quick` suite, synthesised in seconds with no downloads.
+//! - [`standard`]: the standard suite (21 tasks) from package-registry audio and soundfonts.
 //! - [`import`]: a folder-per-class dataset turned into a task.
 
 pub mod import;
 pub mod manifest;
 pub mod quick;
+pub mod standard;
 pub mod task;
 
 pub use manifest::{Event, ManifestEntry, read_manifest};

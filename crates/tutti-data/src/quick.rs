@@ -41,9 +41,12 @@ impl Rng {
 }
 
 /// A generated clip: samples and its target.
+#[derive(Default)]
 struct Clip {
     samples: Vec<f64>,
     label: Option<String>,
+    labels: Option<Vec<String>>,
+    value: Option<f64>,
     events: Option<Vec<Event>>,
 }
 
@@ -94,6 +97,7 @@ fn vowel(rng: &mut Rng, source: usize, label: &str) -> Clip {
         samples: out,
         label: Some(label.into()),
         events: None,
+        ..Clip::default()
     }
 }
 
@@ -130,6 +134,7 @@ fn noise(rng: &mut Rng, _source: usize, label: &str) -> Clip {
         samples,
         label: Some(label.into()),
         events: None,
+        ..Clip::default()
     }
 }
 
@@ -152,6 +157,7 @@ fn clicks(rng: &mut Rng, source: usize, label: &str) -> Clip {
         samples,
         label: Some(label.into()),
         events: None,
+        ..Clip::default()
     }
 }
 
@@ -186,6 +192,7 @@ fn note(rng: &mut Rng, source: usize, label: &str) -> Clip {
         samples,
         label: Some(label.into()),
         events: None,
+        ..Clip::default()
     }
 }
 
@@ -216,6 +223,55 @@ fn tone_activity(rng: &mut Rng, source: usize, _label: &str) -> Clip {
         samples,
         label: None,
         events: Some(events),
+        ..Clip::default()
+    }
+}
+
+/// Multilabel: which of C, E and G sound together (a non-empty subset), one instrument per
+/// source.
+fn chord_tones(rng: &mut Rng, source: usize, _label: &str) -> Clip {
+    let mut present: Vec<&str> = Vec::new();
+    while present.is_empty() {
+        present = ["C", "E", "G"]
+            .into_iter()
+            .filter(|_| rng.uniform() < 0.5)
+            .collect();
+    }
+    let mut samples: Vec<f64> = Vec::new();
+    for label in &present {
+        let clip = note(rng, source, label);
+        if samples.len() < clip.samples.len() {
+            samples.resize(clip.samples.len(), 0.0);
+        }
+        for (s, v) in samples.iter_mut().zip(&clip.samples) {
+            *s += v;
+        }
+    }
+    Clip {
+        samples,
+        labels: Some(present.iter().map(|l| l.to_string()).collect()),
+        ..Clip::default()
+    }
+}
+
+/// Regression: the pitch of a pure tone in semitones above 200 Hz (0-36), over noise whose
+/// colour depends on the source.
+fn tone_pitch(rng: &mut Rng, source: usize, _label: &str) -> Clip {
+    let semitones = rng.range(0.0, 36.0);
+    let f = 200.0 * 2f64.powf(semitones / 12.0);
+    let n = SAMPLE_RATE as usize;
+    let mut low = 0.0;
+    let alpha = 0.2 + 0.1 * source as f64;
+    let samples = (0..n)
+        .map(|i| {
+            low += alpha * (rng.normal() - low);
+            0.5 * (2.0 * PI * f * i as f64 / SAMPLE_RATE as f64).sin() + 0.05 * low
+        })
+        .collect();
+    Clip {
+        samples,
+        value: Some((semitones * 1000.0).round() / 1000.0),
+        ..Clip::default()
     }
 }
 
@@ -225,6 +281,7 @@ struct QuickTask {
     name: &'static str,
     domain: Domain,
     level: Level,
+    target: Target,
     metric: Metric,
     classes: &'static [&'static str],
     /// Sources in train, validation, test.
@@ -239,6 +296,7 @@ const TASKS: &[QuickTask] = &[
         name: "quick-vowel",
         domain: Domain::Speech,
         level: Level::Clip,
+        target: Target::Multiclass,
         metric: Metric::Accuracy,
         classes: &["a", "i", "u"],
         sources: [4, 2, 2],
@@ -250,6 +308,7 @@ const TASKS: &[QuickTask] = &[
         name: "quick-noise-colour",
         domain: Domain::Sound,
         level: Level::Clip,
+        target: Target::Multiclass,
         metric: Metric::MacroF1,
         classes: &["white", "pink", "brown"],
         sources: [4, 2, 2],
@@ -261,6 +320,7 @@ const TASKS: &[QuickTask] = &[
         name: "quick-click-rate",
         domain: Domain::Sound,
         level: Level::Clip,
+        target: Target::Multiclass,
         metric: Metric::Accuracy,
         classes: &["2hz", "5hz", "10hz"],
         sources: [4, 2, 2],
@@ -272,6 +332,7 @@ const TASKS: &[QuickTask] = &[
         name: "quick-pitch-class",
         domain: Domain::Music,
         level: Level::Clip,
+        target: Target::Multiclass,
         metric: Metric::Accuracy,
         classes: &["C", "E", "G"],
         sources: [4, 2, 2],
@@ -283,12 +344,37 @@ const TASKS: &[QuickTask] = &[
         name: "quick-tone-activity",
         domain: Domain::Music,
         level: Level::Frame,
+        target: Target::Multiclass,
         metric: Metric::Accuracy,
         classes: &["tone"],
         sources: [4, 2, 2],
         per_class: 3,
         generate: tone_activity,
         description: "frame level: where a tone sounds over noise",
+    },
+    QuickTask {
+        name: "quick-chord-tones",
+        domain: Domain::Music,
+        level: Level::Clip,
+        target: Target::Multilabel,
+        metric: Metric::Map,
+        classes: &["take-a", "take-b", "take-c"],
+        sources: [4, 2, 2],
+        per_class: 3,
+        generate: chord_tones,
+        description: "multilabel: which of the harmonic notes C, E, G sound together",
+    },
+    QuickTask {
+        name: "quick-tone-pitch",
+        domain: Domain::Sound,
+        level: Level::Clip,
+        target: Target::Regression,
+        metric: Metric::R2,
+        classes: &["take-a", "take-b", "take-c"],
+        sources: [4, 2, 2],
+        per_class: 3,
+        generate: tone_pitch,
+        description: "regression: a pure tone's pitch in semitones above 200 Hz, over coloured noise",
     },
 ];
 
@@ -313,8 +399,8 @@ pub fn build_quick(out: &Path, seed: u64) -> Result<Vec<std::path::PathBuf>, Dat
                             start: None,
                             duration: None,
                             label: clip.label,
-                            labels: None,
-                            value: None,
+                            labels: clip.labels,
+                            value: clip.value,
                             events: clip.events,
                             source: format!("source-{source}"),
                         });
@@ -330,7 +416,7 @@ pub fn build_quick(out: &Path, seed: u64) -> Result<Vec<std::path::PathBuf>, Dat
             name: task.name.into(),
             domain: task.domain,
             level: task.level,
-            target: Target::Multiclass,
+            target: task.target,
             metric: task.metric,
             eval_weight: 1.0,
             background: "none".into(),

@@ -3,13 +3,18 @@
 //! For each model and task, every split is embedded once (all layers, frames kept) and cached as
 //! safetensors under `cache/<model key>/<task>/<split>.safetensors`, stamped with the manifest's
 //! sha256: a rerun (or an interrupted run resumed) reuses finished splits. Clip tasks mean-pool
-//! each item's frames; frame tasks label each frame by the event covering its centre. Then, per
-//! evaluated layer, the kNN probe, the linear probe and the MLP probe (grid chosen on validation)
-//! are scored on test with the task's metric, and the suite score is the test-size-weighted
-//! average (per domain too), one per probe kind.
+//! each item's frames; frame tasks are scored on a common grid of [`FRAME_HOP_SECS`] for every
+//! model (each grid frame takes the encoder frame under its centre, and its label from the events
+//! covering that centre), so that models with different frame rates are scored on the same
+//! frames. Then, per evaluated layer, the kNN probe, the linear probe and the MLP probe (grid
+//! chosen on validation) are scored on test with the task's metric (multiclass, multilabel or
+//! regression), and the suite score is the weighted average (test size x `eval_weight`, per
+//! domain too), one per probe kind.
 //!
 //! Baselines that are not encoders: `logmel` (Kaldi fbank, 128 bins; clip tasks use the mean
-//! and standard deviation over frames, 256 wide; frame tasks the frames).
+//! and standard deviation over frames, 256 wide; frame tasks the frames), and the concatenation
+//! of several encoders' last layers (`Subject::Concat`, the distillation topline), built from the
+//! members' cached embeddings.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,12 +23,16 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tutti_audio::{FbankConfig, KaldiFbank, LoadOptions, load_audio};
 use tutti_data::manifest::ManifestEntry;
-use tutti_data::task::{Level, Metric, Target, Task};
+use tutti_data::task::{Level, Target, Task};
 use tutti_models::{AudioEncoder, EmbedOptions, Embedder, Embedding, LayerSelection, Pooling};
 
-use crate::knn::{knn_scores, predictions};
+use crate::knn::knn_predict;
 use crate::probe::{ProbeConfig, mlp_grid, select_on_validation, train_probe};
 use crate::score::{SuiteScore, TaskResult, suite_score};
+use crate::targets::Targets;
+
+/// The grid frame-level tasks are scored on, for every model (25 Hz).
+pub const FRAME_HOP_SECS: f64 = 0.04;
 
 /// What produces the embeddings.
 pub enum Subject<'a> {
@@ -33,6 +42,8 @@ pub enum Subject<'a> {
         encoder: &'a dyn AudioEncoder,
     },
     LogMel,
+    /// The members' last layers side by side (one layer).
+    Concat(Vec<Subject<'a>>),
 }
 
 impl Subject<'_> {
@@ -40,6 +51,14 @@ impl Subject<'_> {
         match self {
             Subject::Encoder { name, .. } => name.clone(),
             Subject::LogMel => "logmel-stats".into(),
+            Subject::Concat(members) => format!(
+                "concat({})",
+                members
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
         }
     }
 
@@ -47,6 +66,14 @@ impl Subject<'_> {
         match self {
             Subject::Encoder { key, .. } => key.clone(),
             Subject::LogMel => "logmel-stats".into(),
+            Subject::Concat(members) => format!(
+                "concat-{}",
+                members
+                    .iter()
+                    .map(|m| m.key())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
         }
     }
 }
@@ -96,13 +123,13 @@ pub struct BenchOptions {
     pub seed: u64,
 }
 
-/// One split's embeddings: `rows` x `layers` x `dim`, and its labels (class indices).
+/// One split's embeddings: `rows` x `layers` x `dim`, and its targets.
 #[derive(Debug)]
 struct SplitData {
     layers: usize,
     dim: usize,
     values: Vec<f32>,
-    labels: Vec<usize>,
+    targets: Targets,
 }
 
 impl SplitData {
@@ -126,13 +153,22 @@ pub struct LayerScores {
     pub mlp: f64,
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskScores {
     pub task: String,
     pub domain: String,
     pub level: String,
+    #[serde(default)]
+    pub target: String,
     pub metric: String,
     pub test_size: usize,
+    #[serde(default = "one")]
+    pub eval_weight: f64,
+    /// 0 for regression.
     pub classes: usize,
     pub per_layer: Vec<LayerScores>,
     pub seconds: f64,
@@ -161,18 +197,7 @@ pub fn bench_model(
     let mut task_scores = Vec::new();
     for task in tasks {
         let t0 = std::time::Instant::now();
-        if task.spec.target != Target::Multiclass {
-            return Err(format!(
-                "task {}: {:?} targets are not benchmarked yet (multiclass only)",
-                task.spec.name, task.spec.target
-            ));
-        }
         let classes = task.classes();
-        let index: BTreeMap<&str, usize> = classes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.as_str(), i))
-            .collect();
         let mut data = Vec::new();
         for (split, entries) in task.splits() {
             progress(&format!(
@@ -180,13 +205,17 @@ pub fn bench_model(
                 subject.name(),
                 task.spec.name
             ));
-            data.push(split_data(subject, task, split, entries, &index, options)?);
+            data.push(split_data(
+                subject, task, split, entries, &classes, options,
+            )?);
         }
         let [train, validation, test] = <[SplitData; 3]>::try_from(data).expect("three splits");
         let layers: Vec<usize> = match options.layers {
             None => (0..train.layers).collect(),
             Some(l) => vec![l.min(train.layers - 1)],
         };
+        let metric = task.spec.metric;
+        let name = &task.spec.name;
         let mut per_layer = Vec::new();
         for &layer in &layers {
             let (tr, va, te) = (
@@ -195,29 +224,25 @@ pub fn bench_model(
                 test.layer(layer),
             );
             let dim = train.dim;
-            let n = classes.len();
-            let metric = |scores: &[f64]| {
-                let predicted = predictions(scores, n);
-                match task.spec.metric {
-                    Metric::MacroF1 => crate::metrics::macro_f1(&test.labels, &predicted),
-                    _ => crate::metrics::accuracy(&test.labels, &predicted),
-                }
+            let score = |predicted: &[f64]| {
+                test.targets
+                    .score(metric, predicted)
+                    .map_err(|e| format!("task {name}: {e}"))
             };
-            let knn = metric(&knn_scores(
+            let knn = score(&knn_predict(
                 &tr,
-                &train.labels,
+                &train.targets,
                 &te,
                 dim,
-                n,
                 options.knn_k,
                 options.knn_temperature,
-            ));
+            ))?;
             let linear_config = ProbeConfig {
                 seed: options.seed,
                 ..ProbeConfig::default()
             };
-            let linear = train_probe(&tr, &train.labels, dim, n, &linear_config);
-            let linear = metric(&linear.scores(&te));
+            let linear = train_probe(&tr, &train.targets, dim, &linear_config);
+            let linear = score(&linear.scores(&te))?;
             let grid: Vec<ProbeConfig> = mlp_grid()
                 .into_iter()
                 .map(|c| ProbeConfig {
@@ -226,13 +251,14 @@ pub fn bench_model(
                 })
                 .collect();
             let (mlp, _, _) = select_on_validation(
-                (&tr, &train.labels),
-                (&va, &validation.labels),
+                (&tr, &train.targets),
+                (&va, &validation.targets),
                 dim,
-                n,
+                metric,
                 &grid,
-            );
-            let mlp = metric(&mlp.scores(&te));
+            )
+            .map_err(|e| format!("task {name}: {e}"))?;
+            let mlp = score(&mlp.scores(&te))?;
             per_layer.push(LayerScores {
                 layer,
                 knn,
@@ -244,9 +270,15 @@ pub fn bench_model(
             task: task.spec.name.clone(),
             domain: task.spec.domain.as_str().into(),
             level: format!("{:?}", task.spec.level).to_lowercase(),
+            target: format!("{:?}", task.spec.target).to_lowercase(),
             metric: format!("{:?}", task.spec.metric).to_lowercase(),
             test_size: task.test.len(),
-            classes: classes.len(),
+            eval_weight: task.spec.eval_weight,
+            classes: if task.spec.target == Target::Regression {
+                0
+            } else {
+                classes.len()
+            },
             per_layer,
             seconds: t0.elapsed().as_secs_f64(),
         });
@@ -268,6 +300,7 @@ pub fn bench_model(
                 domain: t.domain.clone(),
                 score: t.per_layer.last().map_or(0.0, pick),
                 test_size: t.test_size,
+                weight: t.eval_weight,
             })
             .collect();
         suite.insert(kind.to_string(), suite_score(&results));
@@ -282,15 +315,41 @@ pub fn bench_model(
     })
 }
 
+/// The targets of one item (clip level) or of its grid frames (frame level).
+struct TargetRows {
+    index: Vec<usize>,
+    positive: Vec<bool>,
+    values: Vec<f64>,
+}
+
+impl TargetRows {
+    fn into_targets(self, target: Target, classes: usize) -> Targets {
+        match target {
+            Target::Multiclass => Targets::Classes {
+                index: self.index,
+                classes,
+            },
+            Target::Multilabel => Targets::Multilabel {
+                positive: self.positive,
+                classes,
+            },
+            Target::Regression => Targets::Values(self.values),
+        }
+    }
+}
+
 /// Embeddings of one split, from the cache when it is there and current.
 fn split_data(
     subject: &Subject,
     task: &Task,
     split: &str,
     entries: &[ManifestEntry],
-    index: &BTreeMap<&str, usize>,
+    classes: &[String],
     options: &BenchOptions,
 ) -> Result<SplitData, String> {
+    if let Subject::Concat(members) = subject {
+        return concat_members(members, task, split, entries, classes, options);
+    }
     let manifest = task.dir.join(match split {
         "train" => &task.spec.splits.train,
         "validation" => &task.spec.splits.validation,
@@ -305,11 +364,33 @@ fn split_data(
         .join(&task.spec.name)
         .join(format!("{split}.safetensors"));
     let frame_level = task.spec.level == Level::Frame;
-    if let Some(cached) = read_cache(&path, &stamp)? {
+    let target = task.spec.target;
+    if frame_level && target == Target::Regression {
+        return Err(format!(
+            "task {}: frame-level regression is not supported",
+            task.spec.name
+        ));
+    }
+    if let Some(cached) = read_cache(&path, &stamp, target, classes.len())? {
         return Ok(cached);
     }
+    let index: BTreeMap<&str, usize> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.as_str(), i))
+        .collect();
+    let class_of = |label: &str| {
+        index
+            .get(label)
+            .copied()
+            .ok_or_else(|| format!("{}: unknown label {label:?}", manifest.display()))
+    };
     let mut values = Vec::new();
-    let mut labels = Vec::new();
+    let mut rows_out = TargetRows {
+        index: Vec::new(),
+        positive: Vec::new(),
+        values: Vec::new(),
+    };
     let (mut layers, mut dim) = (0, 0);
     // One embedder or front end for the whole split.
     let (embedder, fbank, rate) = match subject {
@@ -333,8 +414,9 @@ fn split_data(
             Some(KaldiFbank::new(FbankConfig::default()).map_err(|e| e.to_string())?),
             16_000,
         ),
+        Subject::Concat(_) => unreachable!("handled above"),
     };
-    for entry in entries {
+    for (line, entry) in entries.iter().enumerate() {
         let audio_path = entry.resolve(&task.dir);
         let load = LoadOptions {
             target_rate_hz: Some(rate),
@@ -367,20 +449,38 @@ fn split_data(
             return Err(format!("{}: no frames", audio_path.display()));
         }
         if frame_level {
-            // One row per frame: its layers side by side.
-            for i in 0..rows {
+            // One row per grid frame: the encoder frame under its centre, layers side by side.
+            let seconds = audio.samples.len() as f64 / rate as f64;
+            let grid = ((seconds / FRAME_HOP_SECS).floor() as usize).max(1);
+            for g in 0..grid {
+                let centre = (g as f64 + 0.5) * FRAME_HOP_SECS;
+                let i = ((centre / hop).floor() as usize).min(rows - 1);
                 for layer in 0..l {
                     let at = (layer * rows + i) * d;
                     values.extend_from_slice(&frames[at..at + d]);
                 }
-                let centre = (i as f64 + 0.5) * hop;
-                let label = entry
+                let covering: Vec<&str> = entry
                     .events
                     .iter()
                     .flatten()
-                    .find(|e| e.start <= centre && centre < e.end)
-                    .map_or(task.spec.background.as_str(), |e| e.label.as_str());
-                labels.push(index[label]);
+                    .filter(|e| e.start <= centre && centre < e.end)
+                    .map(|e| e.label.as_str())
+                    .collect();
+                match target {
+                    Target::Multiclass => rows_out.index.push(class_of(
+                        covering
+                            .first()
+                            .copied()
+                            .unwrap_or(task.spec.background.as_str()),
+                    )?),
+                    _ => {
+                        let mut row = vec![false; classes.len()];
+                        for label in covering {
+                            row[class_of(label)?] = true;
+                        }
+                        rows_out.positive.extend(row);
+                    }
+                }
             }
             (layers, dim) = (l, d);
         } else {
@@ -405,42 +505,128 @@ fn split_data(
                 }
             }
             (layers, dim) = (l, if logmel { 2 * d } else { d });
-            let label = entry
-                .label
-                .as_deref()
-                .ok_or_else(|| format!("{}: an entry without a label", manifest.display()))?;
-            labels.push(index[label]);
+            let missing = |what: &str| {
+                format!(
+                    "{} line {}: an entry without {what}",
+                    manifest.display(),
+                    line + 1
+                )
+            };
+            match target {
+                Target::Multiclass => {
+                    let label = entry.label.as_deref().ok_or_else(|| missing("a label"))?;
+                    rows_out.index.push(class_of(label)?);
+                }
+                Target::Multilabel => {
+                    let mut row = vec![false; classes.len()];
+                    let labels = entry.labels.as_ref().ok_or_else(|| missing("labels"))?;
+                    for label in labels {
+                        row[class_of(label)?] = true;
+                    }
+                    rows_out.positive.extend(row);
+                }
+                Target::Regression => {
+                    rows_out
+                        .values
+                        .push(entry.value.ok_or_else(|| missing("a value"))?);
+                }
+            }
         }
     }
     let data = SplitData {
         layers,
         dim,
         values,
-        labels,
+        targets: rows_out.into_targets(target, classes.len()),
     };
     write_cache(&path, &stamp, &data)?;
     Ok(data)
 }
 
-fn read_cache(path: &Path, stamp: &str) -> Result<Option<SplitData>, String> {
+/// The members' last layers side by side; every member's rows are the same items (clips, or
+/// grid frames) in the same order.
+fn concat_members(
+    members: &[Subject],
+    task: &Task,
+    split: &str,
+    entries: &[ManifestEntry],
+    classes: &[String],
+    options: &BenchOptions,
+) -> Result<SplitData, String> {
+    let parts: Vec<SplitData> = members
+        .iter()
+        .map(|m| split_data(m, task, split, entries, classes, options))
+        .collect::<Result<_, _>>()?;
+    let first = parts.first().ok_or("a concatenation of no models")?;
+    let rows = first.targets.len();
+    if let Some(bad) = parts.iter().find(|p| p.targets != first.targets) {
+        return Err(format!(
+            "task {}: concatenated models disagree on the rows ({} vs {})",
+            task.spec.name,
+            rows,
+            bad.targets.len()
+        ));
+    }
+    let dim: usize = parts.iter().map(|p| p.dim).sum();
+    let mut values = Vec::with_capacity(rows * dim);
+    for r in 0..rows {
+        for p in &parts {
+            let at = (r * p.layers + p.layers - 1) * p.dim;
+            values.extend_from_slice(&p.values[at..at + p.dim]);
+        }
+    }
+    Ok(SplitData {
+        layers: 1,
+        dim,
+        values,
+        targets: first.targets.clone(),
+    })
+}
+
+/// Bumped when the cached layout or the frame grid changes.
+const CACHE_FORMAT: &str = "2";
+
+fn read_cache(
+    path: &Path,
+    stamp: &str,
+    target: Target,
+    classes: usize,
+) -> Result<Option<SplitData>, String> {
     let Ok(bytes) = std::fs::read(path) else {
         return Ok(None);
     };
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(&e))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
-    if meta.get("manifest_sha256").map(String::as_str) != Some(stamp) {
+    if meta.get("manifest_sha256").map(String::as_str) != Some(stamp)
+        || meta.get("format").map(String::as_str) != Some(CACHE_FORMAT)
+    {
         return Ok(None);
     }
-    let tensors = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let x = tensors
-        .tensor("x")
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let labels = tensors
-        .tensor("labels")
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(&e))?;
+    let x = tensors.tensor("x").map_err(|e| bad(&e))?;
+    let y = tensors.tensor("y").map_err(|e| bad(&e))?;
     let shape = x.shape().to_vec();
+    let y: Vec<f64> = y
+        .data()
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+        .collect();
+    let rows = shape[0];
+    let targets = match target {
+        Target::Multiclass => Targets::Classes {
+            index: y.iter().map(|&v| v as usize).collect(),
+            classes,
+        },
+        Target::Multilabel => Targets::Multilabel {
+            positive: y.iter().map(|&v| v > 0.5).collect(),
+            classes,
+        },
+        Target::Regression => Targets::Values(y),
+    };
+    if targets.len() != rows {
+        return Ok(None);
+    }
     Ok(Some(SplitData {
         layers: shape[1],
         dim: shape[2],
@@ -449,22 +635,25 @@ fn read_cache(path: &Path, stamp: &str) -> Result<Option<SplitData>, String> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
             .collect(),
-        labels: labels
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as usize)
-            .collect(),
+        targets,
     }))
 }
 
 fn write_cache(path: &Path, stamp: &str, data: &SplitData) -> Result<(), String> {
-    let rows = data.labels.len();
+    let rows = data.targets.len();
     let x: Vec<u8> = data.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let labels: Vec<u8> = data
-        .labels
-        .iter()
-        .flat_map(|&v| (v as i64).to_le_bytes())
-        .collect();
+    let (y, width): (Vec<f64>, usize) = match &data.targets {
+        Targets::Classes { index, .. } => (index.iter().map(|&i| i as f64).collect(), 1),
+        Targets::Multilabel { positive, classes } => (
+            positive
+                .iter()
+                .map(|&p| if p { 1.0 } else { 0.0 })
+                .collect(),
+            *classes,
+        ),
+        Targets::Values(v) => (v.clone(), 1),
+    };
+    let y: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
     let views = vec![
         (
             "x".to_string(),
@@ -476,13 +665,15 @@ fn write_cache(path: &Path, stamp: &str, data: &SplitData) -> Result<(), String>
             .map_err(|e| e.to_string())?,
         ),
         (
-            "labels".to_string(),
-            safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![rows], &labels)
+            "y".to_string(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![rows, width], &y)
                 .map_err(|e| e.to_string())?,
         ),
     ];
-    let metadata =
-        std::collections::HashMap::from([("manifest_sha256".to_string(), stamp.to_string())]);
+    let metadata = std::collections::HashMap::from([
+        ("manifest_sha256".to_string(), stamp.to_string()),
+        ("format".to_string(), CACHE_FORMAT.to_string()),
+    ]);
     let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())?;
     tutti_data::task::write_atomic(path, &bytes).map_err(|e| e.to_string())
 }

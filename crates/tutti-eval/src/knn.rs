@@ -1,18 +1,19 @@
 //! The kNN probe (PAPERS.md section 4): embeddings L2-normalised, cosine similarity, the `k`
 //! most similar training items vote with weight `exp(similarity / temperature)`; defaults
 //! `k = 10`, temperature 0.07. Parameter-free, so it measures the embedding space itself.
+//! Multilabel targets get each label's weighted share, regression the weighted mean value.
 
-/// Class scores `[test_items, classes]` (row-major, each row sums to 1) for `test` embeddings
-/// given `train` embeddings with `train_labels`; embeddings are row-major with `dim` columns.
-pub fn knn_scores(
+use crate::targets::Targets;
+
+/// For each `test` row, its `k` most similar `train` rows (cosine on L2-normalised rows) with
+/// their normalised vote weights `exp(similarity / temperature) / sum`; ties keep training order.
+pub fn neighbours(
     train: &[f32],
-    train_labels: &[usize],
     test: &[f32],
     dim: usize,
-    classes: usize,
     k: usize,
     temperature: f64,
-) -> Vec<f64> {
+) -> Vec<Vec<(usize, f64)>> {
     let normalise = |rows: &[f32]| -> Vec<f64> {
         rows.chunks_exact(dim)
             .flat_map(|row| {
@@ -28,29 +29,81 @@ pub fn knn_scores(
     };
     let train = normalise(train);
     let test = normalise(test);
-    let k = k.min(train_labels.len()).max(1);
-    let mut out = Vec::with_capacity(test.len() / dim * classes);
-    for query in test.chunks_exact(dim) {
-        let mut similarities: Vec<(f64, usize)> = train
-            .chunks_exact(dim)
-            .zip(train_labels)
-            .map(|(row, &label)| {
-                (
-                    row.iter().zip(query).map(|(a, b)| a * b).sum::<f64>(),
-                    label,
-                )
-            })
-            .collect();
-        // Highest similarity first; ties broken by training order (stable sort).
-        similarities.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let mut votes = vec![0.0f64; classes];
-        for &(similarity, label) in &similarities[..k] {
-            votes[label] += (similarity / temperature).exp();
+    let items = train.len() / dim.max(1);
+    let k = k.min(items).max(1);
+    use rayon::prelude::*;
+    test.par_chunks_exact(dim)
+        .map(|query| {
+            let mut similarities: Vec<(f64, usize)> = train
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(i, row)| (row.iter().zip(query).map(|(a, b)| a * b).sum::<f64>(), i))
+                .collect();
+            // Highest similarity first; ties broken by training order (stable sort).
+            similarities.sort_by(|a, b| b.0.total_cmp(&a.0));
+            // Weights relative to the best neighbour (the same ratios, no overflow).
+            let top = similarities.first().map_or(0.0, |s| s.0);
+            let votes: Vec<(usize, f64)> = similarities[..k.min(similarities.len())]
+                .iter()
+                .map(|&(s, i)| (i, ((s - top) / temperature).exp()))
+                .collect();
+            let total: f64 = votes.iter().map(|v| v.1).sum();
+            votes.into_iter().map(|(i, w)| (i, w / total)).collect()
+        })
+        .collect()
+}
+
+/// kNN predictions for any target kind: class probabilities (vote shares), label
+/// probabilities (weighted share of neighbours carrying each label) or the weighted mean value.
+pub fn knn_predict(
+    train: &[f32],
+    targets: &Targets,
+    test: &[f32],
+    dim: usize,
+    k: usize,
+    temperature: f64,
+) -> Vec<f64> {
+    let width = targets.outputs();
+    let mut out = Vec::new();
+    for votes in neighbours(train, test, dim, k, temperature) {
+        let mut row = vec![0.0f64; width];
+        for (i, w) in votes {
+            match targets {
+                Targets::Classes { index, .. } => row[index[i]] += w,
+                Targets::Multilabel { positive, classes } => {
+                    for (r, &p) in row
+                        .iter_mut()
+                        .zip(&positive[i * classes..(i + 1) * classes])
+                    {
+                        if p {
+                            *r += w;
+                        }
+                    }
+                }
+                Targets::Values(v) => row[0] += w * v[i],
+            }
         }
-        let total: f64 = votes.iter().sum();
-        out.extend(votes.iter().map(|v| v / total));
+        out.extend(row);
     }
     out
+}
+
+/// Class scores `[test_items, classes]` (row-major, each row sums to 1) for `test` embeddings
+/// given `train` embeddings with `train_labels`; embeddings are row-major with `dim` columns.
+pub fn knn_scores(
+    train: &[f32],
+    train_labels: &[usize],
+    test: &[f32],
+    dim: usize,
+    classes: usize,
+    k: usize,
+    temperature: f64,
+) -> Vec<f64> {
+    let targets = Targets::Classes {
+        index: train_labels.to_vec(),
+        classes,
+    };
+    knn_predict(train, &targets, test, dim, k, temperature)
 }
 
 /// The arg-max class of each row of `scores`.
@@ -97,5 +150,37 @@ mod tests {
             knn_scores(&train, &labels, &test, 2, 2, 1, 0.07),
             vec![0.0, 1.0]
         );
+    }
+
+    #[test]
+    fn multilabel_and_regression_use_the_same_weights() {
+        let train = [1.0f32, 0.0, 0.9, 0.1, 0.0, 1.0];
+        let test = [1.0f32, 0.05];
+        let w = neighbours(&train, &test, 2, 3, 0.07);
+        let weights: Vec<f64> = {
+            let mut v = vec![0.0; 3];
+            for &(i, x) in &w[0] {
+                v[i] = x;
+            }
+            v
+        };
+        assert!((weights.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let values = knn_predict(
+            &train,
+            &Targets::Values(vec![1.0, 3.0, 10.0]),
+            &test,
+            2,
+            3,
+            0.07,
+        );
+        let expected = weights[0] * 1.0 + weights[1] * 3.0 + weights[2] * 10.0;
+        assert!((values[0] - expected).abs() < 1e-12);
+        let multi = Targets::Multilabel {
+            positive: vec![true, false, true, true, false, true],
+            classes: 2,
+        };
+        let p = knn_predict(&train, &multi, &test, 2, 3, 0.07);
+        assert!((p[0] - (weights[0] + weights[1])).abs() < 1e-12);
+        assert!((p[1] - (weights[1] + weights[2])).abs() < 1e-12);
     }
 }

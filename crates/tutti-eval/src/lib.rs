@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod probe;
 pub mod report;
 pub mod score;
+pub mod targets;
 
 pub use metrics::{accuracy, average_precision, macro_f1, mean_average_precision, r2_score};
 pub use score::{SuiteScore, TaskResult, suite_score};

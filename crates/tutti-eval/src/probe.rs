@@ -3,14 +3,18 @@
 //! - `mlp`: LayerNorm + Linear + ReLU + Linear (one hidden layer), the same schedule, its width and
 //!   learning rate chosen on the validation split from a small grid.
 //!
-//! Multiclass targets use cross-entropy; the data order is shuffled each epoch from a seeded RNG,
-//! so a probe is deterministic for a given seed.
+//! Multiclass targets use cross-entropy, multilabel targets binary cross-entropy on logits,
+//! regression mean squared error on the standardised value (the prediction is mapped back). The
+//! data order is shuffled each epoch from a seeded RNG, so a probe is deterministic for a seed.
 
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig, MseLoss, Reduction};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::{relu, sigmoid, softmax};
+use tutti_data::task::Metric;
+
+use crate::targets::Targets;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 /// Probe settings; defaults are X-ARES's.
@@ -55,13 +59,26 @@ impl ProbeModel {
     }
 }
 
+/// What the output layer is read as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Head {
+    Softmax,
+    Sigmoid,
+    /// A standardised value: `prediction * std + mean`.
+    Value {
+        mean: f64,
+        std: f64,
+    },
+}
+
 /// A trained probe, ready to score embeddings.
 #[derive(Debug)]
 pub struct Probe {
     model: ProbeModel,
     device: Device,
     dim: usize,
-    classes: usize,
+    outputs: usize,
+    head: Head,
 }
 
 /// A tiny deterministic generator for shuffling (xorshift64*).
@@ -75,7 +92,7 @@ impl Shuffler {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn shuffle(&mut self, items: &mut [usize]) {
+    fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
             let j = (self.next() % (i as u64 + 1)) as usize;
             items.swap(i, j);
@@ -83,34 +100,50 @@ impl Shuffler {
     }
 }
 
-/// Train a multiclass probe on `embeddings` (`[items, dim]` row-major) and `labels`.
+/// Train a probe on `embeddings` (`[items, dim]` row-major) and `targets`.
 pub fn train_probe(
     embeddings: &[f32],
-    labels: &[usize],
+    targets: &Targets,
     dim: usize,
-    classes: usize,
     config: &ProbeConfig,
 ) -> Probe {
     let device = tutti_nn::device::cpu().autodiff();
+    let outputs = targets.outputs();
     let mut model = tutti_nn::device::seeded(&device, config.seed, || {
         Ok::<_, std::convert::Infallible>(ProbeModel {
             norm: LayerNormConfig::new(dim).init(&device),
             hidden: config
                 .hidden
                 .map(|h| LinearConfig::new(dim, h).init(&device)),
-            output: LinearConfig::new(config.hidden.unwrap_or(dim), classes).init(&device),
+            output: LinearConfig::new(config.hidden.unwrap_or(dim), outputs).init(&device),
         })
     })
     .expect("infallible");
+    let head = match targets {
+        Targets::Classes { .. } => Head::Softmax,
+        Targets::Multilabel { .. } => Head::Sigmoid,
+        Targets::Values(v) => {
+            let n = v.len().max(1) as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            Head::Value {
+                mean,
+                std: var.sqrt().max(1e-8),
+            }
+        }
+    };
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init();
-    let items = labels.len();
+    let items = targets.len();
     let steps_per_epoch = items.div_ceil(config.batch_size).max(1);
     let total_steps = (steps_per_epoch * config.epochs).max(1);
     let mut order: Vec<usize> = (0..items).collect();
     let mut shuffler = Shuffler(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let cross_entropy = CrossEntropyLossConfig::new().init(&device);
+    let binary = BinaryCrossEntropyLossConfig::new()
+        .with_logits(true)
+        .init(&device);
     let mut step = 0usize;
     for _ in 0..config.epochs {
         shuffler.shuffle(&mut order);
@@ -119,10 +152,38 @@ pub fn train_probe(
             for &i in batch {
                 x.extend_from_slice(&embeddings[i * dim..(i + 1) * dim]);
             }
-            let y: Vec<i64> = batch.iter().map(|&i| labels[i] as i64).collect();
             let x = Tensor::<2>::from_data(TensorData::new(x, [batch.len(), dim]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch.len()]), &device);
-            let loss = loss_fn.forward(model.forward(x), y);
+            let logits = model.forward(x);
+            let loss = match targets {
+                Targets::Classes { index, .. } => {
+                    let y: Vec<i64> = batch.iter().map(|&i| index[i] as i64).collect();
+                    let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch.len()]), &device);
+                    cross_entropy.forward(logits, y)
+                }
+                Targets::Multilabel { positive, classes } => {
+                    let y: Vec<i64> = batch
+                        .iter()
+                        .flat_map(|&i| positive[i * classes..(i + 1) * classes].iter())
+                        .map(|&p| p as i64)
+                        .collect();
+                    let y = Tensor::<2, Int>::from_data(
+                        TensorData::new(y, [batch.len(), *classes]),
+                        &device,
+                    );
+                    binary.forward(logits, y)
+                }
+                Targets::Values(v) => {
+                    let Head::Value { mean, std } = head else {
+                        unreachable!("regression has a value head")
+                    };
+                    let y: Vec<f32> = batch
+                        .iter()
+                        .map(|&i| ((v[i] - mean) / std) as f32)
+                        .collect();
+                    let y = Tensor::<2>::from_data(TensorData::new(y, [batch.len(), 1]), &device);
+                    MseLoss::new().forward(logits, y, Reduction::Mean)
+                }
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             // Cosine decay from the base learning rate to 0 over all steps.
             let progress = step as f64 / total_steps as f64;
@@ -136,29 +197,29 @@ pub fn train_probe(
         model: model.valid().to_device(&inference),
         device: inference,
         dim,
-        classes,
+        outputs,
+        head,
     }
 }
 
 /// Train one probe per configuration of `grid` and keep the one with the best validation
-/// accuracy (the first on ties); returns it with its index in `grid` and validation accuracy.
+/// `metric` (the first on ties); returns it with its index in `grid` and validation score.
 pub fn select_on_validation(
-    train: (&[f32], &[usize]),
-    validation: (&[f32], &[usize]),
+    train: (&[f32], &Targets),
+    validation: (&[f32], &Targets),
     dim: usize,
-    classes: usize,
+    metric: Metric,
     grid: &[ProbeConfig],
-) -> (Probe, usize, f64) {
+) -> Result<(Probe, usize, f64), String> {
     let mut best: Option<(Probe, usize, f64)> = None;
     for (index, config) in grid.iter().enumerate() {
-        let probe = train_probe(train.0, train.1, dim, classes, config);
-        let predicted = crate::knn::predictions(&probe.scores(validation.0), classes);
-        let score = crate::metrics::accuracy(validation.1, &predicted);
+        let probe = train_probe(train.0, train.1, dim, config);
+        let score = validation.1.score(metric, &probe.scores(validation.0))?;
         if best.as_ref().is_none_or(|b| score > b.2) {
             best = Some((probe, index, score));
         }
     }
-    best.expect("a non-empty grid")
+    best.ok_or_else(|| "an empty probe grid".to_string())
 }
 
 /// The MLP grid (HEAR-style, small): hidden width x learning rate.
@@ -176,24 +237,31 @@ pub fn mlp_grid() -> Vec<ProbeConfig> {
 }
 
 impl Probe {
-    /// Class probabilities `[items, classes]`, row-major.
+    /// Predictions `[items, outputs]`, row-major: class probabilities (multiclass), label
+    /// probabilities (multilabel) or values (regression).
     pub fn scores(&self, embeddings: &[f32]) -> Vec<f64> {
         let items = embeddings.len() / self.dim;
         let x = Tensor::<2>::from_data(
             TensorData::new(embeddings.to_vec(), [items, self.dim]),
             &self.device,
         );
-        softmax(self.model.forward(x), 1)
-            .into_data()
-            .try_to_vec::<f32>()
-            .expect("f32 output")
-            .into_iter()
-            .map(f64::from)
-            .collect()
+        let y = self.model.forward(x);
+        let y = match self.head {
+            Head::Softmax => softmax(y, 1),
+            Head::Sigmoid => sigmoid(y),
+            Head::Value { .. } => y,
+        };
+        let values = y.into_data().try_to_vec::<f32>().expect("f32 output");
+        match self.head {
+            Head::Value { mean, std } => {
+                values.into_iter().map(|v| v as f64 * std + mean).collect()
+            }
+            _ => values.into_iter().map(f64::from).collect(),
+        }
     }
 
-    pub fn classes(&self) -> usize {
-        self.classes
+    pub fn outputs(&self) -> usize {
+        self.outputs
     }
 }
 
@@ -201,7 +269,14 @@ impl Probe {
 mod tests {
     use super::*;
     use crate::knn::predictions;
-    use crate::metrics::accuracy;
+    use crate::metrics::{accuracy, r2_score};
+
+    fn classes(y: &[usize]) -> Targets {
+        Targets::Classes {
+            index: y.to_vec(),
+            classes: 3,
+        }
+    }
 
     /// Three Gaussian clusters in 8 dimensions; `shuffle_labels` destroys the relation.
     fn clusters(items: usize, seed: u64, shuffle_labels: bool) -> (Vec<f32>, Vec<usize>) {
@@ -236,12 +311,12 @@ mod tests {
                 learning_rate: 1e-2,
                 ..ProbeConfig::default()
             };
-            let probe = train_probe(&train_x, &train_y, 8, 3, &config);
+            let probe = train_probe(&train_x, &classes(&train_y), 8, &config);
             let acc = accuracy(&test_y, &predictions(&probe.scores(&test_x), 3));
             assert!(acc > 0.95, "{hidden:?}: {acc}");
             // Negative control: trained on shuffled labels, the probe is near chance.
             let (noise_x, noise_y) = clusters(300, 1, true);
-            let probe = train_probe(&noise_x, &noise_y, 8, 3, &config);
+            let probe = train_probe(&noise_x, &classes(&noise_y), 8, &config);
             let acc = accuracy(&test_y, &predictions(&probe.scores(&test_x), 3));
             assert!(acc < 0.6, "{hidden:?} learned noise: {acc}");
         }
@@ -263,8 +338,14 @@ mod tests {
                 ..ProbeConfig::default()
             },
         ];
-        let (_, index, accuracy) =
-            select_on_validation((&train_x, &train_y), (&val_x, &val_y), 8, 3, &grid);
+        let (_, index, accuracy) = select_on_validation(
+            (&train_x, &classes(&train_y)),
+            (&val_x, &classes(&val_y)),
+            8,
+            Metric::Accuracy,
+            &grid,
+        )
+        .unwrap();
         assert_eq!(index, 1);
         assert!(accuracy > 0.95);
         assert_eq!(mlp_grid().len(), 4);
@@ -277,8 +358,65 @@ mod tests {
             epochs: 2,
             ..ProbeConfig::default()
         };
-        let a = train_probe(&x, &y, 8, 3, &config).scores(&x);
-        let b = train_probe(&x, &y, 8, 3, &config).scores(&x);
+        let a = train_probe(&x, &classes(&y), 8, &config).scores(&x);
+        let b = train_probe(&x, &classes(&y), 8, &config).scores(&x);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn regression_and_multilabel_probes_learn_and_not_noise() {
+        // The value is a linear function of the features plus a large offset and scale (the
+        // standardisation must undo them); the labels are "feature d is high".
+        let (x, _) = clusters(300, 7, false);
+        let (tx, _) = clusters(90, 8, false);
+        let value = |rows: &[f32]| -> Vec<f64> {
+            rows.chunks_exact(8)
+                .map(|r| 1000.0 + 50.0 * (r[0] as f64 - 2.0 * r[1] as f64 + r[2] as f64))
+                .collect()
+        };
+        let config = ProbeConfig {
+            epochs: 30,
+            learning_rate: 1e-2,
+            ..ProbeConfig::default()
+        };
+        let probe = train_probe(&x, &Targets::Values(value(&x)), 8, &config);
+        let r2 = r2_score(&value(&tx), &probe.scores(&tx));
+        assert!(r2 > 0.9, "{r2}");
+        // Negative control: values shuffled against the features.
+        let mut shuffled = value(&x);
+        Shuffler(5).shuffle(&mut shuffled);
+        let probe = train_probe(&x, &Targets::Values(shuffled), 8, &config);
+        let r2 = r2_score(&value(&tx), &probe.scores(&tx));
+        assert!(r2 < 0.3, "learned noise: {r2}");
+
+        let labels = |rows: &[f32]| -> Vec<bool> {
+            rows.chunks_exact(8)
+                .flat_map(|r| (0..3).map(move |d| r[d] > 1.5))
+                .collect()
+        };
+        let targets = Targets::Multilabel {
+            positive: labels(&x),
+            classes: 3,
+        };
+        let test = Targets::Multilabel {
+            positive: labels(&tx),
+            classes: 3,
+        };
+        let probe = train_probe(&x, &targets, 8, &config);
+        let map = test.score(Metric::Map, &probe.scores(&tx)).unwrap();
+        assert!(map > 0.95, "{map}");
+        let mut noisy = labels(&x);
+        Shuffler(9).shuffle(&mut noisy);
+        let probe = train_probe(
+            &x,
+            &Targets::Multilabel {
+                positive: noisy,
+                classes: 3,
+            },
+            8,
+            &config,
+        );
+        let map = test.score(Metric::Map, &probe.scores(&tx)).unwrap();
+        assert!(map < 0.6, "learned noise: {map}");
     }
 }

@@ -1,5 +1,6 @@
-//! The suite score: each task's metric in [0, 1] weighted by its test-set size,
-//! `sum(s_i * n_i) / sum(n_i)`, overall and per domain (UniWhisper / X-ARES protocol).
+//! The suite score: each task's metric in [0, 1] weighted by its test-set size times its
+//! `eval_weight`, `sum(s_i * n_i * w_i) / sum(n_i * w_i)`, overall and per domain (UniWhisper /
+//! X-ARES protocol; all weights 1 gives the plain test-size weighting).
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,8 @@ pub struct TaskResult {
     /// In [0, 1], higher is better.
     pub score: f64,
     pub test_size: usize,
+    /// The task's `eval_weight` (1 by default).
+    pub weight: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,15 +27,15 @@ pub struct SuiteScore {
 }
 
 fn weighted(results: &[&TaskResult]) -> f64 {
-    let items: usize = results.iter().map(|r| r.test_size).sum();
-    if items == 0 {
+    let total: f64 = results.iter().map(|r| r.test_size as f64 * r.weight).sum();
+    if total <= 0.0 {
         return 0.0;
     }
     results
         .iter()
-        .map(|r| r.score.clamp(0.0, 1.0) * r.test_size as f64)
+        .map(|r| r.score.clamp(0.0, 1.0) * r.test_size as f64 * r.weight)
         .sum::<f64>()
-        / items as f64
+        / total
 }
 
 /// Scores are clipped to [0, 1] (a negative R² counts as 0).
@@ -63,6 +66,7 @@ mod tests {
             domain: domain.into(),
             score,
             test_size: n,
+            weight: 1.0,
         }
     }
 
@@ -77,5 +81,14 @@ mod tests {
         assert_eq!(score.per_domain["music"], 0.0);
         assert!((score.per_domain["speech"] - 0.9).abs() < 1e-12);
         assert_eq!((score.tasks, score.test_items), (3, 500));
+        // A weight of 2 counts a task as twice its test size.
+        let weighted = suite_score(&[
+            TaskResult {
+                weight: 2.0,
+                ..result("digits", "speech", 0.9, 100)
+            },
+            result("events", "sound", 0.5, 300),
+        ]);
+        assert!((weighted.overall - (0.9 * 200.0 + 0.5 * 300.0) / 500.0).abs() < 1e-12);
     }
 }

@@ -78,4 +78,11 @@ pub trait AudioEncoder {
         waveforms: &[&[f32]],
         options: ForwardOptions,
     ) -> Result<EncoderOutput, ModelError>;
+
+    /// For encoders that pad every input to a fixed window (Whisper: 30 s): `false` runs short
+    /// inputs on their own length instead (much faster on short clips; not what the model was
+    /// trained on). Returns whether the encoder has such a window; others ignore it.
+    fn set_pad_to_window(&mut self, _pad: bool) -> bool {
+        false
+    }
 }

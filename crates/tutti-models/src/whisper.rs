@@ -189,6 +189,9 @@ pub struct HfWhisperEncoder {
     pub device: Device,
     pub name: String,
     pub skipped: Vec<String>,
+    /// Pad every window to 30 s as Whisper does (default); `false` crops the log-mel to the
+    /// longest valid window in the batch (rounded up to an even frame count).
+    pub pad_to_window: bool,
 }
 
 impl HfWhisperEncoder {
@@ -285,6 +288,7 @@ impl HfWhisperEncoder {
             mel,
             device: device.clone(),
             skipped: report.skipped,
+            pad_to_window: true,
         })
     }
 
@@ -298,6 +302,11 @@ impl HfWhisperEncoder {
 }
 
 impl AudioEncoder for HfWhisperEncoder {
+    fn set_pad_to_window(&mut self, pad: bool) -> bool {
+        self.pad_to_window = pad;
+        true
+    }
+
     fn info(&self) -> EncoderInfo {
         EncoderInfo {
             name: self.name.clone(),
@@ -354,8 +363,21 @@ impl AudioEncoder for HfWhisperEncoder {
             }
         }
         let mel_frames = self.preprocessor.n_samples / self.preprocessor.hop_length;
+        // Cropped windows: the longest valid part (2 mel frames per encoder frame).
+        let used = if self.pad_to_window {
+            mel_frames
+        } else {
+            (windows.iter().map(|w| w.1).max().unwrap_or(1) * 2).clamp(2, mel_frames)
+        };
+        let data = if used == mel_frames {
+            data
+        } else {
+            data.chunks_exact(mel_frames)
+                .flat_map(|row| row[..used].iter().copied())
+                .collect()
+        };
         let input = Tensor::<3>::from_data(
-            TensorData::new(data, [windows.len(), bins, mel_frames]),
+            TensorData::new(data, [windows.len(), bins, used]),
             &self.device,
         );
         let (hidden, ffns) = self.encoder.forward(input, options);
