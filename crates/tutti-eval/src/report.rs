@@ -150,8 +150,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} th{{background:#
 td:first-child,th:first-child{{text-align:left}} .legend span{{display:inline-block;margin-right:14px}}
 .swatch{{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:middle}}
 </style></head><body><h1>tutti benchmark</h1><p>suite <code>{}</code>, tutti {}, {} threads.
-Scores are each task's metric in [0, 1]; suite scores are test-size-weighted averages at each
-model's last evaluated layer.</p>"#,
+Scores are each task's metric in [0, 1] (R² clipped at 0); suite scores are averages weighted by
+test size x eval_weight at each model's last evaluated layer.</p>"#,
         escape(&results.suite),
         escape(&results.tutti_version),
         results.threads
@@ -279,17 +279,22 @@ model's last evaluated layer.</p>"#,
             html.push_str(&curves(t, &series));
         }
     }
-    html.push_str("<h2>Tasks</h2><table><tr><th>task</th><th>domain</th><th>level</th><th>metric</th><th>classes</th><th>test items</th></tr>");
+    html.push_str("<h2>Tasks</h2><table><tr><th>task</th><th>domain</th><th>level</th><th>target</th><th>metric</th><th>classes</th><th>test items</th></tr>");
     if let Some(m) = results.models.first() {
         for t in &m.tasks {
             let _ = write!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&t.task),
                 escape(&t.domain),
                 escape(&t.level),
+                escape(&t.target),
                 escape(&t.metric),
-                t.classes,
+                if t.classes == 0 {
+                    "-".to_string()
+                } else {
+                    t.classes.to_string()
+                },
                 t.test_size
             );
         }
