@@ -188,7 +188,11 @@ pub fn suite_command(command: SuiteCommand) -> anyhow::Result<ExitCode> {
                 Some(data) => {
                     let summaries = tutti_data::standard::build_standard(
                         &output,
-                        &tutti_data::standard::StandardOptions { data, seed, only },
+                        &tutti_data::standard::StandardOptions {
+                            data,
+                            seed,
+                            only: only.clone(),
+                        },
                         &|what| tracing::info!("{what}"),
                     )?;
                     let clips: usize = summaries
@@ -201,7 +205,11 @@ pub fn suite_command(command: SuiteCommand) -> anyhow::Result<ExitCode> {
                         "built {} tasks now: {clips} clips, {hours:.2} h",
                         summaries.len()
                     );
-                    tutti_data::standard::TASKS.len()
+                    if only.is_empty() {
+                        tutti_data::standard::TASKS.len()
+                    } else {
+                        only.len()
+                    }
                 }
                 None => tutti_data::quick::build_quick(&output, seed)?.len(),
             };

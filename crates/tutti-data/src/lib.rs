@@ -11,6 +11,7 @@
 pub mod import;
 pub mod manifest;
 pub mod quick;
+mod rng;
 pub mod standard;
 pub mod task;
 

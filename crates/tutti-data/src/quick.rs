@@ -10,35 +10,11 @@ use std::f64::consts::PI;
 use std::path::Path;
 
 use crate::manifest::{Event, ManifestEntry, write_manifest};
+use crate::rng::Rng;
 use crate::task::{Domain, Level, Metric, Splits, Target, TaskSpec, write_spec};
 use crate::{DataError, file_error};
 
 pub const SAMPLE_RATE: u32 = 16_000;
-
-/// xorshift64* with a uniform and a normal draw.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform().max(1e-12), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * PI * v).cos()
-    }
-}
 
 /// A generated clip: samples and its target.
 #[derive(Default)]

@@ -22,6 +22,7 @@ use rayon::prelude::*;
 use tutti_audio::{LoadOptions, load_audio};
 
 use crate::manifest::{Event, ManifestEntry, write_manifest};
+use crate::rng::Rng;
 use crate::task::{Domain, Level, Metric, Splits, Target, TaskSpec, write_spec};
 use crate::{DataError, file_error};
 
@@ -69,31 +70,6 @@ pub struct TaskSummary {
     pub counts: [usize; 3],
     pub seconds_of_audio: f64,
     pub skipped: usize,
-}
-
-/// xorshift64* with a uniform draw.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn uniform(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.uniform()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// A stable 64-bit hash of a string and the seed (FNV-1a, then mixed).
@@ -372,9 +348,9 @@ fn sp_digits(ctx: &Ctx) -> Result<Built, DataError> {
             }
         }
     }
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-digits",
             Domain::Speech,
             Level::Clip,
@@ -383,17 +359,8 @@ fn sp_digits(ctx: &Ctx) -> Result<Built, DataError> {
             "Spoken digit 0-9, real recordings in ~25 languages (tuxpaint, asterisk); split by \
              language/voice, so test languages are unseen.",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::BySource,
-        skipped,
-    })
+        SplitRule::BySource,
+    ))
 }
 
 /// Rows of `synth/index.tsv`: (path, engine, voice, gender, kind, text).
@@ -492,9 +459,9 @@ fn sp_kws(ctx: &Ctx) -> Result<Built, DataError> {
         }
     }
     jobs.retain(|j| j.0.is_file());
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-kws-synth2real",
             Domain::Speech,
             Level::Clip,
@@ -504,17 +471,8 @@ fn sp_kws(ctx: &Ctx) -> Result<Built, DataError> {
              synthetic voices (espeak-ng, flite), test on real recordings (asterisk, klettres, \
              tuxpaint).",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::TestWhere(|s| s.starts_with("real:")),
-        skipped,
-    })
+        SplitRule::TestWhere(|s| s.starts_with("real:")),
+    ))
 }
 
 /// Tuxpaint's spoken stamp descriptions: (file, stamp, language) for languages with >= 300.
@@ -546,9 +504,9 @@ fn sp_language(ctx: &Ctx) -> Result<Built, DataError> {
         .into_iter()
         .map(|(f, stamp, lang)| (f, 0.0, 4.0, true, (lang, stamp)))
         .collect();
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-language",
             Domain::Speech,
             Level::Clip,
@@ -557,17 +515,8 @@ fn sp_language(ctx: &Ctx) -> Result<Built, DataError> {
             "Spoken language of tuxpaint's stamp descriptions (9 languages); split by stamp, \
              so test sentences are unseen.",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::BySource,
-        skipped,
-    })
+        SplitRule::BySource,
+    ))
 }
 
 /// Hedgewars voice packs: (file, pack, phrase) for phrases present in at least 12 packs.
@@ -596,9 +545,9 @@ fn sp_phrase(ctx: &Ctx) -> Result<Built, DataError> {
         .into_iter()
         .map(|(f, pack, phrase)| (f, 0.0, 2.5, true, (phrase, format!("hedgewars:{pack}"))))
         .collect();
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-phrase",
             Domain::Speech,
             Level::Clip,
@@ -607,17 +556,8 @@ fn sp_phrase(ctx: &Ctx) -> Result<Built, DataError> {
             "Which game phrase (Hello, Ouch, Laugh, ...) is said, hedgewars voice packs; split by \
              pack, so test speakers are unseen.",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::BySource,
-        skipped,
-    })
+        SplitRule::BySource,
+    ))
 }
 
 fn sp_speaker(ctx: &Ctx) -> Result<Built, DataError> {
@@ -625,9 +565,9 @@ fn sp_speaker(ctx: &Ctx) -> Result<Built, DataError> {
         .into_iter()
         .map(|(f, pack, phrase)| (f, 0.0, 2.5, true, (pack, format!("phrase:{phrase}"))))
         .collect();
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-speaker",
             Domain::Speech,
             Level::Clip,
@@ -636,17 +576,8 @@ fn sp_speaker(ctx: &Ctx) -> Result<Built, DataError> {
             "Which of 15 hedgewars voice packs speaks; split by phrase, so test phrases are \
              unseen.",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::BySource,
-        skipped,
-    })
+        SplitRule::BySource,
+    ))
 }
 
 fn sp_gender(ctx: &Ctx) -> Result<Built, DataError> {
@@ -688,9 +619,9 @@ fn sp_gender(ctx: &Ctx) -> Result<Built, DataError> {
             ));
         }
     }
-    let (loaded, skipped) = load_all(&jobs);
-    Ok(Built {
-        spec: spec(
+    Ok(labelled_files(
+        jobs,
+        spec(
             "sp-gender",
             Domain::Speech,
             Level::Clip,
@@ -699,17 +630,8 @@ fn sp_gender(ctx: &Ctx) -> Result<Built, DataError> {
             "Speaker gender: real asterisk voices and synthetic espeak-ng / flite voices; split by \
              voice within each class.",
         ),
-        items: loaded
-            .into_iter()
-            .map(|(x, (label, source))| Item {
-                samples: normalise(x),
-                target: ItemTarget::Label(label),
-                source,
-            })
-            .collect(),
-        rule: SplitRule::Stratified,
-        skipped,
-    })
+        SplitRule::Stratified,
+    ))
 }
 
 /// 0ad ambient recordings (weather, water, day scapes, buildings) as background noise.
