@@ -1,4 +1,5 @@
-"""tutti (Rust, burn flex) and the same architecture in PyTorch, side by side, same weights.
+"""tutti (Rust: its fast CPU engine, and its burn implementation) and the same architecture in PyTorch,
+side by side, same weights.
 
     /tmp/parity/bin/python tools/parity/bench_side_by_side.py [--presets small base] [--secs 10]
 
@@ -83,10 +84,14 @@ def main() -> None:
                             "--pool", "none", "--window-secs", "600"], check=True)
             ours = np.load(out / "clip.npy")
             difference = float(np.abs(ours - hidden[-1][0].numpy()).max())
-            report = json.loads(subprocess.run(
-                [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
-                 "--secs", str(args.secs), "--iterations", str(args.iterations)],
-                check=True, capture_output=True, text=True).stdout)
+            def tutti_speed(engine):
+                return json.loads(subprocess.run(
+                    [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
+                     "--secs", str(args.secs), "--iterations", str(args.iterations), "--engine", engine],
+                    check=True, capture_output=True, text=True).stdout)
+
+            report = tutti_speed("fast")
+            burn_report = tutti_speed("burn")
 
             def torch_forward():
                 with torch.no_grad():
@@ -94,7 +99,8 @@ def main() -> None:
 
             torch_secs = median_time(torch_forward, args.iterations)
             gflop = ref.flops(model.cfg, feats.shape[1]) / 1e9
-            rows.append((preset, torch_secs, report["forward_secs_median"], gflop, difference))
+            rows.append((preset, torch_secs, report["forward_secs_median"], burn_report["forward_secs_median"],
+                         gflop, difference))
 
         w = torch.from_numpy(wave)
         cfg = json.loads((tmp / args.presets[0] / "config.json").read_text())
@@ -103,9 +109,10 @@ def main() -> None:
         hf_whisper = median_time(lambda: extractor(wave, sampling_rate=16000, return_tensors="np"), 10)
 
     print(f"machine: {args.threads} threads, torch {torch.__version__}, clip {args.secs:.0f} s, batch 1")
-    print(f"{'model':<8} {'PyTorch ms':>11} {'tutti ms':>9} {'speed-up':>9} {'GFLOP':>7} {'PyTorch GFLOP/s':>16} {'tutti GFLOP/s':>14} {'max |diff|':>11}")
-    for preset, t_torch, t_tutti, gflop, diff in rows:
-        print(f"{preset:<8} {t_torch * 1e3:>11.1f} {t_tutti * 1e3:>9.1f} {t_torch / t_tutti:>8.2f}x {gflop:>7.2f} "
+    print("tutti = the fast engine (what embed and bench use on the CPU); burn = tutti's burn implementation")
+    print(f"{'model':<8} {'PyTorch ms':>11} {'tutti ms':>9} {'speed-up':>9} {'burn ms':>8} {'GFLOP':>7} {'PyTorch GFLOP/s':>16} {'tutti GFLOP/s':>14} {'max |diff|':>11}")
+    for preset, t_torch, t_tutti, t_burn, gflop, diff in rows:
+        print(f"{preset:<8} {t_torch * 1e3:>11.1f} {t_tutti * 1e3:>9.1f} {t_torch / t_tutti:>8.2f}x {t_burn * 1e3:>8.1f} {gflop:>7.2f} "
               f"{gflop / t_torch:>16.1f} {gflop / t_tutti:>14.1f} {diff:>11.2e}")
     print(f"{'fbank':<8} {torchaudio_fbank * 1e3:>11.2f} {report['fbank_secs_median'] * 1e3:>9.2f} "
           f"{torchaudio_fbank / report['fbank_secs_median']:>8.1f}x   (torchaudio.compliance.kaldi.fbank)")

@@ -27,7 +27,7 @@ const RESAMPLED_FBANK_BANDS: usize = 115;
 const LOSSLESS_DECODE_TOLERANCE: f32 = 1e-6;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    manifest_dir().join("../..")
 }
 
 fn audio(name: &str) -> PathBuf {
@@ -284,4 +284,12 @@ fn resampled_44k_clip_matches_torchaudio_pipeline() {
         control > 4.0 * RESAMPLED_FBANK_TOLERANCE,
         "negative control {control}"
     );
+}
+
+/// The package directory cargo gives the running test (the compile-time one names wherever the
+/// binary was built, which a build cache shared between checkouts may place elsewhere).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

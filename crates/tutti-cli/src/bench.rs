@@ -33,6 +33,16 @@ pub struct SpeedArgs {
     /// at 50 Hz, K = 4 distilled layers, fixed random targets.
     #[arg(long)]
     train: bool,
+    /// Inference engine: `fast` (tutti's own kernels, what `embed` and `bench` use on the CPU)
+    /// or `burn` (the reference implementation training differentiates through).
+    #[arg(long, value_enum, default_value_t = Engine::Fast)]
+    engine: Engine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    Fast,
+    Burn,
 }
 
 pub fn run(command: BenchCommand, threads: Option<usize>) -> anyhow::Result<ExitCode> {
@@ -80,7 +90,30 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
         whisper.compute(&wave)?;
         Ok(start.elapsed().as_secs_f64())
     };
+    let fast = match args.engine {
+        Engine::Fast => Some(
+            tutti_models::fast::FastTutti::from_model(&model)
+                .ok_or_else(|| anyhow::anyhow!("this model does not run on the fast engine"))?,
+        ),
+        Engine::Burn => None,
+    };
+    let bins = model.config.fbank.num_mel_bins;
+    let item_features = batch
+        .iter()
+        .map(|w| model.fbank.compute(w))
+        .collect::<Result<Vec<_>, _>>()?;
+    let time_fast = |fast: &tutti_models::fast::FastTutti| -> f64 {
+        let start = Instant::now();
+        for f in &item_features {
+            let out = fast.engine.forward_one(&f.data, f.frames, bins, usize::MAX);
+            std::hint::black_box(out);
+        }
+        start.elapsed().as_secs_f64()
+    };
     let time_forward = || -> anyhow::Result<f64> {
+        if let Some(fast) = &fast {
+            return Ok(time_fast(fast));
+        }
         let (features, lengths) = model.features(&batch)?;
         let start = Instant::now();
         let out = model
@@ -104,6 +137,7 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     let flops = model.config.forward_flops(fbank_frames) * args.batch as f64;
     let report = serde_json::json!({
         "model": info.name,
+        "engine": format!("{:?}", args.engine).to_lowercase(),
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,
@@ -294,6 +328,7 @@ fn any_encoder_speed(
     let audio_secs = args.secs * args.batch as f64;
     let report = serde_json::json!({
         "model": info.name,
+        "engine": format!("{:?}", args.engine).to_lowercase(),
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,

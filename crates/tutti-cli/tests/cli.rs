@@ -20,9 +20,7 @@ fn text(output: &Output) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/audio")
-        .join(name)
+    manifest_dir().join("../../fixtures/audio").join(name)
 }
 
 fn s(path: &Path) -> &str {
@@ -418,11 +416,8 @@ fn features_match_the_front_end_fixtures() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(npy_shape(&out_file), vec![138, 128]);
-    let bytes = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/parity/frontend.safetensors"),
-    )
-    .unwrap();
+    let bytes =
+        std::fs::read(manifest_dir().join("../../fixtures/parity/frontend.safetensors")).unwrap();
     let fixtures = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let expected: Vec<f32> = fixtures
         .tensor("fbank/speech_16k.wav")
@@ -463,9 +458,7 @@ fn features_match_the_front_end_fixtures() {
 fn embed_and_info_work_with_hugging_face_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     for variant in ["hf_wav2vec2_group", "hf_hubert_layer"] {
-        let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/parity")
-            .join(variant);
+        let model = manifest_dir().join("../../fixtures/parity").join(variant);
         let out = tutti(&["info", s(&model), "--json"]);
         assert!(out.status.success(), "{}", text(&out));
         let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -495,7 +488,7 @@ fn embed_and_info_work_with_hugging_face_checkpoints() {
 #[test]
 fn embed_works_with_the_cnn_teachers() {
     let dir = tempfile::tempdir().unwrap();
-    let parity = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity");
+    let parity = manifest_dir().join("../../fixtures/parity");
     // (model directory, config.json, weights, expected [layers, frames, width] for 5 s at 16 kHz
     // input and 5 s at 44.1 kHz).
     let cases = [
@@ -768,4 +761,12 @@ fn a_folder_per_class_dataset_becomes_a_task() {
     let out = tutti(&["validate", s(&task)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 classes"), "{}", text(&out));
+}
+
+/// The package directory cargo gives the running test (the compile-time one names wherever the
+/// binary was built, which a build cache shared between checkouts may place elsewhere).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

@@ -12,10 +12,7 @@ use tutti_nn::fixtures::read_f32_tensors;
 const METRIC_TOLERANCE: f64 = 1e-6;
 
 fn fixtures() -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
-    read_f32_tensors(
-        &PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/parity/metrics.safetensors"),
-    )
+    read_f32_tensors(&manifest_dir().join("../../fixtures/parity/metrics.safetensors"))
 }
 
 fn scalar(f: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>, key: &str) -> f64 {
@@ -87,4 +84,12 @@ fn r2_matches_sklearn() {
         .collect();
     assert!((r2_score(&truth, &predicted) - scalar(&f, "regression/r2")).abs() < METRIC_TOLERANCE);
     assert_eq!(r2_score(&[2.0, 2.0], &[2.0, 2.0]), 1.0);
+}
+
+/// The package directory cargo gives the running test (the compile-time one names wherever the
+/// binary was built, which a build cache shared between checkouts may place elsewhere).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

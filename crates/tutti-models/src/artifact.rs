@@ -161,7 +161,16 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
         .and_then(|v| v.as_str())
         .unwrap_or("")
     {
-        "tutti" => Ok(Box::new(load_model(path, device)?)),
+        "tutti" => {
+            let model = load_model(path, device)?;
+            // On the CPU, inference runs on tutti's own kernels (same outputs, tested).
+            if *device == tutti_nn::device::cpu()
+                && let Some(fast) = crate::fast::FastTutti::from_model(&model)
+            {
+                return Ok(Box::new(fast));
+            }
+            Ok(Box::new(model))
+        }
         "wav2vec2" | "hubert" | "wavlm" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
         "whisper" => Ok(Box::new(HfWhisperEncoder::load(path, device)?)),
         "crepe" => {

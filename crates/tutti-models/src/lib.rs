@@ -10,6 +10,7 @@ pub mod ct2;
 pub mod embed;
 pub mod encoder;
 pub mod error;
+pub mod fast;
 pub mod presets;
 pub mod teachers;
 pub mod tutti;

@@ -1,5 +1,6 @@
-//! The burn implementation of the tutti encoder against the PyTorch reference
-//! (`tools/parity/tutti_reference.py`, torch 2.5.1), on the same weights.
+//! Both implementations of the tutti encoder (burn, and the fast CPU engine of
+//! `tutti_models::fast`) against the PyTorch reference (`tools/parity/tutti_reference.py`, torch
+//! 2.5.1), on the same weights.
 //!
 //! Fixtures: `fixtures/parity/tutti_{postln_50hz,preln_25hz}`, from
 //! `tools/parity/make_tutti_fixtures.py`: seeded random weights (LayerNorm affines included), two
@@ -21,9 +22,7 @@ use tutti_models::{AudioEncoder, ForwardOptions, ModelDir};
 const ENCODER_TOLERANCE: f32 = 5e-4;
 
 fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/parity")
-        .join(name)
+    manifest_dir().join("../../fixtures/parity").join(name)
 }
 
 fn read_expected(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -39,8 +38,14 @@ fn item_values(t: &Tensor<3>, index: usize, frames: usize) -> Vec<f32> {
         .unwrap()
 }
 
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Engine {
+    Burn,
+    Fast,
+}
+
 /// Worst difference over every state of every item.
-fn worst_error(name: &str, perturb: Option<&str>) -> f32 {
+fn worst_error(name: &str, perturb: Option<&str>, engine: Engine) -> f32 {
     let device = tutti_nn::device::cpu();
     let dir = ModelDir::open(&fixture_dir(name)).unwrap();
     let mut model = dir.load(&device).unwrap();
@@ -64,7 +69,13 @@ fn worst_error(name: &str, perturb: Option<&str>) -> f32 {
         .map(|i| expected[&format!("waveform/{i}")].1.clone())
         .collect();
     let batch: Vec<&[f32]> = waves.iter().map(Vec::as_slice).collect();
-    let out = model.encode(&batch, ForwardOptions::default()).unwrap();
+    let out = match engine {
+        Engine::Burn => model.encode(&batch, ForwardOptions::default()).unwrap(),
+        Engine::Fast => tutti_models::fast::FastTutti::from_model(&model)
+            .unwrap()
+            .encode(&batch, ForwardOptions::default())
+            .unwrap(),
+    };
     let mut worst = 0.0f32;
     for item in 0..2 {
         let frames = out.lengths[item];
@@ -99,28 +110,45 @@ fn worst_error(name: &str, perturb: Option<&str>) -> f32 {
 
 #[test]
 fn post_ln_50hz_matches_pytorch() {
-    let error = worst_error("tutti_postln_50hz", None);
-    eprintln!("post-LN 50 Hz: largest difference {error}");
-    assert!(error <= ENCODER_TOLERANCE, "{error}");
+    for engine in [Engine::Burn, Engine::Fast] {
+        let error = worst_error("tutti_postln_50hz", None, engine);
+        eprintln!("post-LN 50 Hz, {engine:?}: largest difference {error}");
+        assert!(error <= ENCODER_TOLERANCE, "{engine:?}: {error}");
+    }
 }
 
 #[test]
 fn pre_ln_25hz_matches_pytorch() {
-    let error = worst_error("tutti_preln_25hz", None);
-    eprintln!("pre-LN 25 Hz: largest difference {error}");
-    assert!(error <= ENCODER_TOLERANCE, "{error}");
+    for engine in [Engine::Burn, Engine::Fast] {
+        let error = worst_error("tutti_preln_25hz", None, engine);
+        eprintln!("pre-LN 25 Hz, {engine:?}: largest difference {error}");
+        assert!(error <= ENCODER_TOLERANCE, "{engine:?}: {error}");
+    }
 }
 
 #[test]
 fn a_perturbed_weight_breaks_parity() {
-    for variant in ["tutti_postln_50hz", "tutti_preln_25hz"] {
-        for perturbation in ["ffn_bias", "pos_conv"] {
-            let error = worst_error(variant, Some(perturbation));
-            eprintln!("{variant} with {perturbation}: {error}");
+    for (variant, perturbation, engine) in [
+        ("tutti_postln_50hz", "ffn_bias", Engine::Burn),
+        ("tutti_postln_50hz", "pos_conv", Engine::Fast),
+        ("tutti_preln_25hz", "ffn_bias", Engine::Fast),
+        ("tutti_preln_25hz", "pos_conv", Engine::Burn),
+    ] {
+        {
+            let error = worst_error(variant, Some(perturbation), engine);
+            eprintln!("{variant} with {perturbation}, {engine:?}: {error}");
             assert!(
                 error > 10.0 * ENCODER_TOLERANCE,
                 "{variant} {perturbation}: {error}"
             );
         }
     }
+}
+
+/// The package directory cargo gives the running test (the compile-time one names wherever the
+/// binary was built, which a build cache shared between checkouts may place elsewhere).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }

@@ -3,6 +3,7 @@
 
 pub mod device;
 pub mod fixtures;
+pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod mask;

@@ -1,0 +1,754 @@
+//! The tutti encoder's inference engine on tutti's own CPU kernels ([`tutti_nn::kernels`]).
+//!
+//! Same architecture and weights as [`crate::tutti::TuttiEncoder`] (which stays the reference, and
+//! the path training differentiates through); this one runs a forward pass on plain row-major
+//! buffers: the convolutions as im2col + one matrix product per chunk (the subsampler in a
+//! channels-last layout, its LayerNorm and projection permuted to match), the grouped positional
+//! convolution as one product per group, Q, K and V as one product, attention reading each head's
+//! columns in place, bias + GELU and residual + LayerNorm fused into single passes. Items of a
+//! batch run one after the other at their own length, so no padding reaches any layer (which is
+//! the reference's contract: a padded item gets the output it gets alone).
+//!
+//! Tested against the burn implementation (`tests/fast.rs`); `tutti bench speed --engine burn`
+//! times the reference for comparison.
+
+use burn::module::Param;
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use tutti_audio::KaldiFbank;
+use tutti_nn::kernels::{
+    MatMut, MatRef, Threads, add_assign, add_rows, bias_gelu_rows, exp_shifted_row, fill_rows,
+    gelu_all, layer_norm_rows, matmul,
+};
+use tutti_nn::mask::conv_output_length;
+
+use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions};
+use crate::error::ModelError;
+use crate::tutti::{TuttiConfig, TuttiModel};
+
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data after conversion")
+}
+
+fn param<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
+    values(p.val())
+}
+
+/// A linear layer as `[in, out]` row-major weights and a bias.
+#[derive(Debug, Clone)]
+struct Dense {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Dense {
+    fn from_linear(linear: &Linear) -> Self {
+        let [inputs, outputs] = linear.weight.dims();
+        let bias = linear
+            .bias
+            .as_ref()
+            .map(param)
+            .unwrap_or_else(|| vec![0.0; outputs]);
+        Self {
+            weight: param(&linear.weight),
+            bias,
+            inputs,
+            outputs,
+        }
+    }
+
+    /// Several layers reading the same input, side by side (Q, K and V as one product).
+    fn concat(parts: &[Dense]) -> Self {
+        let inputs = parts[0].inputs;
+        let outputs = parts.iter().map(|p| p.outputs).sum();
+        let mut weight = Vec::with_capacity(inputs * outputs);
+        for row in 0..inputs {
+            for p in parts {
+                weight.extend_from_slice(&p.weight[row * p.outputs..][..p.outputs]);
+            }
+        }
+        let bias = parts.iter().flat_map(|p| p.bias.iter().copied()).collect();
+        Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+        }
+    }
+
+    fn weights(&self) -> MatRef<'_> {
+        MatRef::new(&self.weight, self.inputs, self.outputs)
+    }
+
+    /// `x [rows, in] -> [rows, out]`, bias included.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut out = vec![0.0; rows * self.outputs];
+        fill_rows(&mut out, &self.bias);
+        self.accumulate(&mut out, x, rows);
+        out
+    }
+
+    /// `out += x · W` (no bias).
+    fn accumulate(&self, out: &mut [f32], x: &[f32], rows: usize) {
+        matmul(
+            MatMut::new(out, rows, self.outputs),
+            MatRef::new(x, rows, self.inputs),
+            self.weights(),
+            1.0,
+            true,
+            Threads::Pool,
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Option<Vec<f32>>,
+}
+
+impl Norm {
+    fn from_layer_norm(norm: &LayerNorm) -> Self {
+        Self {
+            gamma: param(&norm.gamma),
+            beta: norm.beta.as_ref().map(param),
+        }
+    }
+
+    fn apply(&self, x: &mut [f32], eps: f32) {
+        layer_norm_rows(
+            x,
+            self.gamma.len(),
+            Some(&self.gamma),
+            self.beta.as_deref(),
+            eps,
+        );
+    }
+}
+
+/// A 3x3 convolution with padding 1 and strides (`stride`, 2) on channels-last maps
+/// `[time, bins, channels]`, as im2col products: `weight` is `[(kt, kf, c_in), c_out]`.
+#[derive(Debug, Clone)]
+struct SubsamplerConv {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+    stride: usize,
+}
+
+impl SubsamplerConv {
+    fn from_conv(conv: &Conv2d) -> Self {
+        let [outputs, inputs, kh, kw] = conv.weight.dims();
+        assert_eq!([kh, kw], [3, 3], "the subsampler's kernels are 3x3");
+        let w = param(&conv.weight);
+        let mut weight = vec![0.0; 9 * inputs * outputs];
+        for co in 0..outputs {
+            for ci in 0..inputs {
+                for kt in 0..3 {
+                    for kf in 0..3 {
+                        weight[((kt * 3 + kf) * inputs + ci) * outputs + co] =
+                            w[((co * inputs + ci) * 3 + kt) * 3 + kf];
+                    }
+                }
+            }
+        }
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(param)
+            .unwrap_or_else(|| vec![0.0; outputs]);
+        Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+            stride: conv.stride[0],
+        }
+    }
+
+    /// `[time, bins, inputs]` -> GELU(conv) `[time', bins', outputs]`.
+    fn forward(&self, x: &[f32], time: usize, bins: usize) -> (Vec<f32>, usize, usize) {
+        let out_time = conv_output_length(time, 3, self.stride, 1);
+        let out_bins = conv_output_length(bins, 3, 2, 1);
+        let k = 9 * self.inputs;
+        let mut out = vec![0.0; out_time * out_bins * self.outputs];
+        // Chunks of output rows whose im2col block stays near the L2 cache (~1 MiB).
+        let chunk_time = ((1 << 18) / (out_bins * k).max(1)).clamp(1, out_time.max(1));
+        let weights = MatRef::new(&self.weight, k, self.outputs);
+        out.par_chunks_mut(chunk_time * out_bins * self.outputs)
+            .enumerate()
+            .for_each(|(chunk, out)| {
+                let t0 = chunk * chunk_time;
+                let rows = out.len() / self.outputs;
+                let mut cols = vec![0.0f32; rows * k];
+                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+                    let (t, f) = (t0 + r / out_bins, r % out_bins);
+                    for kt in 0..3 {
+                        let ti = (t * self.stride + kt) as isize - 1;
+                        if ti < 0 || ti as usize >= time {
+                            continue;
+                        }
+                        for kf in 0..3 {
+                            let fi = (f * 2 + kf) as isize - 1;
+                            if fi < 0 || fi as usize >= bins {
+                                continue;
+                            }
+                            let src = (ti as usize * bins + fi as usize) * self.inputs;
+                            col[(kt * 3 + kf) * self.inputs..][..self.inputs]
+                                .copy_from_slice(&x[src..src + self.inputs]);
+                        }
+                    }
+                }
+                let dst = MatMut::new(out, rows, self.outputs);
+                matmul(
+                    dst,
+                    MatRef::new(&cols, rows, k),
+                    weights,
+                    1.0,
+                    false,
+                    Threads::One,
+                );
+                bias_gelu_rows(out, &self.bias);
+            });
+        (out, out_time, out_bins)
+    }
+}
+
+/// A grouped 1-D convolution over `[time, width]` with "same" padding, one im2col product per
+/// group: `weights[g]` is `[(k, c_in), c_out]` for group `g`'s channels.
+#[derive(Debug, Clone)]
+struct GroupedConv {
+    weights: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+    width: usize,
+    kernel: usize,
+}
+
+impl GroupedConv {
+    fn from_conv(conv: &Conv1d) -> Self {
+        let [width, per_group, kernel] = conv.weight.dims();
+        let groups = conv.groups;
+        assert_eq!(
+            per_group * groups,
+            width,
+            "a depth-preserving grouped convolution"
+        );
+        let w = param(&conv.weight);
+        let weights = (0..groups)
+            .map(|g| {
+                let mut m = vec![0.0; kernel * per_group * per_group];
+                for o in 0..per_group {
+                    for i in 0..per_group {
+                        for k in 0..kernel {
+                            m[(k * per_group + i) * per_group + o] =
+                                w[((g * per_group + o) * per_group + i) * kernel + k];
+                        }
+                    }
+                }
+                m
+            })
+            .collect();
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(param)
+            .unwrap_or_else(|| vec![0.0; width]);
+        Self {
+            weights,
+            bias,
+            width,
+            kernel,
+        }
+    }
+
+    fn forward(&self, x: &[f32], time: usize) -> Vec<f32> {
+        let (width, kernel) = (self.width, self.kernel);
+        let groups = self.weights.len();
+        let per_group = width / groups;
+        let pad = kernel / 2;
+        let mut padded = vec![0.0f32; (time + 2 * pad) * width];
+        padded[pad * width..(pad + time) * width].copy_from_slice(x);
+        let k = kernel * per_group;
+        let per_group_out: Vec<Vec<f32>> = self
+            .weights
+            .par_iter()
+            .enumerate()
+            .map(|(g, weight)| {
+                let mut cols = vec![0.0f32; time * k];
+                for (t, col) in cols.chunks_exact_mut(k).enumerate() {
+                    for j in 0..kernel {
+                        let src = (t + j) * width + g * per_group;
+                        col[j * per_group..][..per_group]
+                            .copy_from_slice(&padded[src..src + per_group]);
+                    }
+                }
+                let mut out = vec![0.0f32; time * per_group];
+                matmul(
+                    MatMut::new(&mut out, time, per_group),
+                    MatRef::new(&cols, time, k),
+                    MatRef::new(weight, k, per_group),
+                    1.0,
+                    false,
+                    Threads::One,
+                );
+                out
+            })
+            .collect();
+        let mut out = vec![0.0f32; time * width];
+        for (g, block) in per_group_out.iter().enumerate() {
+            for t in 0..time {
+                out[t * width + g * per_group..][..per_group]
+                    .copy_from_slice(&block[t * per_group..][..per_group]);
+            }
+        }
+        add_rows(&mut out, &self.bias);
+        out
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    qkv: Dense,
+    out: Dense,
+    attention_norm: Norm,
+    intermediate: Dense,
+    output: Dense,
+    final_norm: Norm,
+}
+
+/// The tutti encoder's weights, laid out for [`tutti_nn::kernels`].
+#[derive(Debug)]
+pub struct FastTuttiEncoder {
+    convs: Vec<SubsamplerConv>,
+    subsampler_norm: Norm,
+    projection: Dense,
+    positional: Vec<GroupedConv>,
+    norm: Norm,
+    blocks: Vec<Block>,
+    heads: usize,
+    width: usize,
+    eps: f32,
+    layer_norm_first: bool,
+    /// Kept between calls; a call that finds it taken (another thread) uses its own.
+    scratch: std::sync::Mutex<Scratch>,
+}
+
+impl Clone for FastTuttiEncoder {
+    fn clone(&self) -> Self {
+        Self {
+            convs: self.convs.clone(),
+            subsampler_norm: self.subsampler_norm.clone(),
+            projection: self.projection.clone(),
+            positional: self.positional.clone(),
+            norm: self.norm.clone(),
+            blocks: self.blocks.clone(),
+            heads: self.heads,
+            width: self.width,
+            eps: self.eps,
+            layer_norm_first: self.layer_norm_first,
+            scratch: Default::default(),
+        }
+    }
+}
+
+impl FastTuttiEncoder {
+    /// Copy the weights of a burn tutti encoder; `None` for encoders this engine does not run
+    /// (WavLM's gated relative position bias).
+    pub fn from_model(model: &TuttiModel) -> Option<Self> {
+        let encoder = &model.encoder;
+        let config = &model.config;
+        if encoder.layers.iter().any(|l| l.attention.gate.is_some()) {
+            return None;
+        }
+        let convs: Vec<SubsamplerConv> = encoder
+            .subsampler
+            .conv
+            .iter()
+            .map(SubsamplerConv::from_conv)
+            .collect();
+        // burn flattens `[channels, bins]` (index c * bins + f); this engine keeps
+        // `[bins, channels]` (index f * channels + c): permute the norm and projection to match.
+        let channels = config.conv_channels;
+        let bins = config.subsampled_bins();
+        let permutation: Vec<usize> = (0..bins)
+            .flat_map(|f| (0..channels).map(move |c| c * bins + f))
+            .collect();
+        let mut subsampler_norm = Norm::from_layer_norm(&encoder.subsampler.layer_norm);
+        subsampler_norm.gamma = permutation
+            .iter()
+            .map(|&i| subsampler_norm.gamma[i])
+            .collect();
+        subsampler_norm.beta = subsampler_norm
+            .beta
+            .map(|b| permutation.iter().map(|&i| b[i]).collect());
+        let mut projection = Dense::from_linear(&encoder.subsampler.proj);
+        let outputs = projection.outputs;
+        projection.weight = permutation
+            .iter()
+            .flat_map(|&i| projection.weight[i * outputs..(i + 1) * outputs].to_vec())
+            .collect();
+        let blocks = encoder
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.attention;
+                Block {
+                    qkv: Dense::concat(&[
+                        Dense::from_linear(&a.q_proj),
+                        Dense::from_linear(&a.k_proj),
+                        Dense::from_linear(&a.v_proj),
+                    ]),
+                    out: Dense::from_linear(&a.out_proj),
+                    attention_norm: Norm::from_layer_norm(&l.layer_norm),
+                    intermediate: Dense::from_linear(&l.feed_forward.intermediate_dense),
+                    output: Dense::from_linear(&l.feed_forward.output_dense),
+                    final_norm: Norm::from_layer_norm(&l.final_layer_norm),
+                }
+            })
+            .collect();
+        Some(Self {
+            convs,
+            subsampler_norm,
+            projection,
+            positional: encoder
+                .pos_conv
+                .layers
+                .iter()
+                .map(|l| GroupedConv::from_conv(&l.conv))
+                .collect(),
+            norm: Norm::from_layer_norm(&encoder.layer_norm),
+            blocks,
+            heads: config.num_attention_heads,
+            width: config.hidden_size,
+            eps: config.layer_norm_eps as f32,
+            layer_norm_first: config.layer_norm_first,
+            scratch: Default::default(),
+        })
+    }
+
+    /// One item's fbank `[frames, bins]` -> its hidden states and FFN outputs.
+    pub fn forward_one(
+        &self,
+        fbank: &[f32],
+        frames: usize,
+        bins: usize,
+        depth: usize,
+    ) -> ItemOutput {
+        self.forward_marked(fbank, frames, bins, depth, &mut |_| {})
+    }
+
+    /// [`FastTuttiEncoder::forward_one`], calling `mark` with each stage's name as it ends (the
+    /// profiler's hook).
+    pub fn forward_marked(
+        &self,
+        fbank: &[f32],
+        frames: usize,
+        bins: usize,
+        depth: usize,
+        mark: &mut dyn FnMut(&'static str),
+    ) -> ItemOutput {
+        let (mut x, mut time, mut bins) = (fbank.to_vec(), frames, bins);
+        for conv in &self.convs {
+            (x, time, bins) = conv.forward(&x, time, bins);
+            mark("subsampler conv");
+        }
+        self.subsampler_norm.apply(&mut x, self.eps);
+        let mut x = self.projection.forward(&x, time);
+        mark("subsampler norm + projection");
+
+        let mut position = x.clone();
+        for conv in &self.positional {
+            position = conv.forward(&position, time);
+            layer_norm_rows(&mut position, self.width, None, None, self.eps);
+            gelu_all(&mut position);
+            mark("positional conv");
+        }
+        add_assign(&mut x, &position);
+        drop(position);
+        if !self.layer_norm_first {
+            self.norm.apply(&mut x, self.eps);
+        }
+        let depth = depth.min(self.blocks.len());
+        let mut hidden = Vec::with_capacity(depth + 1);
+        let mut ffn_outputs = Vec::with_capacity(depth);
+        hidden.push(x.clone());
+        let mut kept = self.scratch.try_lock().ok();
+        let mut own = Scratch::default();
+        let scratch = kept.as_deref_mut().unwrap_or(&mut own);
+        for block in &self.blocks[..depth] {
+            let ffn = self.block(block, &mut x, time, scratch, mark);
+            hidden.push(x.clone());
+            ffn_outputs.push(ffn);
+        }
+        if self.layer_norm_first && depth == self.blocks.len() {
+            let last = hidden.last_mut().expect("at least one state");
+            self.norm.apply(last, self.eps);
+        }
+        ItemOutput {
+            hidden,
+            ffn: ffn_outputs,
+            frames: time,
+        }
+    }
+
+    /// One transformer block on `x` in place; returns its FFN output.
+    fn block(
+        &self,
+        block: &Block,
+        x: &mut [f32],
+        time: usize,
+        scratch: &mut Scratch,
+        mark: &mut dyn FnMut(&'static str),
+    ) -> Vec<f32> {
+        let width = self.width;
+        let Scratch {
+            normed,
+            qkv,
+            context,
+            hidden,
+        } = scratch;
+        let qkv = sized(qkv, time * 3 * width);
+        fill_rows(qkv, &block.qkv.bias);
+        let input: &[f32] = if self.layer_norm_first {
+            let normed = sized(normed, time * width);
+            normed.copy_from_slice(x);
+            block.attention_norm.apply(normed, self.eps);
+            normed
+        } else {
+            x
+        };
+        block.qkv.accumulate(qkv, input, time);
+        mark("block: qkv projection");
+        let context = sized(context, time * width);
+        self.attention(qkv, context, time);
+        mark("block: attention core");
+        add_rows(x, &block.out.bias);
+        block.out.accumulate(x, context, time);
+        if !self.layer_norm_first {
+            block.attention_norm.apply(x, self.eps);
+        }
+        mark("block: out projection + norm");
+        let input: &[f32] = if self.layer_norm_first {
+            let normed = sized(normed, time * width);
+            normed.copy_from_slice(x);
+            block.final_norm.apply(normed, self.eps);
+            normed
+        } else {
+            x
+        };
+        let hidden = sized(hidden, time * block.intermediate.outputs);
+        matmul(
+            MatMut::new(hidden, time, block.intermediate.outputs),
+            MatRef::new(input, time, width),
+            block.intermediate.weights(),
+            1.0,
+            false,
+            Threads::Pool,
+        );
+        mark("block: ffn in");
+        bias_gelu_rows(hidden, &block.intermediate.bias);
+        mark("block: ffn gelu");
+        let ffn = block.output.forward(hidden, time);
+        mark("block: ffn out");
+        add_assign(x, &ffn);
+        if !self.layer_norm_first {
+            block.final_norm.apply(x, self.eps);
+        }
+        mark("block: residual + norm");
+        ffn
+    }
+
+    /// Multi-head attention over `qkv` (`[time, 3 width]`: Q, K, V side by side) into `context`
+    /// (`[time, width]`). Blocks of queries run in parallel, each over every head, reading the
+    /// head's Q, K and V in place; the softmax's division is applied to the `[rows, head_dim]`
+    /// product instead of the `[rows, time]` probabilities.
+    fn attention(&self, qkv: &[f32], context: &mut [f32], time: usize) {
+        let width = self.width;
+        let head_dim = width / self.heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let all = MatRef {
+            data: qkv,
+            rows: time,
+            cols: 3 * width,
+            row_stride: 3 * width,
+            col_stride: 1,
+        };
+        // One block per thread when that keeps the scores block near the L2 cache, else more.
+        let threads = rayon::current_num_threads().max(1);
+        let block_rows = time.div_ceil(threads).clamp(16, 256).min(time.max(1));
+        context
+            .par_chunks_mut(block_rows * width)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let q0 = b * block_rows;
+                let rows = out.len() / width;
+                let mut scores = vec![0.0f32; rows * time];
+                let mut sums = vec![0.0f32; rows];
+                for h in 0..self.heads {
+                    let q = all.rows(q0, rows).columns(h * head_dim, head_dim);
+                    let k = all.columns(width + h * head_dim, head_dim);
+                    let v = all.columns(2 * width + h * head_dim, head_dim);
+                    matmul(
+                        MatMut::new(&mut scores, rows, time),
+                        q,
+                        k.t(),
+                        scale,
+                        false,
+                        Threads::One,
+                    );
+                    for (row, sum) in scores.chunks_exact_mut(time).zip(sums.iter_mut()) {
+                        *sum = exp_shifted_row(row);
+                    }
+                    matmul(
+                        MatMut::new(out, rows, width).columns(h * head_dim, head_dim),
+                        MatRef::new(&scores, rows, time),
+                        v,
+                        1.0,
+                        false,
+                        Threads::One,
+                    );
+                    for (row, sum) in out.chunks_exact_mut(width).zip(&sums) {
+                        let inv = 1.0 / sum;
+                        for value in &mut row[h * head_dim..(h + 1) * head_dim] {
+                            *value *= inv;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// One item's forward pass: `hidden[l]` and `ffn[l]` are `[frames, width]` row-major, as
+/// [`EncoderOutput`]'s states for this item.
+#[derive(Debug, Clone)]
+pub struct ItemOutput {
+    pub hidden: Vec<Vec<f32>>,
+    pub ffn: Vec<Vec<f32>>,
+    pub frames: usize,
+}
+
+/// Buffers one forward pass reuses across blocks (and, kept by the engine, across calls): fresh
+/// multi-megabyte allocations cost a page fault per 4 KiB on first touch.
+#[derive(Debug, Default)]
+struct Scratch {
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    hidden: Vec<f32>,
+}
+
+/// `buffer` resized to `len` (contents unspecified: every user overwrites it).
+fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.resize(len, 0.0);
+    &mut buffer[..len]
+}
+
+/// A tutti model on the fast engine: the same [`AudioEncoder`] as [`TuttiModel`], for inference
+/// on the CPU.
+#[derive(Debug)]
+pub struct FastTutti {
+    pub config: TuttiConfig,
+    pub engine: FastTuttiEncoder,
+    pub fbank: KaldiFbank,
+    pub name: String,
+    pub parameters: usize,
+    device: burn::tensor::Device,
+}
+
+impl FastTutti {
+    /// `None` when the model has parts the engine does not run.
+    pub fn from_model(model: &TuttiModel) -> Option<Self> {
+        Some(Self {
+            engine: FastTuttiEncoder::from_model(model)?,
+            config: model.config.clone(),
+            fbank: model.fbank.clone(),
+            name: model.name.clone(),
+            parameters: crate::tutti::count_parameters(&model.encoder),
+            device: model.device.clone(),
+        })
+    }
+}
+
+impl AudioEncoder for FastTutti {
+    fn info(&self) -> EncoderInfo {
+        EncoderInfo {
+            name: self.name.clone(),
+            sample_rate_hz: self.config.fbank.sample_rate_hz,
+            hop_samples: self.config.hop_samples(),
+            num_layers: self.config.num_hidden_layers,
+            hidden_size: self.config.hidden_size,
+            input_kind: crate::encoder::InputKind::Fbank,
+            parameters: self.parameters,
+        }
+    }
+
+    fn num_frames(&self, samples: usize) -> usize {
+        let fbank_frames = self.config.fbank.num_frames(samples);
+        if fbank_frames == 0 {
+            0
+        } else {
+            self.config.frames_for_fbank(fbank_frames)
+        }
+    }
+
+    fn tail_samples(&self) -> usize {
+        self.config.fbank.window_length()
+    }
+
+    fn min_samples(&self) -> usize {
+        self.config.fbank.window_length()
+    }
+
+    fn encode(
+        &self,
+        waveforms: &[&[f32]],
+        options: ForwardOptions,
+    ) -> Result<EncoderOutput, ModelError> {
+        if waveforms.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let bins = self.config.fbank.num_mel_bins;
+        let depth = options
+            .target_layer
+            .unwrap_or(self.config.num_hidden_layers)
+            .min(self.config.num_hidden_layers);
+        let mut items = Vec::with_capacity(waveforms.len());
+        for w in waveforms {
+            let features = self.fbank.compute(w)?;
+            items.push(
+                self.engine
+                    .forward_one(&features.data, features.frames, bins, depth),
+            );
+        }
+        let batch = items.len();
+        let max_frames = items.iter().map(|i| i.frames).max().unwrap_or(0);
+        let width = self.config.hidden_size;
+        let stack = |pick: &dyn Fn(&ItemOutput) -> &Vec<f32>| {
+            let mut data = vec![0.0f32; batch * max_frames * width];
+            for (b, item) in items.iter().enumerate() {
+                let rows = pick(item);
+                data[b * max_frames * width..][..rows.len()].copy_from_slice(rows);
+            }
+            Tensor::<3>::from_data(
+                TensorData::new(data, [batch, max_frames, width]),
+                &self.device,
+            )
+        };
+        let hidden_states = (0..=depth).map(|l| stack(&|i| &i.hidden[l])).collect();
+        let ffn_outputs = (0..depth).map(|l| stack(&|i| &i.ffn[l])).collect();
+        Ok(EncoderOutput {
+            hidden_states,
+            ffn_outputs,
+            lengths: items.iter().map(|i| i.frames).collect(),
+        })
+    }
+}

@@ -1,0 +1,156 @@
+//! The fast inference engine against the burn implementation of the same weights.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Distribution, Tensor};
+use tutti_models::fast::FastTutti;
+use tutti_models::presets::preset;
+use tutti_models::tutti::TuttiConfig;
+use tutti_models::{AudioEncoder, EncoderOutput, ForwardOptions, TuttiModel};
+use tutti_nn::layers::max_abs_diff;
+
+/// Both engines compute in f32 with different summation orders.
+const TOLERANCE: f32 = 2e-4;
+
+/// Perturbs every parameter so that no weight keeps its structured initial value (LayerNorm
+/// ones and zeros would hide a wrong permutation or a dropped shift).
+struct Perturb {
+    matrix_std: f64,
+    vector_std: f64,
+}
+
+impl ModuleMapper for Perturb {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let value = param.val();
+        let std = if D == 1 {
+            self.vector_std
+        } else {
+            self.matrix_std
+        };
+        let noise = Tensor::random(
+            value.shape(),
+            Distribution::Normal(0.0, std),
+            &value.device(),
+        );
+        Param::from_tensor(value + noise)
+    }
+}
+
+fn model(config: TuttiConfig, matrix_std: f64) -> TuttiModel {
+    let device = tutti_nn::device::cpu();
+    let encoder = config.init(&device).unwrap().map(&mut Perturb {
+        matrix_std,
+        vector_std: 0.2,
+    });
+    TuttiModel::new(config, encoder, device, "random".into()).unwrap()
+}
+
+fn signal(samples: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..samples)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let t = i as f32 / 16_000.0;
+            0.3 * (2.0 * std::f32::consts::PI * (300.0 + 700.0 * t) * t).sin()
+                + 0.05 * ((state as f32 / u32::MAX as f32) - 0.5)
+        })
+        .collect()
+}
+
+fn worst(a: &EncoderOutput, b: &EncoderOutput) -> f32 {
+    assert_eq!(a.lengths, b.lengths);
+    assert_eq!(a.hidden_states.len(), b.hidden_states.len());
+    assert_eq!(a.ffn_outputs.len(), b.ffn_outputs.len());
+    let mut worst = 0.0f32;
+    for (x, y) in a
+        .hidden_states
+        .iter()
+        .zip(&b.hidden_states)
+        .chain(a.ffn_outputs.iter().zip(&b.ffn_outputs))
+    {
+        assert_eq!(x.dims(), y.dims());
+        // Frames past an item's length are padding, whose values the contract leaves open.
+        for (i, &frames) in a.lengths.iter().enumerate() {
+            let item = |t: &Tensor<3>| t.clone().narrow(0, i, 1).narrow(1, 0, frames);
+            worst = worst.max(max_abs_diff(item(x), item(y)));
+        }
+    }
+    worst
+}
+
+fn compare(model: &TuttiModel, waves: &[&[f32]], options: ForwardOptions) -> f32 {
+    let fast = FastTutti::from_model(model).expect("a tutti model runs on the fast engine");
+    assert_eq!(fast.info(), model.info());
+    for w in waves {
+        assert_eq!(fast.num_frames(w.len()), model.num_frames(w.len()));
+    }
+    let reference = model.encode(waves, options).unwrap();
+    let ours = fast.encode(waves, options).unwrap();
+    worst(&ours, &reference)
+}
+
+#[test]
+fn tiny_post_ln_batch_matches_burn() {
+    let model = model(preset("tiny").unwrap(), 0.1);
+    let (a, b, c) = (signal(16_000, 1), signal(5_231, 2), signal(400, 3));
+    let error = compare(&model, &[&a, &b, &c], ForwardOptions::default());
+    assert!(error < TOLERANCE, "{error}");
+}
+
+#[test]
+fn pre_ln_quarter_rate_and_early_exit_match_burn() {
+    let config = TuttiConfig {
+        hidden_size: 48,
+        num_attention_heads: 3,
+        intermediate_size: 96,
+        num_hidden_layers: 3,
+        conv_channels: 5,
+        conv_time_strides: vec![2, 2],
+        num_conv_pos_embedding_groups: 4,
+        num_conv_pos_embeddings: 7,
+        layer_norm_first: true,
+        ..preset("tiny").unwrap()
+    };
+    let model = model(config, 0.1);
+    let (a, b) = (signal(12_345, 4), signal(3_000, 5));
+    for target_layer in [None, Some(1), Some(0)] {
+        let options = ForwardOptions { target_layer };
+        let error = compare(&model, &[&a, &b], options);
+        assert!(error < TOLERANCE, "{target_layer:?}: {error}");
+    }
+}
+
+#[test]
+fn small_preset_matches_burn() {
+    // The real widths: 64 subsampler channels, 16 positional groups, 6 heads of 64.
+    let model = model(preset("small").unwrap(), 0.01);
+    let a = signal(24_000, 6);
+    let error = compare(&model, &[&a], ForwardOptions::default());
+    assert!(error < TOLERANCE, "{error}");
+}
+
+#[test]
+fn a_changed_weight_is_detected() {
+    // Negative control: the engine built from one model, the reference from a copy whose
+    // subsampler LayerNorm shift changed in one position.
+    let original = model(preset("tiny").unwrap(), 0.1);
+    let fast = FastTutti::from_model(&original).unwrap();
+    let mut changed = original.encoder.clone();
+    let beta = changed.subsampler.layer_norm.beta.take().unwrap().val();
+    let mut bump = vec![0.0f32; beta.dims()[0]];
+    bump[3] = 1.0;
+    let bump = Tensor::<1>::from_floats(bump.as_slice(), &beta.device());
+    changed.subsampler.layer_norm.beta = Some(Param::from_tensor(beta + bump));
+    let changed = TuttiModel::new(
+        original.config.clone(),
+        changed,
+        original.device.clone(),
+        "changed".into(),
+    )
+    .unwrap();
+    let wave = signal(8_000, 7);
+    let reference = changed.encode(&[&wave], ForwardOptions::default()).unwrap();
+    let ours = fast.encode(&[&wave], ForwardOptions::default()).unwrap();
+    assert!(worst(&ours, &reference) > 1e-2);
+}

@@ -1,0 +1,682 @@
+//! tutti's own CPU kernels for inference on plain `f32` slices: strided matrix products (the
+//! `gemm` crate, the same one burn's flex backend calls), fused bias + activation, row-wise
+//! LayerNorm and softmax with a vectorised `exp`, and the im2col copies convolutions need.
+//!
+//! They exist because a transformer on burn's CPU backend spends as much time outside its matrix
+//! products as inside them (copies to contiguous memory, separate passes for bias, activation and
+//! normalisation, masks): these work in place on row-major buffers, in parallel, and let the
+//! product read strided views (a head's columns, a transposed key matrix) without copying.
+//! Every kernel is tested here against a plain loop, and the encoders built on them against
+//! their burn implementation.
+
+use rayon::prelude::*;
+
+use crate::layers::{erf_f32, gelu_in_place};
+
+/// A read-only strided view of a row-major matrix.
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// Elements between two rows.
+    pub row_stride: usize,
+    /// Elements between two columns.
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A contiguous row-major `rows x cols` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    /// Columns `start..start + count` (no copy).
+    pub fn columns(self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.cols, "column range out of bounds");
+        Self {
+            data: &self.data[(start * self.col_stride).min(self.data.len())..],
+            cols: count,
+            ..self
+        }
+    }
+
+    /// Rows `start..start + count` (no copy).
+    pub fn rows(self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.rows, "row range out of bounds");
+        Self {
+            data: &self.data[(start * self.row_stride).min(self.data.len())..],
+            rows: count,
+            ..self
+        }
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view exceeds its buffer");
+        }
+    }
+}
+
+/// A writable strided view of a row-major matrix.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// Columns `start..start + count` of a view.
+    pub fn columns(self, start: usize, count: usize) -> Self {
+        assert!(start + count <= self.cols, "column range out of bounds");
+        let offset = (start * self.col_stride).min(self.data.len());
+        Self {
+            data: &mut self.data[offset..],
+            cols: count,
+            rows: self.rows,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matrix view exceeds its buffer");
+        }
+    }
+}
+
+/// How a product may use threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread only (for products already inside a parallel loop).
+    One,
+    /// rayon's current pool.
+    Pool,
+}
+
+/// `dst = (accumulate ? dst : 0) + scale * a · b`.
+pub fn matmul(
+    dst: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    assert_eq!(dst.rows, a.rows, "output rows differ");
+    assert_eq!(dst.cols, b.cols, "output columns differ");
+    a.check();
+    b.check();
+    dst.check();
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
+    if a.cols == 0 {
+        if !accumulate {
+            for r in 0..dst.rows {
+                for c in 0..dst.cols {
+                    dst.data[r * dst.row_stride + c * dst.col_stride] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let parallelism = match threads {
+        Threads::One => gemm::Parallelism::None,
+        Threads::Pool => gemm::Parallelism::Rayon(rayon::current_num_threads()),
+    };
+    // SAFETY: the three views were checked to lie inside their buffers (strides are unsigned, so
+    // the largest index is the last row's last column), `dst` is borrowed mutably and does not
+    // alias `a` or `b`, and the dimensions agree.
+    unsafe {
+        gemm::gemm(
+            dst.rows,
+            dst.cols,
+            a.cols,
+            dst.data.as_mut_ptr(),
+            dst.col_stride as isize,
+            dst.row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Rows of this many elements or more are processed in parallel chunks.
+const PARALLEL_MIN: usize = 1 << 14;
+
+fn rows_per_chunk(width: usize) -> usize {
+    (PARALLEL_MIN / width.max(1)).max(1)
+}
+
+/// Copy `bias` into every row of `x` (`[rows, bias.len()]`).
+pub fn fill_rows(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    x.par_chunks_mut(width * rows_per_chunk(width))
+        .for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(width) {
+                row.copy_from_slice(bias);
+            }
+        });
+}
+
+/// `x[r, :] += bias` for every row.
+pub fn add_rows(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    x.par_chunks_mut(width * rows_per_chunk(width))
+        .for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(width) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+            }
+        });
+}
+
+/// `x[r, :] = gelu(x[r, :] + bias)` (exact, erf GELU).
+pub fn bias_gelu_rows(x: &mut [f32], bias: &[f32]) {
+    let width = bias.len();
+    x.par_chunks_mut(width * rows_per_chunk(width))
+        .for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(width) {
+                for (v, b) in row.iter_mut().zip(bias) {
+                    *v += b;
+                }
+                gelu_in_place(row);
+            }
+        });
+}
+
+/// GELU in place over a whole buffer, in parallel.
+pub fn gelu_all(x: &mut [f32]) {
+    x.par_chunks_mut(PARALLEL_MIN).for_each(gelu_in_place);
+}
+
+/// `a += b`, element-wise, in parallel.
+pub fn add_assign(a: &mut [f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "add_assign: lengths differ");
+    a.par_chunks_mut(PARALLEL_MIN)
+        .zip(b.par_chunks(PARALLEL_MIN))
+        .for_each(|(a, b)| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        });
+}
+
+/// LayerNorm of every row of `x` (`[rows, width]`) in place, two-pass (mean, then variance of
+/// the centred values, as PyTorch), with optional scale and shift.
+pub fn layer_norm_rows(
+    x: &mut [f32],
+    width: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+) {
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "layer_norm_rows: ragged rows"
+    );
+    if let Some(g) = gamma {
+        assert_eq!(g.len(), width);
+    }
+    if let Some(b) = beta {
+        assert_eq!(b.len(), width);
+    }
+    x.par_chunks_mut(width * rows_per_chunk(width))
+        .for_each(|chunk| {
+            for row in chunk.chunks_exact_mut(width) {
+                layer_norm_row(row, gamma, beta, eps);
+            }
+        });
+}
+
+fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) {
+    let n = row.len() as f32;
+    let mean = sum_f32(row) / n;
+    let mut var = 0.0f32;
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            let d = v - mean;
+            *l += d * d;
+        }
+    }
+    for v in chunks.remainder() {
+        var += (v - mean) * (v - mean);
+    }
+    var += lanes.iter().sum::<f32>();
+    let inv = 1.0 / (var / n + eps).sqrt();
+    match (gamma, beta) {
+        (Some(g), Some(b)) => {
+            for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+        (Some(g), None) => {
+            for (v, g) in row.iter_mut().zip(g) {
+                *v = (*v - mean) * inv * g;
+            }
+        }
+        (None, Some(b)) => {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v = (*v - mean) * inv + b;
+            }
+        }
+        (None, None) => {
+            for v in row.iter_mut() {
+                *v = (*v - mean) * inv;
+            }
+        }
+    }
+}
+
+/// Sum with eight partial sums (vectorises, and is closer to a pairwise sum than a serial one).
+fn sum_f32(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Softmax of one row in place (max-subtracted, as PyTorch).
+pub fn softmax_row(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { softmax_row_avx2(row) };
+        return;
+    }
+    softmax_row_portable(row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32]) {
+    // SAFETY: the caller checked the CPU features.
+    let inv = 1.0 / unsafe { exp_shifted_row_avx2(row) };
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline(always)]
+fn softmax_row_portable(row: &mut [f32]) {
+    let inv = 1.0 / exp_shifted_row_portable(row);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `row[i] = exp(row[i] - max(row))` in place; returns the sum (a softmax without its division,
+/// for callers that divide a smaller product instead).
+pub fn exp_shifted_row(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { exp_shifted_row_avx2(row) };
+    }
+    exp_shifted_row_portable(row)
+}
+
+/// [`exp_shifted_row`] in AVX2 intrinsics (the compiler's own vectorisation of [`exp_f32`]
+/// interleaves scalar lanes and runs ~6x slower): the same range reduction and polynomial.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_shifted_row_avx2(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let max = max_f32(row);
+    let n8 = row.len() / 8 * 8;
+    let shift = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    for i in (0..n8).step_by(8) {
+        // SAFETY: `i + 8 <= row.len()`.
+        let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(i)) };
+        let e = exp_avx2(_mm256_sub_ps(x, shift));
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(row.as_mut_ptr().add(i), e) };
+        sum = _mm256_add_ps(sum, e);
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds eight f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+    let mut total = lanes.iter().sum::<f32>();
+    for v in &mut row[n8..] {
+        *v = exp_f32(*v - max);
+        total += *v;
+    }
+    total
+}
+
+/// [`exp_f32`] on eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let c = _mm256_set1_ps;
+    let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
+    let n = _mm256_floor_ps(_mm256_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(0.5)));
+    let r = _mm256_fmadd_ps(n, c(-0.693_359_4), x);
+    let r = _mm256_fmadd_ps(n, c(2.121_944_4e-4), r);
+    let mut p = c(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, c(1.398_199_9e-3));
+    p = _mm256_fmadd_ps(p, r, c(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, c(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, c(1.666_666_5e-1));
+    p = _mm256_fmadd_ps(p, r, c(0.5));
+    let p = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), c(1.0));
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvttps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+}
+
+#[inline(always)]
+fn exp_shifted_row_portable(row: &mut [f32]) -> f32 {
+    let max = max_f32(row);
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c.iter_mut()) {
+            *v = exp_f32(*v - max);
+            *l += *v;
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+#[inline(always)]
+fn max_f32(values: &[f32]) -> f32 {
+    // `if v > m` rather than `f32::max`: one `maxps` per vector, without `max`'s NaN handling
+    // (a NaN score poisons the row's exponentials either way).
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = values.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = if *v > *l { *v } else { *l };
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(lanes.iter())
+        .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m })
+}
+
+/// `exp` for f32, branch-free so that loops over it vectorise: `2^n * p(r)` with
+/// `x = n ln 2 + r`, `|r| <= ln 2 / 2`, and a degree-6 polynomial (Cephes' `expf`
+/// coefficients); within 2 ulp of `f32::exp` on [-87, 88] (tested), 0 below.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // `floor(. + 0.5)` rather than `round`, which LLVM does not vectorise on x86.
+    let n = x.mul_add(std::f32::consts::LOG2_E, 0.5).floor();
+    // ln 2 split in two so that `x - n ln 2` is exact enough.
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let p = (p * r).mul_add(r, r) + 1.0;
+    // SAFETY: `n` is an integer in [-126, 127] (x was clamped), so the conversion is exact; the
+    // unchecked form vectorises where `as` (saturating) does not.
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    let scale = f32::from_bits(((n + 127) as u32) << 23);
+    p * scale
+}
+
+/// erf re-exported for kernels built on it.
+pub fn erf(x: f32) -> f32 {
+    erf_f32(x)
+}
+
+/// Softmax of every row of `x` (`[rows, width]`) in place, in parallel.
+pub fn softmax_rows(x: &mut [f32], width: usize) {
+    x.par_chunks_mut(width * rows_per_chunk(width))
+        .for_each(|chunk| chunk.chunks_exact_mut(width).for_each(softmax_row));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(a: MatRef, b: MatRef) -> Vec<f32> {
+        let mut out = vec![0.0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut acc = 0.0f64;
+                for k in 0..a.cols {
+                    acc += a.data[i * a.row_stride + k * a.col_stride] as f64
+                        * b.data[k * b.row_stride + j * b.col_stride] as f64;
+                }
+                out[i * b.cols + j] = acc as f32;
+            }
+        }
+        out
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn strided_products_match_a_plain_loop() {
+        let a = lcg(1, 37 * 53);
+        let b = lcg(2, 53 * 29);
+        for threads in [Threads::One, Threads::Pool] {
+            // Plain.
+            let (ar, br) = (MatRef::new(&a, 37, 53), MatRef::new(&b, 53, 29));
+            let mut out = vec![0.0; 37 * 29];
+            matmul(MatMut::new(&mut out, 37, 29), ar, br, 1.0, false, threads);
+            assert!(max_diff(&out, &naive(ar, br)) < 1e-4);
+            // Transposed rhs (a key matrix read as K^T), scaled, accumulated onto ones.
+            let bt = MatRef::new(&b, 29, 53).t();
+            let mut acc = vec![1.0; 37 * 29];
+            matmul(MatMut::new(&mut acc, 37, 29), ar, bt, 0.5, true, threads);
+            let expected: Vec<f32> = naive(ar, bt).iter().map(|v| 1.0 + 0.5 * v).collect();
+            assert!(max_diff(&acc, &expected) < 1e-4);
+            // Column block of a wider lhs and of the output.
+            let wide = MatRef::new(&a, 37, 53).columns(10, 20);
+            let rhs = MatRef::new(&b, 53, 29).rows(3, 20);
+            let mut out = vec![0.0; 37 * 40];
+            let dst = MatMut::new(&mut out, 37, 40).columns(7, 29);
+            matmul(dst, wide, rhs, 1.0, false, threads);
+            let expected = naive(wide, rhs);
+            for i in 0..37 {
+                assert!(max_diff(&out[i * 40 + 7..i * 40 + 36], &expected[i * 29..][..29]) < 1e-4);
+                assert!(out[i * 40..i * 40 + 7].iter().all(|v| *v == 0.0));
+            }
+        }
+        // Negative control: the plain loop tells a wrong product apart.
+        let (ar, br) = (MatRef::new(&a, 37, 53), MatRef::new(&b, 53, 29));
+        let mut out = vec![0.0; 37 * 29];
+        matmul(
+            MatMut::new(&mut out, 37, 29),
+            ar,
+            br,
+            1.01,
+            false,
+            Threads::One,
+        );
+        assert!(max_diff(&out, &naive(ar, br)) > 1e-3);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds its buffer")]
+    fn views_past_their_buffer_are_refused() {
+        let a = vec![0.0; 10];
+        let mut out = vec![0.0; 4];
+        let view = MatRef {
+            data: &a,
+            rows: 2,
+            cols: 2,
+            row_stride: 10,
+            col_stride: 1,
+        };
+        matmul(
+            MatMut::new(&mut out, 2, 2),
+            view,
+            view,
+            1.0,
+            false,
+            Threads::One,
+        );
+    }
+
+    #[test]
+    fn exp_is_within_two_ulp() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let reference = (x as f64).exp();
+            let rel = ((exp_f32(x) as f64 - reference) / reference).abs() as f32;
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 2.5 * f32::EPSILON, "{worst}");
+        assert_eq!(exp_f32(-1000.0).to_bits(), exp_f32(-87.0).to_bits());
+        assert!(exp_f32(-100.0) < 1e-37);
+    }
+
+    #[test]
+    fn vector_and_scalar_exp_rows_agree() {
+        let row: Vec<f32> = lcg(8, 1003).iter().map(|v| v * 60.0).collect();
+        let mut fast = row.clone();
+        let sum = exp_shifted_row(&mut fast);
+        let mut scalar = row.clone();
+        let scalar_sum = exp_shifted_row_portable(&mut scalar);
+        for (a, b) in fast.iter().zip(&scalar) {
+            assert!((a - b).abs() <= 2.0 * f32::EPSILON * b.abs(), "{a} {b}");
+        }
+        assert!((sum - scalar_sum).abs() < 1e-5 * scalar_sum);
+        // Negative control: a shifted input differs.
+        let mut shifted: Vec<f32> = row.iter().map(|v| v * 1.01).collect();
+        exp_shifted_row(&mut shifted);
+        assert!(max_diff(&shifted, &fast) > 1e-3);
+    }
+
+    #[test]
+    fn softmax_and_layer_norm_match_plain_formulas() {
+        let width = 77;
+        let x = lcg(3, width * 5);
+        let mut soft = x.iter().map(|v| v * 30.0).collect::<Vec<_>>();
+        softmax_rows(&mut soft, width);
+        for (r, row) in soft.chunks(width).enumerate() {
+            let src = &x[r * width..][..width];
+            let max = src.iter().fold(f32::MIN, |m, v| m.max(v * 30.0)) as f64;
+            let sum: f64 = src.iter().map(|v| ((v * 30.0) as f64 - max).exp()).sum();
+            for (o, v) in row.iter().zip(src) {
+                let expected = ((*v * 30.0) as f64 - max).exp() / sum;
+                assert!((*o as f64 - expected).abs() < 1e-6);
+            }
+        }
+        let gamma = lcg(4, width);
+        let beta = lcg(5, width);
+        let mut normed = x.clone();
+        layer_norm_rows(&mut normed, width, Some(&gamma), Some(&beta), 1e-5);
+        for (r, row) in normed.chunks(width).enumerate() {
+            let src = &x[r * width..][..width];
+            let mean = src.iter().map(|v| *v as f64).sum::<f64>() / width as f64;
+            let var = src.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
+            for i in 0..width {
+                let expected =
+                    (src[i] as f64 - mean) / (var + 1e-5).sqrt() * gamma[i] as f64 + beta[i] as f64;
+                assert!((row[i] as f64 - expected).abs() < 1e-5);
+            }
+        }
+        // Negative control: without the shift the rows differ.
+        let mut unshifted = x.clone();
+        layer_norm_rows(&mut unshifted, width, Some(&gamma), None, 1e-5);
+        assert!(max_diff(&unshifted, &normed) > 1e-2);
+    }
+
+    #[test]
+    fn fused_bias_gelu_matches_separate_passes() {
+        let width = 40;
+        let x = lcg(6, width * 9);
+        let bias = lcg(7, width);
+        let mut fused = x.clone();
+        bias_gelu_rows(&mut fused, &bias);
+        for (r, row) in fused.chunks(width).enumerate() {
+            for i in 0..width {
+                let v = (x[r * width + i] + bias[i]) as f64;
+                let expected = 0.5 * v * (1.0 + erf(v as f32 / std::f32::consts::SQRT_2) as f64);
+                assert!((row[i] as f64 - expected).abs() < 1e-6);
+            }
+        }
+    }
+}
