@@ -15,6 +15,7 @@ pub mod aisfx_mel;
 pub mod chunk;
 pub mod decode;
 pub mod error;
+pub mod fastmath;
 pub mod fbank;
 pub mod mel;
 pub mod resample;

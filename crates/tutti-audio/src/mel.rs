@@ -61,15 +61,26 @@ impl MelBanks {
 
 impl MelBanks {
     /// f32 version of [`MelBanks::apply`].
+    #[inline(always)]
     pub fn apply_f32(&self, power: &[f32], out: &mut [f32]) {
         for (m, value) in out.iter_mut().enumerate() {
             let (start, end) = self.ranges[m];
             let row = &self.weights_f32[m * self.num_fft_bins..(m + 1) * self.num_fft_bins];
-            *value = row[start..end]
+            let (w, p) = (&row[start..end], &power[start..end]);
+            let mut lanes = [0.0f32; 8];
+            let (wc, pc) = (w.chunks_exact(8), p.chunks_exact(8));
+            let tail: f32 = wc
+                .remainder()
                 .iter()
-                .zip(&power[start..end])
+                .zip(pc.remainder())
                 .map(|(w, p)| w * p)
                 .sum();
+            for (wc, pc) in wc.zip(pc) {
+                for ((l, w), p) in lanes.iter_mut().zip(wc).zip(pc) {
+                    *l += w * p;
+                }
+            }
+            *value = lanes.iter().sum::<f32>() + tail;
         }
     }
 }

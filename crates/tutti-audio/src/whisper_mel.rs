@@ -171,12 +171,23 @@ impl WhisperMel {
                 for (row, out) in rows.chunks_exact_mut(bins).enumerate() {
                     let frame = task * FRAMES_PER_TASK + row;
                     let start = (frame * hop) as isize - half as isize;
-                    let mut silent = true;
-                    for (i, b) in buffer.iter_mut().enumerate() {
-                        let x = at(start + i as isize);
-                        silent &= x == 0.0;
-                        *b = x * self.window[i];
-                    }
+                    let inside = start >= 0 && start as usize + n_fft <= samples.len();
+                    let silent = if inside {
+                        // Interior frames (most of them): a plain slice, which vectorises.
+                        let frame = &samples[start as usize..start as usize + n_fft];
+                        for ((b, x), w) in buffer.iter_mut().zip(frame).zip(&self.window) {
+                            *b = x * w;
+                        }
+                        frame.iter().all(|x| *x == 0.0)
+                    } else {
+                        let mut silent = true;
+                        for (i, b) in buffer.iter_mut().enumerate() {
+                            let x = at(start + i as isize);
+                            silent &= x == 0.0;
+                            *b = x * self.window[i];
+                        }
+                        silent
+                    };
                     if silent {
                         out.fill(LOG_FLOOR);
                         continue;
@@ -188,17 +199,40 @@ impl WhisperMel {
                         *p = c.norm_sqr();
                     }
                     self.filters.apply_f32(&power, out);
+                    crate::fastmath::ln_floor_in_place(out, 1e-10);
                     for o in out.iter_mut() {
-                        *o = o.max(1e-10).log10();
+                        *o *= std::f32::consts::LOG10_E;
                     }
                 }
             });
-        let max = log_spec.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let data = log_spec
-            .iter()
-            .map(|&x| (x.max(max - 8.0) + 4.0) / 4.0)
-            .collect();
-        Ok(Features { data, frames, bins })
+        let max = log_spec
+            .par_chunks(1 << 14)
+            .map(|chunk| {
+                // `if >` per lane (vectorises; NaN cannot occur after the floor above).
+                let mut lanes = [f32::NEG_INFINITY; 8];
+                let mut it = chunk.chunks_exact(8);
+                for c in &mut it {
+                    for (l, v) in lanes.iter_mut().zip(c) {
+                        *l = if *v > *l { *v } else { *l };
+                    }
+                }
+                it.remainder()
+                    .iter()
+                    .chain(&lanes)
+                    .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m })
+            })
+            .reduce(|| f32::NEG_INFINITY, f32::max);
+        let floor = max - 8.0;
+        log_spec.par_chunks_mut(1 << 14).for_each(|chunk| {
+            for x in chunk {
+                *x = ((if *x > floor { *x } else { floor }) + 4.0) / 4.0;
+            }
+        });
+        Ok(Features {
+            data: log_spec,
+            frames,
+            bins,
+        })
     }
 }
 
