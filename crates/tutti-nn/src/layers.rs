@@ -24,7 +24,13 @@ pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
 /// it is burn's own op (which has the backward pass).
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let device = x.device();
-    if x.is_autodiff() || device != Device::flex() {
+    if x.is_autodiff() {
+        if device.clone().inner() == Device::flex() {
+            return gelu_autodiff(x);
+        }
+        return burn::tensor::activation::gelu(x);
+    }
+    if device != Device::flex() {
         return burn::tensor::activation::gelu(x);
     }
     let shape = x.shape();
@@ -34,6 +40,59 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     };
     values.par_chunks_mut(1 << 14).for_each(gelu_in_place);
     Tensor::from_data(TensorData::new(values, shape), &device)
+}
+
+/// GELU on the flex CPU backend with autodiff, without burn's scalar `erf` (forward) and
+/// `erf` + `exp` (backward): `gelu(x) = x g - c` with `g = Phi(x) + x phi(x)` and
+/// `c = x^2 phi(x)` computed as constants by the vectorised kernel. The value is `x Phi(x)`, and
+/// since `g` and `c` are constants the recorded gradient is `g = d gelu / dx`: one multiply and one
+/// subtract in the graph, whose backward is one multiply.
+fn gelu_autodiff<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let plain = x.clone().inner();
+    let device = plain.device();
+    let shape = plain.shape();
+    let values = match plain.into_data().try_into_vec::<f32>() {
+        Ok(values) => values,
+        Err(e) => panic!("gelu on a non-f32 tensor: {e:?}"),
+    };
+    let mut slope = vec![0.0f32; values.len()];
+    let mut offset = vec![0.0f32; values.len()];
+    values
+        .par_chunks(1 << 14)
+        .zip(slope.par_chunks_mut(1 << 14))
+        .zip(offset.par_chunks_mut(1 << 14))
+        .for_each(|((x, g), c)| gelu_parts(x, g, c));
+    let slope = Tensor::<D>::from_data(TensorData::new(slope, shape.clone()), &device);
+    let offset = Tensor::<D>::from_data(TensorData::new(offset, shape), &device);
+    x * slope - offset
+}
+
+/// `g = Phi(x) + x phi(x)` and `c = x^2 phi(x)` (see [`gelu_autodiff`]).
+fn gelu_parts(x: &[f32], g: &mut [f32], c: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { gelu_parts_avx2(x, g, c) };
+        return;
+    }
+    gelu_parts_portable(x, g, c);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_parts_avx2(x: &[f32], g: &mut [f32], c: &mut [f32]) {
+    gelu_parts_portable(x, g, c);
+}
+
+#[inline(always)]
+fn gelu_parts_portable(x: &[f32], g: &mut [f32], c: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for ((&x, g), c) in x.iter().zip(g.iter_mut()).zip(c.iter_mut()) {
+        let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * crate::kernels::exp_f32(-0.5 * x * x);
+        *g = cdf + x * pdf;
+        *c = x * x * pdf;
+    }
 }
 
 /// GELU over a slice, with the widest instructions the CPU has.
@@ -123,6 +182,67 @@ mod tests {
             let erfc = (-y * y).exp() / (y * std::f64::consts::PI.sqrt()) * series;
             (1.0 - erfc).copysign(x)
         }
+    }
+
+    #[test]
+    fn autodiff_gelu_matches_burn_in_value_and_gradient() {
+        let device = crate::device::cpu().autodiff();
+        let data = Tensor::<2>::random(
+            [37, 129],
+            burn::tensor::Distribution::Normal(0.0, 2.5),
+            &crate::device::cpu(),
+        )
+        .into_data();
+        let weights = Tensor::<2>::random(
+            [37, 129],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let run = |ours: bool| {
+            let x = Tensor::<2>::from_data(data.clone(), &device).require_grad();
+            let y = if ours {
+                gelu(x.clone())
+            } else {
+                burn::tensor::activation::gelu(x.clone())
+            };
+            let loss = (y.clone() * weights.clone()).sum();
+            let grads = loss.backward();
+            let grad = x.grad(&grads).expect("x has a gradient");
+            (
+                y.inner().into_data().try_to_vec::<f32>().unwrap(),
+                grad.into_data().try_to_vec::<f32>().unwrap(),
+            )
+        };
+        let (ours_y, ours_grad) = run(true);
+        let (ref_y, ref_grad) = run(false);
+        let worst = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(worst(&ours_y, &ref_y) < 2e-6, "{}", worst(&ours_y, &ref_y));
+        assert!(
+            worst(&ours_grad, &ref_grad) < 1e-5,
+            "{}",
+            worst(&ours_grad, &ref_grad)
+        );
+        // Negative control: the gradient without the x phi(x) term is far off.
+        let x = Tensor::<2>::from_data(data.clone(), &device).require_grad();
+        let plain = x.clone().inner();
+        let cdf = (plain * std::f32::consts::FRAC_1_SQRT_2)
+            .erf()
+            .add_scalar(1.0)
+            .mul_scalar(0.5);
+        let wrong = x.clone() * cdf;
+        let grads = (wrong * weights.clone()).sum().backward();
+        let wrong_grad = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert!(worst(&wrong_grad, &ref_grad) > 0.1);
     }
 
     #[test]
