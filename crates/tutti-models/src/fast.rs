@@ -680,24 +680,11 @@ impl FastTutti {
 
 impl AudioEncoder for FastTutti {
     fn info(&self) -> EncoderInfo {
-        EncoderInfo {
-            name: self.name.clone(),
-            sample_rate_hz: self.config.fbank.sample_rate_hz,
-            hop_samples: self.config.hop_samples(),
-            num_layers: self.config.num_hidden_layers,
-            hidden_size: self.config.hidden_size,
-            input_kind: crate::encoder::InputKind::Fbank,
-            parameters: self.parameters,
-        }
+        self.config.encoder_info(self.name.clone(), self.parameters)
     }
 
     fn num_frames(&self, samples: usize) -> usize {
-        let fbank_frames = self.config.fbank.num_frames(samples);
-        if fbank_frames == 0 {
-            0
-        } else {
-            self.config.frames_for_fbank(fbank_frames)
-        }
+        self.config.frames_for_samples(samples)
     }
 
     fn tail_samples(&self) -> usize {

@@ -132,6 +132,27 @@ impl TuttiConfig {
         2.0 * macs
     }
 
+    /// Output frames for `samples` input samples (0 when too short for one fbank frame).
+    pub fn frames_for_samples(&self, samples: usize) -> usize {
+        match self.fbank.num_frames(samples) {
+            0 => 0,
+            fbank_frames => self.frames_for_fbank(fbank_frames),
+        }
+    }
+
+    /// The [`EncoderInfo`] of a model of this configuration.
+    pub fn encoder_info(&self, name: String, parameters: usize) -> EncoderInfo {
+        EncoderInfo {
+            name,
+            sample_rate_hz: self.fbank.sample_rate_hz,
+            hop_samples: self.hop_samples(),
+            num_layers: self.num_hidden_layers,
+            hidden_size: self.hidden_size,
+            input_kind: InputKind::Fbank,
+            parameters,
+        }
+    }
+
     /// Frames after the subsampler for `fbank_frames` input frames.
     pub fn frames_for_fbank(&self, fbank_frames: usize) -> usize {
         self.conv_time_strides
@@ -552,24 +573,12 @@ pub fn count_parameters<M: Module>(module: &M) -> usize {
 
 impl AudioEncoder for TuttiModel {
     fn info(&self) -> EncoderInfo {
-        EncoderInfo {
-            name: self.name.clone(),
-            sample_rate_hz: self.config.fbank.sample_rate_hz,
-            hop_samples: self.config.hop_samples(),
-            num_layers: self.config.num_hidden_layers,
-            hidden_size: self.config.hidden_size,
-            input_kind: InputKind::Fbank,
-            parameters: self.encoder.num_params(),
-        }
+        self.config
+            .encoder_info(self.name.clone(), self.encoder.num_params())
     }
 
     fn num_frames(&self, samples: usize) -> usize {
-        let fbank_frames = self.config.fbank.num_frames(samples);
-        if fbank_frames == 0 {
-            0
-        } else {
-            self.config.frames_for_fbank(fbank_frames)
-        }
+        self.config.frames_for_samples(samples)
     }
 
     fn tail_samples(&self) -> usize {
