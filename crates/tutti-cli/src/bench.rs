@@ -307,7 +307,20 @@ fn any_encoder_speed(
     dir: &std::path::Path,
     threads: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
-    let encoder = tutti_models::load_encoder(dir, &tutti_nn::device::cpu())?;
+    let device = tutti_nn::device::cpu();
+    let model_type = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
+    // Whisper has both engines on the CPU; `--engine burn` picks its burn implementation.
+    let encoder: Box<dyn AudioEncoder> =
+        if args.engine == Engine::Burn && model_type.as_deref() == Some("whisper") {
+            let mut whisper = tutti_models::whisper::HfWhisperEncoder::load(dir, &device)?;
+            whisper.use_burn();
+            Box::new(whisper)
+        } else {
+            tutti_models::load_encoder(dir, &device)?
+        };
     let info = encoder.info();
     let samples = (args.secs * info.sample_rate_hz as f64) as usize;
     let wave = synthetic_wave(samples);

@@ -325,15 +325,13 @@ struct Block {
     final_norm: Norm,
 }
 
-/// The tutti encoder's weights, laid out for [`tutti_nn::kernels`].
+/// A stack of transformer blocks with the encoder's outer LayerNorm: applied before the first
+/// block when post-LN (wav2vec 2.0 / data2vec style), after the last when pre-LN (Whisper, and
+/// Hugging Face's "stable layer norm" encoders), as the burn implementations do.
 #[derive(Debug)]
-pub struct FastTuttiEncoder {
-    convs: Vec<SubsamplerConv>,
-    subsampler_norm: Norm,
-    projection: Dense,
-    positional: Vec<GroupedConv>,
-    norm: Norm,
+pub struct Transformer {
     blocks: Vec<Block>,
+    norm: Norm,
     heads: usize,
     width: usize,
     eps: f32,
@@ -342,15 +340,11 @@ pub struct FastTuttiEncoder {
     scratch: std::sync::Mutex<Scratch>,
 }
 
-impl Clone for FastTuttiEncoder {
+impl Clone for Transformer {
     fn clone(&self) -> Self {
         Self {
-            convs: self.convs.clone(),
-            subsampler_norm: self.subsampler_norm.clone(),
-            projection: self.projection.clone(),
-            positional: self.positional.clone(),
-            norm: self.norm.clone(),
             blocks: self.blocks.clone(),
+            norm: self.norm.clone(),
             heads: self.heads,
             width: self.width,
             eps: self.eps,
@@ -358,6 +352,16 @@ impl Clone for FastTuttiEncoder {
             scratch: Default::default(),
         }
     }
+}
+
+/// The tutti encoder's weights, laid out for [`tutti_nn::kernels`].
+#[derive(Debug, Clone)]
+pub struct FastTuttiEncoder {
+    convs: Vec<SubsamplerConv>,
+    subsampler_norm: Norm,
+    projection: Dense,
+    positional: Vec<GroupedConv>,
+    transformer: Transformer,
 }
 
 impl FastTuttiEncoder {
@@ -401,18 +405,15 @@ impl FastTuttiEncoder {
             .iter()
             .map(|l| {
                 let a = &l.attention;
-                Block {
-                    qkv: Dense::concat(&[
-                        Dense::from_linear(&a.q_proj),
-                        Dense::from_linear(&a.k_proj),
-                        Dense::from_linear(&a.v_proj),
-                    ]),
-                    out: Dense::from_linear(&a.out_proj),
-                    attention_norm: Norm::from_layer_norm(&l.layer_norm),
-                    intermediate: Dense::from_linear(&l.feed_forward.intermediate_dense),
-                    output: Dense::from_linear(&l.feed_forward.output_dense),
-                    final_norm: Norm::from_layer_norm(&l.final_layer_norm),
-                }
+                Block::new(
+                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj],
+                    &l.layer_norm,
+                    [
+                        &l.feed_forward.intermediate_dense,
+                        &l.feed_forward.output_dense,
+                    ],
+                    &l.final_layer_norm,
+                )
             })
             .collect();
         Some(Self {
@@ -425,13 +426,13 @@ impl FastTuttiEncoder {
                 .iter()
                 .map(|l| GroupedConv::from_conv(&l.conv))
                 .collect(),
-            norm: Norm::from_layer_norm(&encoder.layer_norm),
-            blocks,
-            heads: config.num_attention_heads,
-            width: config.hidden_size,
-            eps: config.layer_norm_eps as f32,
-            layer_norm_first: config.layer_norm_first,
-            scratch: Default::default(),
+            transformer: Transformer::new(
+                blocks,
+                Norm::from_layer_norm(&encoder.layer_norm),
+                config.num_attention_heads,
+                config.layer_norm_eps as f32,
+                config.layer_norm_first,
+            ),
         })
     }
 
@@ -457,23 +458,76 @@ impl FastTuttiEncoder {
         mark: &mut dyn FnMut(&'static str),
     ) -> ItemOutput {
         let (mut x, mut time, mut bins) = (fbank.to_vec(), frames, bins);
+        let eps = self.transformer.eps;
         for conv in &self.convs {
             (x, time, bins) = conv.forward(&x, time, bins);
             mark("subsampler conv");
         }
-        self.subsampler_norm.apply(&mut x, self.eps);
+        self.subsampler_norm.apply(&mut x, eps);
         let mut x = self.projection.forward(&x, time);
         mark("subsampler norm + projection");
 
         let mut position = x.clone();
         for conv in &self.positional {
             position = conv.forward(&position, time);
-            layer_norm_rows(&mut position, self.width, None, None, self.eps);
+            layer_norm_rows(&mut position, self.transformer.width, None, None, eps);
             gelu_all(&mut position);
             mark("positional conv");
         }
         add_assign(&mut x, &position);
         drop(position);
+        self.transformer.forward(x, time, depth, mark)
+    }
+}
+
+impl Block {
+    /// From the burn layers: `[q, k, v, out]` projections (a missing bias is zero), the
+    /// attention LayerNorm, the FFN's `[in, out]` and the final LayerNorm.
+    fn new(
+        attention: [&Linear; 4],
+        attention_norm: &LayerNorm,
+        ffn: [&Linear; 2],
+        final_norm: &LayerNorm,
+    ) -> Self {
+        let [q, k, v, out] = attention;
+        Self {
+            qkv: Dense::concat(&[
+                Dense::from_linear(q),
+                Dense::from_linear(k),
+                Dense::from_linear(v),
+            ]),
+            out: Dense::from_linear(out),
+            attention_norm: Norm::from_layer_norm(attention_norm),
+            intermediate: Dense::from_linear(ffn[0]),
+            output: Dense::from_linear(ffn[1]),
+            final_norm: Norm::from_layer_norm(final_norm),
+        }
+    }
+}
+
+impl Transformer {
+    fn new(blocks: Vec<Block>, norm: Norm, heads: usize, eps: f32, layer_norm_first: bool) -> Self {
+        let width = norm.gamma.len();
+        Self {
+            blocks,
+            norm,
+            heads,
+            width,
+            eps,
+            layer_norm_first,
+            scratch: Default::default(),
+        }
+    }
+
+    /// `x` (`[time, width]`, the input to the first block's residual path) through `depth`
+    /// blocks; every hidden state and FFN output.
+    fn forward(
+        &self,
+        mut x: Vec<f32>,
+        time: usize,
+        depth: usize,
+        mark: &mut dyn FnMut(&'static str),
+    ) -> ItemOutput {
         if !self.layer_norm_first {
             self.norm.apply(&mut x, self.eps);
         }
@@ -737,5 +791,144 @@ impl AudioEncoder for FastTutti {
             ffn_outputs,
             lengths: items.iter().map(|i| i.frames).collect(),
         })
+    }
+}
+
+/// A dense 1-D convolution over channels-last `[time, inputs]` with symmetric zero padding,
+/// followed by GELU, as im2col products over chunks of output frames: `weight` is
+/// `[(k, c_in), c_out]`.
+#[derive(Debug, Clone)]
+struct Conv1dGelu {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv1dGelu {
+    fn from_conv(conv: &Conv1d, padding: usize) -> Self {
+        let [outputs, inputs, kernel] = conv.weight.dims();
+        assert_eq!(conv.groups, 1, "a dense convolution");
+        let w = param(&conv.weight);
+        let mut weight = vec![0.0; kernel * inputs * outputs];
+        for co in 0..outputs {
+            for ci in 0..inputs {
+                for j in 0..kernel {
+                    weight[(j * inputs + ci) * outputs + co] = w[(co * inputs + ci) * kernel + j];
+                }
+            }
+        }
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(param)
+            .unwrap_or_else(|| vec![0.0; outputs]);
+        Self {
+            weight,
+            bias,
+            inputs,
+            outputs,
+            kernel,
+            stride: conv.stride,
+            padding,
+        }
+    }
+
+    fn forward(&self, x: &[f32], time: usize) -> (Vec<f32>, usize) {
+        let span = time + 2 * self.padding;
+        let out_time = if span < self.kernel {
+            0
+        } else {
+            (span - self.kernel) / self.stride + 1
+        };
+        let k = self.kernel * self.inputs;
+        let mut out = vec![0.0f32; out_time * self.outputs];
+        let chunk = ((1 << 18) / k.max(1)).clamp(1, out_time.max(1));
+        let weights = MatRef::new(&self.weight, k, self.outputs);
+        out.par_chunks_mut(chunk * self.outputs)
+            .enumerate()
+            .for_each(|(c, out)| {
+                let rows = out.len() / self.outputs;
+                let mut cols = vec![0.0f32; rows * k];
+                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+                    let t = c * chunk + r;
+                    for j in 0..self.kernel {
+                        let ti = (t * self.stride + j) as isize - self.padding as isize;
+                        if ti >= 0 && (ti as usize) < time {
+                            let src = ti as usize * self.inputs;
+                            col[j * self.inputs..][..self.inputs]
+                                .copy_from_slice(&x[src..src + self.inputs]);
+                        }
+                    }
+                }
+                matmul(
+                    MatMut::new(out, rows, self.outputs),
+                    MatRef::new(&cols, rows, k),
+                    weights,
+                    1.0,
+                    false,
+                    Threads::One,
+                );
+                bias_gelu_rows(out, &self.bias);
+            });
+        (out, out_time)
+    }
+}
+
+/// The Whisper encoder ([`crate::whisper::WhisperEncoder`]) on tutti's kernels: two convolutions
+/// with GELU, learned positions, pre-LN blocks, the final LayerNorm.
+#[derive(Debug, Clone)]
+pub struct FastWhisperEncoder {
+    conv1: Conv1dGelu,
+    conv2: Conv1dGelu,
+    positions: Vec<f32>,
+    transformer: Transformer,
+}
+
+impl FastWhisperEncoder {
+    pub fn from_encoder(encoder: &crate::whisper::WhisperEncoder, heads: usize) -> Self {
+        let blocks = encoder
+            .layers
+            .iter()
+            .map(|l| {
+                let a = &l.self_attn;
+                Block::new(
+                    [&a.q_proj, &a.k_proj, &a.v_proj, &a.out_proj],
+                    &l.self_attn_layer_norm,
+                    [&l.fc1, &l.fc2],
+                    &l.final_layer_norm,
+                )
+            })
+            .collect();
+        Self {
+            conv1: Conv1dGelu::from_conv(&encoder.conv1, 1),
+            conv2: Conv1dGelu::from_conv(&encoder.conv2, 1),
+            positions: param(&encoder.embed_positions.weight),
+            // burn's LayerNorm default epsilon, which the Whisper loader keeps (as transformers).
+            transformer: Transformer::new(
+                blocks,
+                Norm::from_layer_norm(&encoder.layer_norm),
+                heads,
+                1e-5,
+                true,
+            ),
+        }
+    }
+
+    /// One window's log-mel `[frames, bins]` (row-major) -> its states at half the frame rate.
+    pub fn forward_one(&self, mel: &[f32], frames: usize, depth: usize) -> ItemOutput {
+        let (x, time) = self.conv1.forward(mel, frames);
+        let (mut x, time) = self.conv2.forward(&x, time);
+        let width = self.transformer.width;
+        assert!(
+            time * width <= self.positions.len(),
+            "{time} frames exceed the {} learned positions",
+            self.positions.len() / width
+        );
+        add_assign(&mut x, &self.positions[..time * width]);
+        self.transformer.forward(x, time, depth, &mut |_| {})
     }
 }

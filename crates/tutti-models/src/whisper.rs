@@ -192,6 +192,11 @@ pub struct HfWhisperEncoder {
     /// Pad every window to 30 s as Whisper does (default); `false` crops the log-mel to the
     /// longest valid window in the batch (rounded up to an even frame count).
     pub pad_to_window: bool,
+    /// The same weights on tutti's CPU kernels ([`crate::fast::FastWhisperEncoder`]), copied at
+    /// load on the CPU and used by `encode`; `None` runs the burn implementation (other devices,
+    /// or after [`HfWhisperEncoder::use_burn`]). A teacher's weights do not change after load;
+    /// code that changes `encoder` must call `use_burn` or rebuild this copy.
+    pub fast: Option<crate::fast::FastWhisperEncoder>,
 }
 
 impl HfWhisperEncoder {
@@ -277,6 +282,9 @@ impl HfWhisperEncoder {
             remap,
             skip,
         )?;
+        let fast = (*device == tutti_nn::device::cpu()).then(|| {
+            crate::fast::FastWhisperEncoder::from_encoder(&encoder, config.encoder_attention_heads)
+        });
         Ok(Self {
             name: dir
                 .file_name()
@@ -284,12 +292,59 @@ impl HfWhisperEncoder {
                 .unwrap_or_else(|| "whisper".into()),
             config,
             preprocessor,
-            encoder,
             mel,
             device: device.clone(),
             skipped: report.skipped,
             pad_to_window: true,
+            fast,
+            encoder,
         })
+    }
+
+    /// Run `encode` on the burn implementation (drops the fast engine's copy).
+    pub fn use_burn(&mut self) {
+        self.fast = None;
+    }
+
+    /// `encode` on the fast engine: each window alone, then each item's valid frames gathered
+    /// from its windows, padded to the longest item.
+    fn encode_fast(
+        &self,
+        fast: &crate::fast::FastWhisperEncoder,
+        mels: &[Vec<f32>],
+        windows: &[(usize, usize)],
+        used: usize,
+        items: usize,
+        options: ForwardOptions,
+    ) -> EncoderOutput {
+        let bins = self.config.num_mel_bins;
+        let layers = self.config.encoder_layers;
+        let depth = options.target_layer.unwrap_or(layers).min(layers);
+        let outputs: Vec<crate::fast::ItemOutput> = mels
+            .iter()
+            .map(|mel| fast.forward_one(&mel[..used * bins], used, depth))
+            .collect();
+        let lengths: Vec<usize> = (0..items)
+            .map(|item| windows.iter().filter(|w| w.0 == item).map(|w| w.1).sum())
+            .collect();
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let d = self.config.d_model;
+        let gather = |pick: &dyn Fn(&crate::fast::ItemOutput) -> &Vec<f32>| {
+            let mut data = vec![0.0f32; items * longest * d];
+            let mut filled = vec![0usize; items];
+            for (w, out) in windows.iter().zip(&outputs) {
+                let rows = &pick(out)[..w.1 * d];
+                let start = (w.0 * longest + filled[w.0]) * d;
+                data[start..start + rows.len()].copy_from_slice(rows);
+                filled[w.0] += w.1;
+            }
+            Tensor::<3>::from_data(TensorData::new(data, [items, longest, d]), &self.device)
+        };
+        EncoderOutput {
+            hidden_states: (0..=depth).map(|l| gather(&|o| &o.hidden[l])).collect(),
+            ffn_outputs: (0..depth).map(|l| gather(&|o| &o.ffn[l])).collect(),
+            lengths,
+        }
     }
 
     fn window_frames(&self) -> usize {
@@ -346,19 +401,10 @@ impl AudioEncoder for HfWhisperEncoder {
         let bins = self.config.num_mel_bins;
         // Every 30 s window of every item, as one batch.
         let mut windows: Vec<(usize, usize)> = Vec::new(); // (item, valid frames)
-        let mut data = Vec::new();
+        let mut mels: Vec<Vec<f32>> = Vec::new(); // [3000, bins] each, padded to 30 s
         for (item, wave) in waveforms.iter().enumerate() {
             for piece in wave.chunks(window) {
-                let features = self.mel.compute(piece)?; // [3000, bins], padded to 30 s
-                // [frames, bins] -> [bins, frames]
-                let frames = features.frames;
-                let mut transposed = vec![0.0f32; frames * bins];
-                for f in 0..frames {
-                    for b in 0..bins {
-                        transposed[b * frames + f] = features.data[f * bins + b];
-                    }
-                }
-                data.extend_from_slice(&transposed);
+                mels.push(self.mel.compute(piece)?.data);
                 windows.push((item, piece.len().div_ceil(self.hop())));
             }
         }
@@ -369,13 +415,16 @@ impl AudioEncoder for HfWhisperEncoder {
         } else {
             (windows.iter().map(|w| w.1).max().unwrap_or(1) * 2).clamp(2, mel_frames)
         };
-        let data = if used == mel_frames {
-            data
-        } else {
-            data.chunks_exact(mel_frames)
-                .flat_map(|row| row[..used].iter().copied())
-                .collect()
-        };
+        if let Some(fast) = &self.fast {
+            return Ok(self.encode_fast(fast, &mels, &windows, used, waveforms.len(), options));
+        }
+        // [frames, bins] -> [bins, used frames] per window.
+        let mut data = Vec::with_capacity(mels.len() * bins * used);
+        for mel in &mels {
+            for b in 0..bins {
+                data.extend((0..used).map(|f| mel[f * bins + b]));
+            }
+        }
         let input = Tensor::<3>::from_data(
             TensorData::new(data, [windows.len(), bins, used]),
             &self.device,

@@ -12,7 +12,7 @@ use tutti_nn::fixtures::read_f32_tensors;
 
 use tutti_audio::{LoadOptions, load_audio};
 use tutti_models::conformance::check_conformance;
-use tutti_models::{ForwardOptions, load_encoder};
+use tutti_models::{AudioEncoder, ForwardOptions, load_encoder};
 
 /// Largest absolute difference on any hidden state (measured: 9.5e-7; 10x margin).
 const WHISPER_ENCODER_TOLERANCE: f32 = 1e-5;
@@ -25,8 +25,18 @@ fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
     read_f32_tensors(&root().join("fixtures/parity/hf_whisper/expected.safetensors"))
 }
 
-fn worst(model_dir: &std::path::Path) -> f32 {
-    let encoder = load_encoder(model_dir, &tutti_nn::device::cpu()).unwrap();
+/// Worst difference on the fixture's two clips; `burn` runs the burn implementation instead of the
+/// fast engine `load_encoder` gives on the CPU.
+fn worst(model_dir: &std::path::Path, burn: bool) -> f32 {
+    let encoder: Box<dyn AudioEncoder> = if burn {
+        let mut whisper =
+            tutti_models::whisper::HfWhisperEncoder::load(model_dir, &tutti_nn::device::cpu())
+                .unwrap();
+        whisper.use_burn();
+        Box::new(whisper)
+    } else {
+        load_encoder(model_dir, &tutti_nn::device::cpu()).unwrap()
+    };
     let reference = expected();
     let speech = reference["waveform/0"].1.clone();
     let music = load_audio(
@@ -66,9 +76,46 @@ fn worst(model_dir: &std::path::Path) -> f32 {
 
 #[test]
 fn whisper_encoder_matches_transformers() {
-    let error = worst(&root().join("fixtures/parity/hf_whisper"));
-    eprintln!("whisper encoder: largest difference {error}");
-    assert!(error <= WHISPER_ENCODER_TOLERANCE, "{error}");
+    for burn in [false, true] {
+        let error = worst(&root().join("fixtures/parity/hf_whisper"), burn);
+        eprintln!("whisper encoder (burn: {burn}): largest difference {error}");
+        assert!(error <= WHISPER_ENCODER_TOLERANCE, "burn {burn}: {error}");
+    }
+}
+
+#[test]
+fn fast_and_burn_agree_without_window_padding() {
+    let dir = root().join("fixtures/parity/hf_whisper");
+    let device = tutti_nn::device::cpu();
+    let mut fast = tutti_models::whisper::HfWhisperEncoder::load(&dir, &device).unwrap();
+    assert!(fast.fast.is_some(), "the CPU load builds the fast engine");
+    let mut burn = tutti_models::whisper::HfWhisperEncoder::load(&dir, &device).unwrap();
+    burn.use_burn();
+    let speech = expected()["waveform/0"].1.clone();
+    let short = speech[..9_000].to_vec();
+    for model in [&mut fast, &mut burn] {
+        assert!(model.set_pad_to_window(false));
+    }
+    let options = ForwardOptions {
+        target_layer: Some(1),
+    };
+    let a = fast.encode(&[&speech, &short], options).unwrap();
+    let b = burn.encode(&[&speech, &short], options).unwrap();
+    assert_eq!(a.lengths, b.lengths);
+    assert_eq!(a.hidden_states.len(), 2);
+    for (x, y) in a
+        .hidden_states
+        .iter()
+        .zip(&b.hidden_states)
+        .chain(a.ffn_outputs.iter().zip(&b.ffn_outputs))
+    {
+        for (item, &frames) in a.lengths.iter().enumerate() {
+            let pick =
+                |t: &burn::tensor::Tensor<3>| t.clone().narrow(0, item, 1).narrow(1, 0, frames);
+            let diff = tutti_nn::layers::max_abs_diff(pick(x), pick(y));
+            assert!(diff < WHISPER_ENCODER_TOLERANCE, "{diff}");
+        }
+    }
 }
 
 #[test]
@@ -111,7 +158,7 @@ fn a_perturbed_position_table_breaks_parity() {
         safetensors::serialize(views, None).unwrap(),
     )
     .unwrap();
-    let error = worst(tmp.path());
+    let error = worst(tmp.path(), false);
     assert!(error > 100.0 * WHISPER_ENCODER_TOLERANCE, "{error}");
 }
 
