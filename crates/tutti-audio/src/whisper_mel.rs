@@ -172,7 +172,13 @@ impl WhisperMel {
                     let frame = task * FRAMES_PER_TASK + row;
                     let start = (frame * hop) as isize - half as isize;
                     let inside = start >= 0 && start as usize + n_fft <= samples.len();
-                    let silent = if inside {
+                    // Frames wholly in the zero padding past the clip (no reflection reaches
+                    // back into it): two thirds of a 10 s clip's 30 s window.
+                    let past_end =
+                        start >= samples.len() as isize && start as usize + n_fft <= padded_length;
+                    let silent = if past_end {
+                        true
+                    } else if inside {
                         // Interior frames (most of them): a plain slice, which vectorises.
                         let frame = &samples[start as usize..start as usize + n_fft];
                         for ((b, x), w) in buffer.iter_mut().zip(frame).zip(&self.window) {
