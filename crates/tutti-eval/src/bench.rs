@@ -229,35 +229,45 @@ pub fn bench_model(
                     .score(metric, predicted)
                     .map_err(|e| format!("task {name}: {e}"))
             };
-            let knn = score(&knn_predict(
-                &tr,
-                &train.targets,
-                &te,
-                dim,
-                options.knn_k,
-                options.knn_temperature,
-            ))?;
-            let linear_config = ProbeConfig {
-                seed: options.seed,
-                ..ProbeConfig::default()
-            };
-            let linear = train_probe(&tr, &train.targets, dim, &linear_config);
-            let linear = score(&linear.scores(&te))?;
-            let grid: Vec<ProbeConfig> = mlp_grid()
-                .into_iter()
-                .map(|c| ProbeConfig {
-                    seed: options.seed,
-                    ..c
-                })
-                .collect();
-            let (mlp, _, _) = select_on_validation(
-                (&tr, &train.targets),
-                (&va, &validation.targets),
-                dim,
-                metric,
-                &grid,
-            )
-            .map_err(|e| format!("task {name}: {e}"))?;
+            // kNN and the linear probe run beside the MLP grid (whose configurations run in
+            // parallel too); every probe is seeded on its own, so scores do not depend on it.
+            let (baselines, mlp) = rayon::join(
+                || -> Result<(f64, f64), String> {
+                    let knn = score(&knn_predict(
+                        &tr,
+                        &train.targets,
+                        &te,
+                        dim,
+                        options.knn_k,
+                        options.knn_temperature,
+                    ))?;
+                    let linear_config = ProbeConfig {
+                        seed: options.seed,
+                        ..ProbeConfig::default()
+                    };
+                    let linear = train_probe(&tr, &train.targets, dim, &linear_config);
+                    Ok((knn, score(&linear.scores(&te))?))
+                },
+                || {
+                    let grid: Vec<ProbeConfig> = mlp_grid()
+                        .into_iter()
+                        .map(|c| ProbeConfig {
+                            seed: options.seed,
+                            ..c
+                        })
+                        .collect();
+                    select_on_validation(
+                        (&tr, &train.targets),
+                        (&va, &validation.targets),
+                        dim,
+                        metric,
+                        &grid,
+                    )
+                    .map_err(|e| format!("task {name}: {e}"))
+                },
+            );
+            let (knn, linear) = baselines?;
+            let (mlp, _, _) = mlp?;
             let mlp = score(&mlp.scores(&te))?;
             per_layer.push(LayerScores {
                 layer,

@@ -12,6 +12,7 @@ use burn::nn::loss::{BinaryCrossEntropyLossConfig, CrossEntropyLossConfig, MseLo
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{relu, sigmoid, softmax};
+use rayon::prelude::*;
 use tutti_data::task::Metric;
 
 use crate::targets::Targets;
@@ -211,10 +212,19 @@ pub fn select_on_validation(
     metric: Metric,
     grid: &[ProbeConfig],
 ) -> Result<(Probe, usize, f64), String> {
+    // The configurations train in parallel (each is a small, single-threaded job, seeded on its
+    // own, so the result does not depend on the thread count); the choice runs in grid order.
+    let trained: Vec<Result<(Probe, f64), String>> = grid
+        .par_iter()
+        .map(|config| {
+            let probe = train_probe(train.0, train.1, dim, config);
+            let score = validation.1.score(metric, &probe.scores(validation.0))?;
+            Ok((probe, score))
+        })
+        .collect();
     let mut best: Option<(Probe, usize, f64)> = None;
-    for (index, config) in grid.iter().enumerate() {
-        let probe = train_probe(train.0, train.1, dim, config);
-        let score = validation.1.score(metric, &probe.scores(validation.0))?;
+    for (index, result) in trained.into_iter().enumerate() {
+        let (probe, score) = result?;
         if best.as_ref().is_none_or(|b| score > b.2) {
             best = Some((probe, index, score));
         }
@@ -349,6 +359,41 @@ mod tests {
         assert_eq!(index, 1);
         assert!(accuracy > 0.95);
         assert_eq!(mlp_grid().len(), 4);
+    }
+
+    #[test]
+    fn parallel_selection_equals_training_one_by_one() {
+        let (train_x, train_y) = clusters(90, 6, false);
+        let (val_x, val_y) = clusters(45, 7, false);
+        let (train_t, val_t) = (classes(&train_y), classes(&val_y));
+        let grid: Vec<ProbeConfig> = mlp_grid()
+            .into_iter()
+            .map(|c| ProbeConfig { epochs: 3, ..c })
+            .collect();
+        let one_by_one: Vec<f64> = grid
+            .iter()
+            .map(|c| {
+                let probe = train_probe(&train_x, &train_t, 8, c);
+                val_t
+                    .score(Metric::Accuracy, &probe.scores(&val_x))
+                    .unwrap()
+            })
+            .collect();
+        let (probe, index, score) = select_on_validation(
+            (&train_x, &train_t),
+            (&val_x, &val_t),
+            8,
+            Metric::Accuracy,
+            &grid,
+        )
+        .unwrap();
+        let best = one_by_one
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, s)| if *s > one_by_one[b] { i } else { b });
+        assert_eq!((index, score), (best, one_by_one[best]));
+        let alone = train_probe(&train_x, &train_t, 8, &grid[index]).scores(&val_x);
+        assert_eq!(probe.scores(&val_x), alone);
     }
 
     #[test]
