@@ -128,6 +128,14 @@ pub(crate) fn lane_sum(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
+/// One task's working buffers, reused frame after frame.
+struct FrameBuffers {
+    buffer: Vec<f32>,
+    spectrum: Vec<realfft::num_complex::Complex<f32>>,
+    scratch: Vec<realfft::num_complex::Complex<f32>>,
+    power: Vec<f32>,
+}
+
 /// Frames per parallel task: enough work to amortise scheduling, few enough to balance.
 const FRAMES_PER_TASK: usize = 64;
 
@@ -213,21 +221,15 @@ impl KaldiFbank {
         data.par_chunks_mut(FRAMES_PER_TASK * bins)
             .enumerate()
             .for_each(|(task, rows)| {
-                let mut buffer = self.fft.make_input_vec();
-                let mut spectrum = self.fft.make_output_vec();
-                let mut scratch = self.fft.make_scratch_vec();
-                let mut power = vec![0.0f32; self.padded_length / 2 + 1];
+                let mut buffers = FrameBuffers {
+                    buffer: self.fft.make_input_vec(),
+                    spectrum: self.fft.make_output_vec(),
+                    scratch: self.fft.make_scratch_vec(),
+                    power: vec![0.0f32; self.padded_length / 2 + 1],
+                };
                 for (row, out) in rows.chunks_exact_mut(bins).enumerate() {
                     let start = (task * FRAMES_PER_TASK + row) * hop;
-                    self.frame(
-                        &waveform[start..start + length],
-                        offset,
-                        &mut buffer,
-                        &mut spectrum,
-                        &mut scratch,
-                        &mut power,
-                        out,
-                    );
+                    self.frame(&waveform[start..start + length], offset, &mut buffers, out);
                 }
             });
         Ok(Features { data, frames, bins })
@@ -235,57 +237,43 @@ impl KaldiFbank {
 
     /// [`KaldiFbank::frame_portable`] compiled for AVX2 + FMA where the CPU has them (the
     /// element-wise passes and the mel products then use 8-wide vectors).
-    #[allow(clippy::too_many_arguments)]
-    fn frame(
-        &self,
-        samples: &[f32],
-        offset: f32,
-        buffer: &mut [f32],
-        spectrum: &mut [realfft::num_complex::Complex<f32>],
-        scratch: &mut [realfft::num_complex::Complex<f32>],
-        power: &mut [f32],
-        out: &mut [f32],
-    ) {
+    fn frame(&self, samples: &[f32], offset: f32, buffers: &mut FrameBuffers, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe {
-                self.frame_avx2(samples, offset, buffer, spectrum, scratch, power, out);
-            }
+            unsafe { self.frame_avx2(samples, offset, buffers, out) };
             return;
         }
-        self.frame_portable(samples, offset, buffer, spectrum, scratch, power, out);
+        self.frame_portable(samples, offset, buffers, out);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn frame_avx2(
         &self,
         samples: &[f32],
         offset: f32,
-        buffer: &mut [f32],
-        spectrum: &mut [realfft::num_complex::Complex<f32>],
-        scratch: &mut [realfft::num_complex::Complex<f32>],
-        power: &mut [f32],
+        buffers: &mut FrameBuffers,
         out: &mut [f32],
     ) {
-        self.frame_portable(samples, offset, buffer, spectrum, scratch, power, out);
+        self.frame_portable(samples, offset, buffers, out);
     }
 
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn frame_portable(
         &self,
         samples: &[f32],
         offset: f32,
-        buffer: &mut [f32],
-        spectrum: &mut [realfft::num_complex::Complex<f32>],
-        scratch: &mut [realfft::num_complex::Complex<f32>],
-        power: &mut [f32],
+        buffers: &mut FrameBuffers,
         out: &mut [f32],
     ) {
+        let FrameBuffers {
+            buffer,
+            spectrum,
+            scratch,
+            power,
+        } = buffers;
         let length = samples.len();
         for (b, &x) in buffer[..length].iter_mut().zip(samples) {
             *b = x - offset;

@@ -179,48 +179,69 @@ impl SubsamplerConv {
     fn forward(&self, x: &[f32], time: usize, bins: usize) -> (Vec<f32>, usize, usize) {
         let out_time = conv_output_length(time, 3, self.stride, 1);
         let out_bins = conv_output_length(bins, 3, 2, 1);
-        let k = 9 * self.inputs;
         let mut out = vec![0.0; out_time * out_bins * self.outputs];
-        // Chunks of output rows whose im2col block stays near the L2 cache (~1 MiB).
-        let chunk_time = ((1 << 18) / (out_bins * k).max(1)).clamp(1, out_time.max(1));
-        let weights = MatRef::new(&self.weight, k, self.outputs);
-        out.par_chunks_mut(chunk_time * out_bins * self.outputs)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                let t0 = chunk * chunk_time;
-                let rows = out.len() / self.outputs;
-                let mut cols = vec![0.0f32; rows * k];
-                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
-                    let (t, f) = (t0 + r / out_bins, r % out_bins);
-                    for kt in 0..3 {
-                        let ti = (t * self.stride + kt) as isize - 1;
-                        if ti < 0 || ti as usize >= time {
+        let inputs = self.inputs;
+        im2col_gelu(
+            &mut out,
+            &self.weight,
+            &self.bias,
+            9 * inputs,
+            |row, col| {
+                let (t, f) = (row / out_bins, row % out_bins);
+                for kt in 0..3 {
+                    let ti = (t * self.stride + kt) as isize - 1;
+                    if ti < 0 || ti as usize >= time {
+                        continue;
+                    }
+                    for kf in 0..3 {
+                        let fi = (f * 2 + kf) as isize - 1;
+                        if fi < 0 || fi as usize >= bins {
                             continue;
                         }
-                        for kf in 0..3 {
-                            let fi = (f * 2 + kf) as isize - 1;
-                            if fi < 0 || fi as usize >= bins {
-                                continue;
-                            }
-                            let src = (ti as usize * bins + fi as usize) * self.inputs;
-                            col[(kt * 3 + kf) * self.inputs..][..self.inputs]
-                                .copy_from_slice(&x[src..src + self.inputs]);
-                        }
+                        let src = (ti as usize * bins + fi as usize) * inputs;
+                        col[(kt * 3 + kf) * inputs..][..inputs]
+                            .copy_from_slice(&x[src..src + inputs]);
                     }
                 }
-                let dst = MatMut::new(out, rows, self.outputs);
-                matmul(
-                    dst,
-                    MatRef::new(&cols, rows, k),
-                    weights,
-                    1.0,
-                    false,
-                    Threads::One,
-                );
-                bias_gelu_rows(out, &self.bias);
-            });
+            },
+        );
         (out, out_time, out_bins)
     }
+}
+
+/// `out` (`[rows, outputs]`) = GELU(im2col(x) · `weights` + `bias`), `weights` being
+/// `[k, outputs]`: in parallel chunks of output rows whose im2col block stays near the L2 cache
+/// (~1 MiB). `fill(row, col)` writes output row `row`'s `k` im2col values into `col`, which
+/// arrives zeroed (so padding is skipped, not written).
+fn im2col_gelu(
+    out: &mut [f32],
+    weights: &[f32],
+    bias: &[f32],
+    k: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let outputs = bias.len();
+    let total_rows = out.len() / outputs.max(1);
+    let chunk_rows = ((1 << 18) / k.max(1)).clamp(1, total_rows.max(1));
+    let weights = MatRef::new(weights, k, outputs);
+    out.par_chunks_mut(chunk_rows * outputs)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let rows = out.len() / outputs;
+            let mut cols = vec![0.0f32; rows * k];
+            for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+                fill(chunk * chunk_rows + r, col);
+            }
+            matmul(
+                MatMut::new(out, rows, outputs),
+                MatRef::new(&cols, rows, k),
+                weights,
+                1.0,
+                false,
+                Threads::One,
+            );
+            bias_gelu_rows(out, bias);
+        });
 }
 
 /// A grouped 1-D convolution over `[time, width]` with "same" padding, one im2col product per
@@ -844,36 +865,18 @@ impl Conv1dGelu {
         } else {
             (span - self.kernel) / self.stride + 1
         };
-        let k = self.kernel * self.inputs;
         let mut out = vec![0.0f32; out_time * self.outputs];
-        let chunk = ((1 << 18) / k.max(1)).clamp(1, out_time.max(1));
-        let weights = MatRef::new(&self.weight, k, self.outputs);
-        out.par_chunks_mut(chunk * self.outputs)
-            .enumerate()
-            .for_each(|(c, out)| {
-                let rows = out.len() / self.outputs;
-                let mut cols = vec![0.0f32; rows * k];
-                for (r, col) in cols.chunks_exact_mut(k).enumerate() {
-                    let t = c * chunk + r;
-                    for j in 0..self.kernel {
-                        let ti = (t * self.stride + j) as isize - self.padding as isize;
-                        if ti >= 0 && (ti as usize) < time {
-                            let src = ti as usize * self.inputs;
-                            col[j * self.inputs..][..self.inputs]
-                                .copy_from_slice(&x[src..src + self.inputs]);
-                        }
-                    }
+        let inputs = self.inputs;
+        let k = self.kernel * inputs;
+        im2col_gelu(&mut out, &self.weight, &self.bias, k, |t, col| {
+            for j in 0..self.kernel {
+                let ti = (t * self.stride + j) as isize - self.padding as isize;
+                if ti >= 0 && (ti as usize) < time {
+                    let src = ti as usize * inputs;
+                    col[j * inputs..][..inputs].copy_from_slice(&x[src..src + inputs]);
                 }
-                matmul(
-                    MatMut::new(out, rows, self.outputs),
-                    MatRef::new(&cols, rows, k),
-                    weights,
-                    1.0,
-                    false,
-                    Threads::One,
-                );
-                bias_gelu_rows(out, &self.bias);
-            });
+            }
+        });
         (out, out_time)
     }
 }

@@ -1,6 +1,6 @@
 //! tutti's own CPU kernels for inference on plain `f32` slices: strided matrix products (the
 //! `gemm` crate, the same one burn's flex backend calls), fused bias + activation, row-wise
-//! LayerNorm and softmax with a vectorised `exp`, and the im2col copies convolutions need.
+//! LayerNorm, and a softmax's exponentials with a vectorised `exp`.
 //!
 //! They exist because a transformer on burn's CPU backend spends as much time outside its matrix
 //! products as inside them (copies to contiguous memory, separate passes for bias, activation and
@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::layers::{erf_f32, gelu_in_place};
+use crate::layers::gelu_in_place;
 
 /// A read-only strided view of a row-major matrix.
 #[derive(Debug, Clone, Copy)]
@@ -329,35 +329,6 @@ fn sum_f32(values: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-/// Softmax of one row in place (max-subtracted, as PyTorch).
-pub fn softmax_row(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { softmax_row_avx2(row) };
-        return;
-    }
-    softmax_row_portable(row);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(row: &mut [f32]) {
-    // SAFETY: the caller checked the CPU features.
-    let inv = 1.0 / unsafe { exp_shifted_row_avx2(row) };
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
-#[inline(always)]
-fn softmax_row_portable(row: &mut [f32]) {
-    let inv = 1.0 / exp_shifted_row_portable(row);
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
 /// `row[i] = exp(row[i] - max(row))` in place; returns the sum (a softmax without its division,
 /// for callers that divide a smaller product instead).
 pub fn exp_shifted_row(row: &mut [f32]) -> f32 {
@@ -482,17 +453,6 @@ pub fn exp_f32(x: f32) -> f32 {
     let n = unsafe { n.to_int_unchecked::<i32>() };
     let scale = f32::from_bits(((n + 127) as u32) << 23);
     p * scale
-}
-
-/// erf re-exported for kernels built on it.
-pub fn erf(x: f32) -> f32 {
-    erf_f32(x)
-}
-
-/// Softmax of every row of `x` (`[rows, width]`) in place, in parallel.
-pub fn softmax_rows(x: &mut [f32], width: usize) {
-    x.par_chunks_mut(width * rows_per_chunk(width))
-        .for_each(|chunk| chunk.chunks_exact_mut(width).for_each(softmax_row));
 }
 
 #[cfg(test)]
@@ -630,11 +590,14 @@ mod tests {
     }
 
     #[test]
-    fn softmax_and_layer_norm_match_plain_formulas() {
+    fn exponentials_and_layer_norm_match_plain_formulas() {
         let width = 77;
         let x = lcg(3, width * 5);
         let mut soft = x.iter().map(|v| v * 30.0).collect::<Vec<_>>();
-        softmax_rows(&mut soft, width);
+        for row in soft.chunks_exact_mut(width) {
+            let inv = 1.0 / exp_shifted_row(row);
+            row.iter_mut().for_each(|v| *v *= inv);
+        }
         for (r, row) in soft.chunks(width).enumerate() {
             let src = &x[r * width..][..width];
             let max = src.iter().fold(f32::MIN, |m, v| m.max(v * 30.0)) as f64;
@@ -674,7 +637,9 @@ mod tests {
         for (r, row) in fused.chunks(width).enumerate() {
             for i in 0..width {
                 let v = (x[r * width + i] + bias[i]) as f64;
-                let expected = 0.5 * v * (1.0 + erf(v as f32 / std::f32::consts::SQRT_2) as f64);
+                let expected = 0.5
+                    * v
+                    * (1.0 + crate::layers::erf_f32(v as f32 / std::f32::consts::SQRT_2) as f64);
                 assert!((row[i] as f64 - expected).abs() < 1e-6);
             }
         }
