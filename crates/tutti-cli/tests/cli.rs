@@ -20,7 +20,9 @@ fn text(output: &Output) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    manifest_dir().join("../../fixtures/audio").join(name)
+    tutti_nn::fixtures::repo_root()
+        .join("fixtures/audio")
+        .join(name)
 }
 
 fn s(path: &Path) -> &str {
@@ -417,7 +419,8 @@ fn features_match_the_front_end_fixtures() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(npy_shape(&out_file), vec![138, 128]);
     let bytes =
-        std::fs::read(manifest_dir().join("../../fixtures/parity/frontend.safetensors")).unwrap();
+        std::fs::read(tutti_nn::fixtures::repo_root().join("fixtures/parity/frontend.safetensors"))
+            .unwrap();
     let fixtures = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let expected: Vec<f32> = fixtures
         .tensor("fbank/speech_16k.wav")
@@ -458,7 +461,9 @@ fn features_match_the_front_end_fixtures() {
 fn embed_and_info_work_with_hugging_face_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     for variant in ["hf_wav2vec2_group", "hf_hubert_layer"] {
-        let model = manifest_dir().join("../../fixtures/parity").join(variant);
+        let model = tutti_nn::fixtures::repo_root()
+            .join("fixtures/parity")
+            .join(variant);
         let out = tutti(&["info", s(&model), "--json"]);
         assert!(out.status.success(), "{}", text(&out));
         let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -488,7 +493,7 @@ fn embed_and_info_work_with_hugging_face_checkpoints() {
 #[test]
 fn embed_works_with_the_cnn_teachers() {
     let dir = tempfile::tempdir().unwrap();
-    let parity = manifest_dir().join("../../fixtures/parity");
+    let parity = tutti_nn::fixtures::repo_root().join("fixtures/parity");
     // (model directory, config.json, weights, expected [layers, frames, width] for 5 s at 16 kHz
     // input and 5 s at 44.1 kHz).
     let cases = [
@@ -761,12 +766,4 @@ fn a_folder_per_class_dataset_becomes_a_task() {
     let out = tutti(&["validate", s(&task)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 classes"), "{}", text(&out));
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

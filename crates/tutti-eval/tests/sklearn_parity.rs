@@ -1,8 +1,6 @@
 //! Metrics against scikit-learn 1.5.2 on committed fixtures
 //! (`tools/parity/make_metric_fixtures.py`): random labels and tie-heavy scores.
 
-use std::path::PathBuf;
-
 use tutti_eval::metrics::{
     accuracy, average_precision, macro_f1, mean_average_precision, r2_score,
 };
@@ -12,7 +10,7 @@ use tutti_nn::fixtures::read_f32_tensors;
 const METRIC_TOLERANCE: f64 = 1e-6;
 
 fn fixtures() -> std::collections::HashMap<String, (Vec<usize>, Vec<f32>)> {
-    read_f32_tensors(&manifest_dir().join("../../fixtures/parity/metrics.safetensors"))
+    read_f32_tensors(&tutti_nn::fixtures::repo_root().join("fixtures/parity/metrics.safetensors"))
 }
 
 fn scalar(f: &std::collections::HashMap<String, (Vec<usize>, Vec<f32>)>, key: &str) -> f64 {
@@ -84,12 +82,4 @@ fn r2_matches_sklearn() {
         .collect();
     assert!((r2_score(&truth, &predicted) - scalar(&f, "regression/r2")).abs() < METRIC_TOLERANCE);
     assert_eq!(r2_score(&[2.0, 2.0], &[2.0, 2.0]), 1.0);
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

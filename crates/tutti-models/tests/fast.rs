@@ -6,6 +6,7 @@ use tutti_models::fast::FastTutti;
 use tutti_models::presets::preset;
 use tutti_models::tutti::TuttiConfig;
 use tutti_models::{AudioEncoder, EncoderOutput, ForwardOptions, TuttiModel};
+use tutti_nn::fixtures::test_signal;
 use tutti_nn::layers::max_abs_diff;
 
 /// Both engines compute in f32 with different summation orders.
@@ -44,20 +45,6 @@ fn model(config: TuttiConfig, matrix_std: f64) -> TuttiModel {
     TuttiModel::new(config, encoder, device, "random".into()).unwrap()
 }
 
-fn signal(samples: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..samples)
-        .map(|i| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            let t = i as f32 / 16_000.0;
-            0.3 * (2.0 * std::f32::consts::PI * (300.0 + 700.0 * t) * t).sin()
-                + 0.05 * ((state as f32 / u32::MAX as f32) - 0.5)
-        })
-        .collect()
-}
-
 fn worst(a: &EncoderOutput, b: &EncoderOutput) -> f32 {
     assert_eq!(a.lengths, b.lengths);
     assert_eq!(a.hidden_states.len(), b.hidden_states.len());
@@ -93,7 +80,11 @@ fn compare(model: &TuttiModel, waves: &[&[f32]], options: ForwardOptions) -> f32
 #[test]
 fn tiny_post_ln_batch_matches_burn() {
     let model = model(preset("tiny").unwrap(), 0.1);
-    let (a, b, c) = (signal(16_000, 1), signal(5_231, 2), signal(400, 3));
+    let (a, b, c) = (
+        test_signal(16_000, 1),
+        test_signal(5_231, 2),
+        test_signal(400, 3),
+    );
     let error = compare(&model, &[&a, &b, &c], ForwardOptions::default());
     assert!(error < TOLERANCE, "{error}");
 }
@@ -113,7 +104,7 @@ fn pre_ln_quarter_rate_and_early_exit_match_burn() {
         ..preset("tiny").unwrap()
     };
     let model = model(config, 0.1);
-    let (a, b) = (signal(12_345, 4), signal(3_000, 5));
+    let (a, b) = (test_signal(12_345, 4), test_signal(3_000, 5));
     for target_layer in [None, Some(1), Some(0)] {
         let options = ForwardOptions { target_layer };
         let error = compare(&model, &[&a, &b], options);
@@ -125,7 +116,7 @@ fn pre_ln_quarter_rate_and_early_exit_match_burn() {
 fn small_preset_matches_burn() {
     // The real widths: 64 subsampler channels, 16 positional groups, 6 heads of 64.
     let model = model(preset("small").unwrap(), 0.01);
-    let a = signal(24_000, 6);
+    let a = test_signal(24_000, 6);
     let error = compare(&model, &[&a], ForwardOptions::default());
     assert!(error < TOLERANCE, "{error}");
 }
@@ -149,7 +140,7 @@ fn a_changed_weight_is_detected() {
         "changed".into(),
     )
     .unwrap();
-    let wave = signal(8_000, 7);
+    let wave = test_signal(8_000, 7);
     let reference = changed.encode(&[&wave], ForwardOptions::default()).unwrap();
     let ours = fast.encode(&[&wave], ForwardOptions::default()).unwrap();
     assert!(worst(&ours, &reference) > 1e-2);

@@ -25,7 +25,9 @@ const VARIANTS: [&str; 6] = [
 ];
 
 fn dir(name: &str) -> PathBuf {
-    manifest_dir().join("../../fixtures/parity").join(name)
+    tutti_nn::fixtures::repo_root()
+        .join("fixtures/parity")
+        .join(name)
 }
 
 fn expected(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -140,12 +142,4 @@ fn a_pytorch_model_bin_checkpoint_loads_the_same() {
     // The same weights saved by torch.save (pytorch_model.bin) instead of safetensors.
     let error = worst("hf_wav2vec2_group", &dir("hf_wav2vec2_group_bin"));
     assert!(error <= HF_TOLERANCE, "{error}");
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

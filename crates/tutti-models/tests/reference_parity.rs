@@ -22,7 +22,9 @@ use tutti_models::{AudioEncoder, ForwardOptions, ModelDir};
 const ENCODER_TOLERANCE: f32 = 5e-4;
 
 fn fixture_dir(name: &str) -> PathBuf {
-    manifest_dir().join("../../fixtures/parity").join(name)
+    tutti_nn::fixtures::repo_root()
+        .join("fixtures/parity")
+        .join(name)
 }
 
 fn read_expected(name: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -143,12 +145,4 @@ fn a_perturbed_weight_breaks_parity() {
             );
         }
     }
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }

@@ -18,7 +18,7 @@ use tutti_models::{AudioEncoder, ForwardOptions, load_encoder};
 const WHISPER_ENCODER_TOLERANCE: f32 = 1e-5;
 
 fn root() -> PathBuf {
-    manifest_dir().join("../..")
+    tutti_nn::fixtures::repo_root()
 }
 
 fn expected() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
@@ -179,12 +179,4 @@ fn whisper_conforms_and_skips_only_the_decoder() {
     // Whisper attends over its zero padding, so items are padded-batch invariant only because
     // every window is featurised and encoded on its own: the check must hold exactly.
     check_conformance(&whisper, 1e-5).unwrap();
-}
-
-/// The package directory cargo gives the running test (the compile-time one names wherever the
-/// binary was built, which a build cache shared between checkouts may place elsewhere).
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
 }
