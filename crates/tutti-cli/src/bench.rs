@@ -222,9 +222,7 @@ fn synthetic_wave(samples: usize) -> Vec<f32> {
 }
 
 fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
-    use burn::tensor::{Distribution, Tensor};
-    use tutti_distill::align::layer_pairs;
-    use tutti_distill::step::{DistillStep, StepTargets, TeacherSlot};
+    use burn::tensor::Tensor;
 
     let plain = load(&args)?;
     let config = plain.config.clone();
@@ -239,38 +237,8 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let (features, lengths) = plain.features(&batch)?;
     let features = Tensor::from_data(features.into_data(), &device);
     let frames = config.frames_for_fbank(lengths[0]);
-    let rate = config.fbank.sample_rate_hz as f64 / config.hop_samples() as f64;
-    let pairs = layer_pairs(config.num_hidden_layers, 12, 4);
-    let teacher = TeacherSlot {
-        name: "teacher".into(),
-        frame_rate_hz: rate,
-        dim: 768,
-        student_layers: pairs.iter().map(|p| p.0).collect(),
-    };
-    let targets = StepTargets {
-        targets: vec![
-            (0..pairs.len())
-                .map(|_| {
-                    Tensor::random(
-                        [args.batch, frames, 768],
-                        Distribution::Normal(0.0, 1.0),
-                        &device,
-                    )
-                })
-                .collect(),
-        ],
-        teacher_lengths: vec![vec![frames; args.batch]],
-        weights: vec![1.0],
-    };
-    let mut step = DistillStep::new(
-        student,
-        rate,
-        vec![teacher],
-        2 * config.hidden_size,
-        1e-4,
-        0,
-        &device,
-    );
+    let (mut step, targets) =
+        tutti_distill::step::benchmark_step(student, &config, args.batch, frames, &device);
     let mut time_step = || {
         let start = Instant::now();
         let loss = step.step(features.clone(), &lengths, &targets);

@@ -4,9 +4,8 @@
 
 use std::time::Instant;
 
-use burn::tensor::{Distribution, Tensor};
-use tutti_distill::align::layer_pairs;
-use tutti_distill::step::{DistillStep, StepTargets, TeacherSlot};
+use burn::tensor::Tensor;
+use tutti_distill::step::benchmark_step;
 use tutti_models::TuttiModel;
 use tutti_models::presets::preset;
 use tutti_models::tutti::TuttiConfig;
@@ -28,39 +27,8 @@ fn step_secs(config: &TuttiConfig, batch: usize, secs: f64) -> f64 {
     let (features, lengths) = plain.features(&waves).unwrap();
     let features = Tensor::from_data(features.into_data(), &device);
     let frames = config.frames_for_fbank(lengths[0]);
-    let rate = 16000.0 / config.hop_samples() as f64;
-    let pairs = layer_pairs(config.num_hidden_layers, 12, 4);
-    let targets = StepTargets {
-        targets: vec![
-            (0..pairs.len())
-                .map(|_| {
-                    Tensor::random(
-                        [batch, frames, 768],
-                        Distribution::Normal(0.0, 1.0),
-                        &device,
-                    )
-                })
-                .collect(),
-        ],
-        teacher_lengths: vec![vec![frames; batch]],
-        weights: vec![1.0],
-    };
-    let teacher = TeacherSlot {
-        name: "teacher".into(),
-        frame_rate_hz: rate,
-        dim: 768,
-        student_layers: pairs.iter().map(|p| p.0).collect(),
-    };
     let student = config.init(&device).unwrap();
-    let mut step = DistillStep::new(
-        student,
-        rate,
-        vec![teacher],
-        2 * config.hidden_size,
-        1e-4,
-        0,
-        &device,
-    );
+    let (mut step, targets) = benchmark_step(student, config, batch, frames, &device);
     step.step(features.clone(), &lengths, &targets);
     let mut times: Vec<f64> = (0..3)
         .map(|_| {

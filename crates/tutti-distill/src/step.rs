@@ -162,3 +162,51 @@ impl DistillStep {
         value
     }
 }
+
+/// The step `tutti bench speed --train` times (and `tools/parity/bench_side_by_side.py --train`
+/// mirrors in PyTorch): one 768-d teacher at the student's frame rate, K = 4 distilled layers
+/// (`layer_pairs(L, 12, 4)`; K = L for students of fewer than 4 blocks, whose K = 4 pairs would
+/// name block 0), FC-ReLU-FC heads of width 2 x D, AdamW at 1e-4, and fixed random targets for
+/// `batch` items of `frames` student frames.
+pub fn benchmark_step(
+    student: TuttiEncoder,
+    config: &tutti_models::tutti::TuttiConfig,
+    batch: usize,
+    frames: usize,
+    device: &Device,
+) -> (DistillStep, StepTargets) {
+    let rate = config.fbank.sample_rate_hz as f64 / config.hop_samples() as f64;
+    let layers = config.num_hidden_layers;
+    let pairs = crate::align::layer_pairs(layers, 12, layers.min(4));
+    let teacher = TeacherSlot {
+        name: "teacher".into(),
+        frame_rate_hz: rate,
+        dim: 768,
+        student_layers: pairs.iter().map(|p| p.0).collect(),
+    };
+    let targets = StepTargets {
+        targets: vec![
+            (0..pairs.len())
+                .map(|_| {
+                    Tensor::random(
+                        [batch, frames, 768],
+                        burn::tensor::Distribution::Normal(0.0, 1.0),
+                        device,
+                    )
+                })
+                .collect(),
+        ],
+        teacher_lengths: vec![vec![frames; batch]],
+        weights: vec![1.0],
+    };
+    let step = DistillStep::new(
+        student,
+        rate,
+        vec![teacher],
+        2 * config.hidden_size,
+        1e-4,
+        0,
+        device,
+    );
+    (step, targets)
+}
