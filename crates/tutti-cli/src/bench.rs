@@ -33,8 +33,9 @@ pub struct SpeedArgs {
     /// at 50 Hz, K = 4 distilled layers, fixed random targets.
     #[arg(long)]
     train: bool,
-    /// Inference engine: `fast` (tutti's own kernels, what `embed` and `bench` use on the CPU)
-    /// or `burn` (the reference implementation training differentiates through).
+    /// Engine: `fast` (tutti's own kernels: what `embed` and `bench` use on the CPU, and with
+    /// --train the hand-written distillation step) or `burn` (the reference implementation, and
+    /// with --train the step burn's autodiff differentiates).
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     engine: Engine,
 }
@@ -239,9 +240,32 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let frames = config.frames_for_fbank(lengths[0]);
     let (mut step, targets) =
         tutti_distill::step::benchmark_step(student, &config, args.batch, frames, &device);
+    let mut fast = match args.engine {
+        Engine::Fast => Some((
+            tutti_distill::FastDistillStep::new(
+                step.model(),
+                &config,
+                step.teachers.clone(),
+                step.student_rate_hz,
+                step.learning_rate,
+            )
+            .map_err(|e| anyhow::anyhow!("the fast training step does not run this model: {e}"))?,
+            tutti_distill::FastTargets::from_step_targets(&targets),
+            features
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("features: {e:?}"))?,
+        )),
+        Engine::Burn => None,
+    };
     let mut time_step = || {
         let start = Instant::now();
-        let loss = step.step(features.clone(), &lengths, &targets);
+        let loss = match &mut fast {
+            Some((engine, targets, features)) => engine.step(features, &lengths, targets),
+            None => step.step(features.clone(), &lengths, &targets),
+        };
         (start.elapsed().as_secs_f64(), loss)
     };
     time_step();
@@ -253,6 +277,7 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let report = serde_json::json!({
         "model": plain.name,
         "mode": "train (distillation step: forward, backward, AdamW)",
+        "engine": format!("{:?}", args.engine).to_lowercase(),
         "parameters": burn::module::Module::num_params(&plain.encoder),
         "audio_secs_per_item": args.secs,
         "batch": args.batch,

@@ -6,11 +6,13 @@
 //! trainer will reuse.
 
 pub mod align;
+pub mod fast;
 pub mod heads;
 pub mod loss;
 pub mod step;
 pub mod weights;
 
+pub use fast::{FastDistillStep, FastTargets};
 pub use heads::PredictionHead;
 pub use loss::distillation_loss;
 pub use step::{DistillModel, DistillStep, StepTargets};

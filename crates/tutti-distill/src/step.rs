@@ -12,6 +12,13 @@ use crate::align::align_frames;
 use crate::heads::PredictionHead;
 use crate::loss::distillation_loss;
 
+/// AdamW's moment decay rates (burn's defaults, and PyTorch's).
+pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
+/// AdamW's epsilon (burn's default; PyTorch's is 1e-8).
+pub const ADAM_EPSILON: f32 = 1e-5;
+/// AdamW's decoupled weight decay.
+pub const WEIGHT_DECAY: f32 = 0.01;
+
 /// A teacher's place in the step: its frame rate and the student layers matched to its targets.
 #[derive(Debug, Clone)]
 pub struct TeacherSlot {
@@ -85,7 +92,12 @@ impl DistillStep {
             model: Some(DistillModel { student, heads }),
             teachers,
             student_rate_hz,
-            optimizer: AdamWConfig::new().with_weight_decay(0.01).init(),
+            optimizer: AdamWConfig::new()
+                .with_beta_1(ADAM_BETAS.0)
+                .with_beta_2(ADAM_BETAS.1)
+                .with_epsilon(ADAM_EPSILON)
+                .with_weight_decay(WEIGHT_DECAY)
+                .init(),
             learning_rate,
         }
     }

@@ -317,6 +317,197 @@ fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, 
     }
 }
 
+/// LayerNorm for training: every row of `x` (`[rows, width]`) is normalised in place (it becomes
+/// `x_hat`, which the backward pass needs), `inv_std[r]` receives the row's `1 / sqrt(var + eps)`,
+/// and `y` (when given) the affine output `x_hat * gamma + beta`. Same two-pass statistics as
+/// [`layer_norm_rows`].
+pub fn layer_norm_rows_train(
+    x: &mut [f32],
+    inv_std: &mut [f32],
+    y: Option<&mut [f32]>,
+    width: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+) {
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "layer_norm_rows_train: ragged rows"
+    );
+    assert_eq!(inv_std.len(), x.len() / width, "one inv_std per row");
+    let chunk = rows_per_chunk(width);
+    let normalise = |x: &mut [f32], inv: &mut [f32]| {
+        for (row, inv) in x.chunks_exact_mut(width).zip(inv.iter_mut()) {
+            let n = width as f32;
+            let mean = sum_f32(row) / n;
+            let mut lanes = [0.0f32; 8];
+            let mut chunks = row.chunks_exact(8);
+            for c in &mut chunks {
+                for (l, v) in lanes.iter_mut().zip(c) {
+                    *l += (v - mean) * (v - mean);
+                }
+            }
+            let var = lanes.iter().sum::<f32>()
+                + chunks
+                    .remainder()
+                    .iter()
+                    .map(|v| (v - mean) * (v - mean))
+                    .sum::<f32>();
+            *inv = 1.0 / (var / n + eps).sqrt();
+            for v in row.iter_mut() {
+                *v = (*v - mean) * *inv;
+            }
+        }
+    };
+    match y {
+        None => x
+            .par_chunks_mut(width * chunk)
+            .zip(inv_std.par_chunks_mut(chunk))
+            .for_each(|(x, inv)| normalise(x, inv)),
+        Some(y) => {
+            assert_eq!(y.len(), x.len(), "layer_norm_rows_train: output size");
+            x.par_chunks_mut(width * chunk)
+                .zip(inv_std.par_chunks_mut(chunk))
+                .zip(y.par_chunks_mut(width * chunk))
+                .for_each(|((x, inv), y)| {
+                    normalise(x, inv);
+                    for (xr, yr) in x.chunks_exact(width).zip(y.chunks_exact_mut(width)) {
+                        for (i, (xv, yv)) in xr.iter().zip(yr.iter_mut()).enumerate() {
+                            *yv = xv * gamma.map_or(1.0, |g| g[i]) + beta.map_or(0.0, |b| b[i]);
+                        }
+                    }
+                })
+        }
+    }
+}
+
+/// The backward pass of [`layer_norm_rows_train`]: from the output's gradient `dy`, the saved
+/// `x_hat` and `inv_std`, writes (or, with `accumulate`, adds) the input's gradient into `dx`, and
+/// adds the scale's and shift's gradients into `dgamma` and `dbeta` when given.
+/// `dx = inv_std * (g - mean(g) - x_hat * mean(g * x_hat))` with `g = dy * gamma`.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_rows_backward(
+    dy: &[f32],
+    x_hat: &[f32],
+    inv_std: &[f32],
+    width: usize,
+    gamma: Option<&[f32]>,
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
+    assert_eq!(dy.len(), x_hat.len(), "layer_norm_rows_backward: sizes");
+    assert_eq!(dy.len(), dx.len(), "layer_norm_rows_backward: sizes");
+    assert_eq!(inv_std.len() * width, dy.len(), "one inv_std per row");
+    let chunk = rows_per_chunk(width);
+    let want_params = dgamma.is_some() || dbeta.is_some();
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(width * chunk)
+        .zip(x_hat.par_chunks(width * chunk))
+        .zip(inv_std.par_chunks(chunk))
+        .zip(dx.par_chunks_mut(width * chunk))
+        .map(|(((dy, xh), inv), dx)| {
+            let mut sums = if want_params {
+                vec![0.0f32; 2 * width]
+            } else {
+                Vec::new()
+            };
+            let mut g = vec![0.0f32; width];
+            for (((dy, xh), inv), dx) in dy
+                .chunks_exact(width)
+                .zip(xh.chunks_exact(width))
+                .zip(inv)
+                .zip(dx.chunks_exact_mut(width))
+            {
+                if want_params {
+                    let (sg, sb) = sums.split_at_mut(width);
+                    for i in 0..width {
+                        sg[i] += dy[i] * xh[i];
+                        sb[i] += dy[i];
+                    }
+                }
+                for i in 0..width {
+                    g[i] = dy[i] * gamma.map_or(1.0, |gm| gm[i]);
+                }
+                let n = width as f32;
+                let mean_g = sum_f32(&g) / n;
+                let mut lanes = [0.0f32; 8];
+                let mut gc = g.chunks_exact(8);
+                let mut xc = xh.chunks_exact(8);
+                for (a, b) in (&mut gc).zip(&mut xc) {
+                    for ((l, a), b) in lanes.iter_mut().zip(a).zip(b) {
+                        *l += a * b;
+                    }
+                }
+                let tail: f32 = gc
+                    .remainder()
+                    .iter()
+                    .zip(xc.remainder())
+                    .map(|(a, b)| a * b)
+                    .sum();
+                let mean_gx = (lanes.iter().sum::<f32>() + tail) / n;
+                if accumulate {
+                    for i in 0..width {
+                        dx[i] += inv * (g[i] - mean_g - xh[i] * mean_gx);
+                    }
+                } else {
+                    for i in 0..width {
+                        dx[i] = inv * (g[i] - mean_g - xh[i] * mean_gx);
+                    }
+                }
+            }
+            sums
+        })
+        .collect();
+    if want_params {
+        let (dgamma_sum, dbeta_sum) = reduce_pairs(&partials, width);
+        if let Some(dg) = dgamma {
+            add_assign(dg, &dgamma_sum);
+        }
+        if let Some(db) = dbeta {
+            add_assign(db, &dbeta_sum);
+        }
+    }
+}
+
+fn reduce_pairs(partials: &[Vec<f32>], width: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut total = vec![0.0f32; 2 * width];
+    for p in partials {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    let second = total.split_off(width);
+    (total, second)
+}
+
+/// `dst[c] += sum over rows r of x[r, c]` (`x` is `[rows, dst.len()]`): a bias's gradient.
+pub fn add_column_sums(dst: &mut [f32], x: &[f32]) {
+    let width = dst.len();
+    assert!(
+        width > 0 && x.len().is_multiple_of(width),
+        "add_column_sums: ragged rows"
+    );
+    let partials: Vec<Vec<f32>> = x
+        .par_chunks(width * rows_per_chunk(width).max(16))
+        .map(|chunk| {
+            let mut sums = vec![0.0f32; width];
+            for row in chunk.chunks_exact(width) {
+                for (s, v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            sums
+        })
+        .collect();
+    for p in partials {
+        for (d, v) in dst.iter_mut().zip(&p) {
+            *d += v;
+        }
+    }
+}
+
 /// Sum with eight partial sums (vectorises, and is closer to a pairwise sum than a serial one).
 fn sum_f32(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];

@@ -95,6 +95,35 @@ fn gelu_parts_portable(x: &[f32], g: &mut [f32], c: &mut [f32]) {
     }
 }
 
+/// `dy[i] *= gelu'(x[i])` with `gelu'(x) = Phi(x) + x phi(x)`: the backward pass of GELU given
+/// its input `x`, with the same vectorised `erf` and `exp` as the forward pass.
+pub fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
+    assert_eq!(x.len(), dy.len(), "gelu_backward_in_place: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        unsafe { gelu_backward_avx2(x, dy) };
+        return;
+    }
+    gelu_backward_portable(x, dy);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_backward_avx2(x: &[f32], dy: &mut [f32]) {
+    gelu_backward_portable(x, dy);
+}
+
+#[inline(always)]
+fn gelu_backward_portable(x: &[f32], dy: &mut [f32]) {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (&x, d) in x.iter().zip(dy.iter_mut()) {
+        let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * crate::kernels::exp_f32(-0.5 * x * x);
+        *d *= cdf + x * pdf;
+    }
+}
+
 /// GELU over a slice, with the widest instructions the CPU has.
 pub fn gelu_in_place(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

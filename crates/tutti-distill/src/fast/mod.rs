@@ -1,0 +1,1415 @@
+//! The distillation step on tutti's own CPU kernels, with a hand-written backward pass: the
+//! same computation as [`crate::step::DistillStep`] (student forward to the deepest distilled
+//! layer, prediction heads, frame alignment, the L1 + log-sigmoid-cosine loss, backward, AdamW
+//! with burn's defaults), without a framework's autodiff graph.
+//!
+//! Why: differentiating through burn's CPU backend costs as much outside the matrix products as
+//! inside them (a tensor per intermediate, copies to contiguous memory, one pass per element-wise
+//! op, the attention's masks and reshapes). Here every layer keeps exactly what its backward pass
+//! needs in buffers reused from step to step, products read strided views, and the items of a
+//! batch are packed at their own lengths, so no padded frame is computed at all.
+//!
+//! Semantics: identical to the burn step wherever every teacher's valid frames are covered by the
+//! item's own aligned student frames (the usual case: `align_frames` of the item's frames). Where a
+//! teacher has more frames than the item's aligned student frames, this step repeats the item's
+//! last aligned frame (the rule `align_frames` applies at the end of the batch), while the padded
+//! burn step reads the heads' output on the batch's padding frames there.
+//!
+//! Tested against the burn step (`tests/fast_step.rs`): loss, every parameter's gradient, which
+//! parameters receive one, and the parameters after several AdamW steps.
+
+mod ops;
+
+use burn::module::Param;
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+use tutti_models::tutti::TuttiConfig;
+use tutti_nn::kernels::layer_norm_rows_backward;
+use tutti_nn::kernels::layer_norm_rows_train;
+use tutti_nn::mask::conv_output_length;
+
+use crate::step::{ADAM_BETAS, ADAM_EPSILON, DistillModel, StepTargets, TeacherSlot, WEIGHT_DECAY};
+use ops::{
+    Attention, ConvGeometry, Dense, GroupedConv, Norm, Span, Weight, copy, gelu_backward,
+    gelu_into, sized, split_ragged_mut, sum_into, zeroed,
+};
+
+/// Teacher targets as plain buffers: `targets[t][k]` is `[batch, frames[t], dims[t]]` row-major.
+#[derive(Debug, Clone)]
+pub struct FastTargets {
+    pub targets: Vec<Vec<Vec<f32>>>,
+    pub frames: Vec<usize>,
+    pub dims: Vec<usize>,
+    pub teacher_lengths: Vec<Vec<usize>>,
+    pub weights: Vec<f64>,
+}
+
+impl FastTargets {
+    pub fn from_step_targets(batch: &StepTargets) -> Self {
+        let mut frames = Vec::new();
+        let mut dims = Vec::new();
+        let targets = batch
+            .targets
+            .iter()
+            .map(|layers| {
+                let [_, f, d] = layers[0].dims();
+                frames.push(f);
+                dims.push(d);
+                layers.iter().map(|t| values(t.clone())).collect()
+            })
+            .collect();
+        Self {
+            targets,
+            frames,
+            dims,
+            teacher_lengths: batch.teacher_lengths.clone(),
+            weights: batch.weights.clone(),
+        }
+    }
+}
+
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data after conversion")
+}
+
+fn param<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
+    values(p.val())
+}
+
+/// `p` with its values replaced (same id, shape, device and gradient requirement).
+fn replaced<const D: usize>(p: &Param<Tensor<D>>, data: Vec<f32>) -> Param<Tensor<D>> {
+    p.clone().map(|t| {
+        let fresh = Tensor::<D>::from_data(TensorData::new(data, t.shape()), &t.device());
+        if t.is_require_grad() {
+            fresh.require_grad()
+        } else {
+            fresh
+        }
+    })
+}
+
+/// Which of a weight's buffers to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffer {
+    Value,
+    Gradient,
+}
+
+impl Weight {
+    fn buffer(&self, which: Buffer) -> &[f32] {
+        match which {
+            Buffer::Value => &self.value,
+            Buffer::Gradient => &self.grad,
+        }
+    }
+}
+
+fn dense(linear: &burn::nn::Linear) -> Result<Dense, String> {
+    let [inputs, outputs] = linear.weight.dims();
+    let bias = linear
+        .bias
+        .as_ref()
+        .ok_or("a linear layer without bias (the fast step expects tutti's layers)")?;
+    Ok(Dense {
+        w: Weight::new(param(&linear.weight)),
+        b: Weight::new(param(bias)),
+        inputs,
+        outputs,
+    })
+}
+
+fn export_dense(d: &Dense, linear: &burn::nn::Linear, which: Buffer) -> burn::nn::Linear {
+    let mut out = linear.clone();
+    out.weight = replaced(&linear.weight, d.w.buffer(which).to_vec());
+    out.bias = linear
+        .bias
+        .as_ref()
+        .map(|b| replaced(b, d.b.buffer(which).to_vec()));
+    out
+}
+
+fn norm(layer: &burn::nn::LayerNorm) -> Result<Norm, String> {
+    let beta = layer.beta.as_ref().ok_or("a LayerNorm without shift")?;
+    Ok(Norm {
+        gamma: Weight::new(param(&layer.gamma)),
+        beta: Weight::new(param(beta)),
+    })
+}
+
+fn export_norm(n: &Norm, layer: &burn::nn::LayerNorm, which: Buffer) -> burn::nn::LayerNorm {
+    let mut out = layer.clone();
+    out.gamma = replaced(&layer.gamma, n.gamma.buffer(which).to_vec());
+    out.beta = layer
+        .beta
+        .as_ref()
+        .map(|b| replaced(b, n.beta.buffer(which).to_vec()));
+    out
+}
+
+/// A subsampler convolution: weight `[(kt, kf, c_in), c_out]`.
+#[derive(Debug, Clone)]
+struct SubsamplerConv {
+    w: Weight,
+    b: Weight,
+    inputs: usize,
+    outputs: usize,
+    stride: usize,
+}
+
+/// A positional convolution: one `[(k, c_in), c_out]` matrix per group, groups one after another.
+#[derive(Debug, Clone)]
+struct PositionalConv {
+    w: Weight,
+    b: Weight,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    qkv: Dense,
+    out: Dense,
+    norm1: Norm,
+    ffn_in: Dense,
+    ffn_out: Dense,
+    norm2: Norm,
+}
+
+#[derive(Debug, Clone)]
+struct Head {
+    fc1: Dense,
+    fc2: Dense,
+}
+
+/// The student and heads' parameters in the engine's layout.
+#[derive(Debug, Clone)]
+struct Net {
+    convs: Vec<SubsamplerConv>,
+    /// Subsampler LayerNorm and projection, permuted to the channels-last flattening
+    /// (index `f * channels + c`; burn's is `c * bins + f`).
+    sub_norm: Norm,
+    proj: Dense,
+    pos: Vec<PositionalConv>,
+    enc_norm: Norm,
+    blocks: Vec<Block>,
+    heads: Vec<Vec<Head>>,
+}
+
+impl Net {
+    fn weights_mut(&mut self) -> Vec<&mut Weight> {
+        let mut all: Vec<&mut Weight> = Vec::new();
+        for c in &mut self.convs {
+            all.extend([&mut c.w, &mut c.b]);
+        }
+        all.extend([&mut self.sub_norm.gamma, &mut self.sub_norm.beta]);
+        all.extend([&mut self.proj.w, &mut self.proj.b]);
+        for p in &mut self.pos {
+            all.extend([&mut p.w, &mut p.b]);
+        }
+        all.extend([&mut self.enc_norm.gamma, &mut self.enc_norm.beta]);
+        for b in &mut self.blocks {
+            for d in [&mut b.qkv, &mut b.out, &mut b.ffn_in, &mut b.ffn_out] {
+                all.extend([&mut d.w, &mut d.b]);
+            }
+            for n in [&mut b.norm1, &mut b.norm2] {
+                all.extend([&mut n.gamma, &mut n.beta]);
+            }
+        }
+        for heads in &mut self.heads {
+            for h in heads {
+                for d in [&mut h.fc1, &mut h.fc2] {
+                    all.extend([&mut d.w, &mut d.b]);
+                }
+            }
+        }
+        all
+    }
+}
+
+/// What one transformer block keeps for its backward pass (`[rows, width]` unless noted).
+#[derive(Debug, Default)]
+struct BlockTape {
+    input: Vec<f32>,
+    xhat1: Vec<f32>,
+    inv1: Vec<f32>,
+    /// Post-LN: the attention LayerNorm's output (the FFN's input); pre-LN: the attention's input.
+    normed1: Vec<f32>,
+    /// `[rows, 3 width]`.
+    qkv: Vec<f32>,
+    probs: Vec<f32>,
+    ctx: Vec<f32>,
+    /// Pre-LN: the residual after attention.
+    resid: Vec<f32>,
+    xhat2: Vec<f32>,
+    inv2: Vec<f32>,
+    /// Pre-LN: the FFN's input.
+    normed2: Vec<f32>,
+    /// `[rows, intermediate]`, before GELU.
+    u: Vec<f32>,
+    ffn: Vec<f32>,
+}
+
+/// Everything a step keeps between its forward and backward passes, and scratch; kept across
+/// steps so that no step pays page faults for fresh memory.
+#[derive(Debug, Default)]
+struct Tape {
+    fbank: Vec<f32>,
+    conv_u: Vec<Vec<f32>>,
+    conv_a: Vec<Vec<f32>>,
+    sub_xhat: Vec<f32>,
+    sub_inv: Vec<f32>,
+    sub_y: Vec<f32>,
+    x_proj: Vec<f32>,
+    pos_xhat: Vec<Vec<f32>>,
+    pos_inv: Vec<Vec<f32>>,
+    pos_out: Vec<Vec<f32>>,
+    enc_xhat: Vec<f32>,
+    enc_inv: Vec<f32>,
+    blocks: Vec<BlockTape>,
+    d_ffn: Vec<Vec<f32>>,
+    s: Scratch,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    wide: Vec<f32>,
+    wide2: Vec<f32>,
+    qkv: Vec<f32>,
+    head: Vec<f32>,
+    d_head: Vec<f32>,
+    pred: Vec<f32>,
+    d_pred: Vec<f32>,
+    sub: Vec<f32>,
+}
+
+/// The fast distillation step (see the module documentation).
+#[derive(Debug)]
+pub struct FastDistillStep {
+    net: Net,
+    tape: Tape,
+    pub teachers: Vec<TeacherSlot>,
+    pub student_rate_hz: f64,
+    pub learning_rate: f64,
+    /// AdamW steps taken.
+    time: i32,
+    width: usize,
+    heads: usize,
+    eps: f32,
+    layer_norm_first: bool,
+    conv_channels: usize,
+    mel_bins: usize,
+    positional: GroupedConv,
+    deepest: usize,
+    alignments: Vec<Alignment>,
+}
+
+impl FastDistillStep {
+    /// The engine for `model` (its student of configuration `config`, its heads for `teachers`);
+    /// an error names what it does not run (WavLM's gated attention, layers without biases).
+    pub fn new(
+        model: &DistillModel,
+        config: &TuttiConfig,
+        teachers: Vec<TeacherSlot>,
+        student_rate_hz: f64,
+        learning_rate: f64,
+    ) -> Result<Self, String> {
+        let encoder = &model.student;
+        if encoder.layers.iter().any(|l| l.attention.gate.is_some()) {
+            return Err("gated relative position attention (WavLM) is not in the fast step".into());
+        }
+        let deepest = teachers
+            .iter()
+            .flat_map(|t| t.student_layers.iter().copied())
+            .max()
+            .ok_or("no distilled layer")?;
+        if deepest == 0 || deepest > encoder.layers.len() {
+            return Err(format!("distilled layer {deepest} is not a student block"));
+        }
+        let alignments = teachers
+            .iter()
+            .map(|t| Alignment::new(student_rate_hz, t.frame_rate_hz))
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut convs = Vec::new();
+        for conv in &encoder.subsampler.conv {
+            let [outputs, inputs, kh, kw] = conv.weight.dims();
+            if [kh, kw] != [3, 3] {
+                return Err("subsampler kernels other than 3x3".into());
+            }
+            let w = param(&conv.weight);
+            let mut weight = vec![0.0; 9 * inputs * outputs];
+            for co in 0..outputs {
+                for ci in 0..inputs {
+                    for tap in 0..9 {
+                        weight[(tap * inputs + ci) * outputs + co] =
+                            w[(co * inputs + ci) * 9 + tap];
+                    }
+                }
+            }
+            let bias = conv.bias.as_ref().ok_or("a subsampler conv without bias")?;
+            convs.push(SubsamplerConv {
+                w: Weight::new(weight),
+                b: Weight::new(param(bias)),
+                inputs,
+                outputs,
+                stride: conv.stride[0],
+            });
+        }
+        let perm = flatten_permutation(config);
+        let mut sub_norm = norm(&encoder.subsampler.layer_norm)?;
+        for w in [&mut sub_norm.gamma, &mut sub_norm.beta] {
+            *w = Weight::new(perm.iter().map(|&i| w.value[i]).collect());
+        }
+        let mut proj = dense(&encoder.subsampler.proj)?;
+        let outputs = proj.outputs;
+        proj.w = Weight::new(
+            perm.iter()
+                .flat_map(|&i| proj.w.value[i * outputs..(i + 1) * outputs].to_vec())
+                .collect(),
+        );
+        let width = config.hidden_size;
+        let positional = GroupedConv {
+            width,
+            groups: config.num_conv_pos_embedding_groups,
+            kernel: config.num_conv_pos_embeddings,
+        };
+        let mut pos = Vec::new();
+        for layer in &encoder.pos_conv.layers {
+            let bias = layer
+                .conv
+                .bias
+                .as_ref()
+                .ok_or("a positional conv without bias")?;
+            pos.push(PositionalConv {
+                w: Weight::new(grouped_to_fast(&param(&layer.conv.weight), positional)),
+                b: Weight::new(param(bias)),
+            });
+        }
+        let mut blocks = Vec::new();
+        for l in &encoder.layers {
+            let a = &l.attention;
+            let parts = [dense(&a.q_proj)?, dense(&a.k_proj)?, dense(&a.v_proj)?];
+            blocks.push(Block {
+                qkv: concat_dense(&parts),
+                out: dense(&a.out_proj)?,
+                norm1: norm(&l.layer_norm)?,
+                ffn_in: dense(&l.feed_forward.intermediate_dense)?,
+                ffn_out: dense(&l.feed_forward.output_dense)?,
+                norm2: norm(&l.final_layer_norm)?,
+            });
+        }
+        let heads = model
+            .heads
+            .iter()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        Ok(Head {
+                            fc1: dense(&h.fc1)?,
+                            fc2: dense(&h.fc2)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if heads.len() != teachers.len()
+            || heads
+                .iter()
+                .zip(&teachers)
+                .any(|(h, t)| h.len() != t.student_layers.len())
+        {
+            return Err("one head per teacher and distilled layer".into());
+        }
+        let mut net = Net {
+            convs,
+            sub_norm,
+            proj,
+            pos,
+            enc_norm: norm(&encoder.layer_norm)?,
+            blocks,
+            heads,
+        };
+        // Parameters the loss does not reach get no gradient, so no update (as in burn and
+        // PyTorch): blocks past the deepest distilled one, the deepest block's output LayerNorm
+        // (post-LN), and the encoder's final LayerNorm (pre-LN).
+        for b in &mut net.blocks[deepest..] {
+            for d in [&mut b.qkv, &mut b.out, &mut b.ffn_in, &mut b.ffn_out] {
+                d.w.trained = false;
+                d.b.trained = false;
+            }
+            for n in [&mut b.norm1, &mut b.norm2] {
+                n.gamma.trained = false;
+                n.beta.trained = false;
+            }
+        }
+        if config.layer_norm_first {
+            net.enc_norm.gamma.trained = false;
+            net.enc_norm.beta.trained = false;
+        } else {
+            let last = &mut net.blocks[deepest - 1].norm2;
+            last.gamma.trained = false;
+            last.beta.trained = false;
+        }
+        Ok(Self {
+            net,
+            tape: Tape::default(),
+            teachers,
+            student_rate_hz,
+            learning_rate,
+            time: 0,
+            width,
+            heads: config.num_attention_heads,
+            eps: config.layer_norm_eps as f32,
+            layer_norm_first: config.layer_norm_first,
+            conv_channels: config.conv_channels,
+            mel_bins: config.fbank.num_mel_bins,
+            positional,
+            deepest,
+            alignments,
+        })
+    }
+
+    /// Forward, backward and one AdamW update on a padded fbank batch (`[batch, max_frames,
+    /// mel_bins]` row-major, padding ignored) with per-item lengths; returns the loss before the
+    /// update.
+    pub fn step(&mut self, features: &[f32], fbank_lengths: &[usize], batch: &FastTargets) -> f32 {
+        let loss = self.loss_and_gradients(features, fbank_lengths, batch);
+        self.adamw();
+        loss
+    }
+
+    /// The loss, with every trained parameter's gradient left in the engine (read them with
+    /// [`FastDistillStep::export`]); nothing is updated.
+    pub fn loss_and_gradients(
+        &mut self,
+        features: &[f32],
+        fbank_lengths: &[usize],
+        batch: &FastTargets,
+    ) -> f32 {
+        assert!(!fbank_lengths.is_empty(), "an empty batch");
+        let bins = self.mel_bins;
+        let max_frames = features.len() / (bins * fbank_lengths.len());
+        assert_eq!(
+            features.len(),
+            fbank_lengths.len() * max_frames * bins,
+            "features are [batch, frames, bins]"
+        );
+        for w in self.net.weights_mut() {
+            w.grad.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        }
+        let geometry = self.geometry(fbank_lengths, max_frames);
+        let spans = self.forward(features, fbank_lengths, max_frames, &geometry);
+        let loss = self.heads_loss(&spans, batch);
+        self.backward(&spans, &geometry);
+        loss
+    }
+
+    fn geometry(&self, fbank_lengths: &[usize], max_frames: usize) -> Vec<ConvGeometry> {
+        let mut lengths: Vec<usize> = fbank_lengths.iter().map(|&l| l.min(max_frames)).collect();
+        let mut bins = self.mel_bins;
+        let mut channels = 1;
+        let mut levels = Vec::new();
+        for conv in &self.net.convs {
+            let out_lengths: Vec<usize> = lengths
+                .iter()
+                .map(|&l| conv_output_length(l, 3, conv.stride, 1))
+                .collect();
+            let out_bins = conv_output_length(bins, 3, 2, 1);
+            levels.push(ConvGeometry {
+                input: spans_of(&lengths, bins),
+                output: spans_of(&out_lengths, out_bins),
+                in_bins: bins,
+                out_bins,
+                in_channels: channels,
+                out_channels: conv.outputs,
+                stride: conv.stride,
+            });
+            lengths = out_lengths;
+            bins = out_bins;
+            channels = conv.outputs;
+        }
+        levels
+    }
+
+    /// The student's forward pass to the deepest distilled block; returns the items' frame spans.
+    fn forward(
+        &mut self,
+        features: &[f32],
+        fbank_lengths: &[usize],
+        max_frames: usize,
+        geometry: &[ConvGeometry],
+    ) -> Vec<Span> {
+        let (net, tape) = (&self.net, &mut self.tape);
+        let bins = self.mel_bins;
+        let width = self.width;
+        let eps = self.eps;
+        // Pack the valid fbank frames.
+        let input_rows = geometry[0].in_positions() / bins;
+        let fbank = sized(&mut tape.fbank, input_rows * bins);
+        for (span, (i, &len)) in geometry[0]
+            .input
+            .iter()
+            .zip(fbank_lengths.iter().enumerate())
+        {
+            let len = len.min(max_frames);
+            fbank[span.start..span.start + len * bins]
+                .copy_from_slice(&features[i * max_frames * bins..][..len * bins]);
+        }
+        tape.conv_u.resize_with(geometry.len(), Vec::new);
+        tape.conv_a.resize_with(geometry.len(), Vec::new);
+        for (l, (level, conv)) in geometry.iter().zip(&net.convs).enumerate() {
+            let n = level.out_positions() * level.out_channels;
+            let (before, after) = tape.conv_a.split_at_mut(l);
+            let input: &[f32] = if l == 0 { &tape.fbank } else { &before[l - 1] };
+            sized(&mut tape.conv_u[l], n);
+            sized(&mut after[0], n);
+            level.forward(
+                input,
+                &conv.w.value,
+                &conv.b.value,
+                &mut tape.conv_u[l],
+                &mut after[0],
+            );
+        }
+        let last = geometry.last().expect("at least one subsampler conv");
+        let spans: Vec<Span> = last
+            .output
+            .iter()
+            .map(|s| Span {
+                start: s.start / last.out_bins,
+                len: s.len / last.out_bins,
+            })
+            .collect();
+        let rows = last.out_positions() / last.out_bins;
+        let flat = last.out_bins * self.conv_channels;
+        // Subsampler LayerNorm and projection.
+        let sub_xhat = sized(&mut tape.sub_xhat, rows * flat);
+        copy(sub_xhat, &tape.conv_a[geometry.len() - 1]);
+        layer_norm_rows_train(
+            sub_xhat,
+            sized(&mut tape.sub_inv, rows),
+            Some(sized(&mut tape.sub_y, rows * flat)),
+            flat,
+            Some(&net.sub_norm.gamma.value),
+            Some(&net.sub_norm.beta.value),
+            eps,
+        );
+        net.proj
+            .forward(&tape.sub_y, rows, sized(&mut tape.x_proj, rows * width));
+        // Positional convolutions.
+        let layers = net.pos.len();
+        tape.pos_xhat.resize_with(layers, Vec::new);
+        tape.pos_inv.resize_with(layers, Vec::new);
+        tape.pos_out.resize_with(layers, Vec::new);
+        for (j, conv) in net.pos.iter().enumerate() {
+            let (before, after) = tape.pos_out.split_at_mut(j);
+            let input: &[f32] = if j == 0 { &tape.x_proj } else { &before[j - 1] };
+            let xhat = sized(&mut tape.pos_xhat[j], rows * width);
+            self.positional
+                .forward(&spans, input, &conv.w.value, &conv.b.value, xhat);
+            layer_norm_rows_train(
+                xhat,
+                sized(&mut tape.pos_inv[j], rows),
+                None,
+                width,
+                None,
+                None,
+                eps,
+            );
+            gelu_into(sized(&mut after[0], rows * width), xhat);
+        }
+        tape.blocks.resize_with(self.deepest, BlockTape::default);
+        let first = sized(&mut tape.blocks[0].input, rows * width);
+        match tape.pos_out.last() {
+            Some(position) => sum_into(first, &tape.x_proj, position),
+            None => copy(first, &tape.x_proj),
+        }
+        if !self.layer_norm_first {
+            let enc_xhat = sized(&mut tape.enc_xhat, rows * width);
+            copy(enc_xhat, &tape.blocks[0].input);
+            layer_norm_rows_train(
+                enc_xhat,
+                sized(&mut tape.enc_inv, rows),
+                Some(&mut tape.blocks[0].input),
+                width,
+                Some(&net.enc_norm.gamma.value),
+                Some(&net.enc_norm.beta.value),
+                eps,
+            );
+        }
+        let attention = Attention {
+            width,
+            heads: self.heads,
+        };
+        for l in 0..self.deepest {
+            let (current, rest) = tape.blocks[l..].split_first_mut().expect("a block");
+            let next = rest.first_mut().map(|b| &mut b.input);
+            block_forward(
+                &net.blocks[l],
+                current,
+                next,
+                &mut tape.s.wide,
+                &spans,
+                rows,
+                attention,
+                self.layer_norm_first,
+                eps,
+            );
+        }
+        spans
+    }
+
+    /// Heads, alignment and loss for every teacher and distilled layer, and their backward pass
+    /// down to the FFN outputs (left in `tape.d_ffn`). Returns the loss.
+    fn heads_loss(&mut self, spans: &[Span], batch: &FastTargets) -> f32 {
+        let rows = spans.last().map_or(0, |s| s.start + s.len);
+        let width = self.width;
+        let tape = &mut self.tape;
+        tape.d_ffn.resize_with(self.deepest, Vec::new);
+        let mut distilled = vec![false; self.deepest];
+        for teacher in &self.teachers {
+            for &layer in &teacher.student_layers {
+                if !distilled[layer - 1] {
+                    zeroed(&mut tape.d_ffn[layer - 1], rows * width);
+                    distilled[layer - 1] = true;
+                }
+            }
+        }
+        let mut total = 0.0f64;
+        for (t, teacher) in self.teachers.iter().enumerate() {
+            let rule = self.alignments[t];
+            let dim = batch.dims[t];
+            let frames = batch.frames[t];
+            let valid: usize = batch.teacher_lengths[t]
+                .iter()
+                .map(|&l| l.min(frames))
+                .sum();
+            let scale = batch.weights[t] / teacher.student_layers.len() as f64;
+            for (k, &layer) in teacher.student_layers.iter().enumerate() {
+                let head = &mut self.net.heads[t][k];
+                let ffn = &tape.blocks[layer - 1].ffn;
+                let hidden = head.fc1.outputs;
+                let s = &mut tape.s;
+                let h = sized(&mut s.head, rows * hidden);
+                head.fc1.forward(ffn, rows, h);
+                h.par_chunks_mut(1 << 14)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+                let pred = sized(&mut s.pred, rows * dim);
+                head.fc2.forward(h, rows, pred);
+                let d_pred = zeroed(&mut s.d_pred, rows * dim);
+                let coefficient = scale / valid.max(1) as f64;
+                let sum = aligned_loss(
+                    pred,
+                    d_pred,
+                    &batch.targets[t][k],
+                    spans,
+                    &batch.teacher_lengths[t],
+                    frames,
+                    dim,
+                    rule,
+                    coefficient as f32,
+                );
+                total += sum * coefficient;
+                let d_h = sized(&mut s.d_head, rows * hidden);
+                head.fc2.backward(h, d_pred, rows, Some(d_h), false);
+                d_h.par_chunks_mut(1 << 14)
+                    .zip(h.par_chunks(1 << 14))
+                    .for_each(|(d, h)| {
+                        for (d, h) in d.iter_mut().zip(h) {
+                            if *h <= 0.0 {
+                                *d = 0.0;
+                            }
+                        }
+                    });
+                head.fc1
+                    .backward(ffn, d_h, rows, Some(&mut tape.d_ffn[layer - 1]), true);
+            }
+        }
+        total as f32
+    }
+
+    fn backward(&mut self, spans: &[Span], geometry: &[ConvGeometry]) {
+        let rows = spans.last().map_or(0, |s| s.start + s.len);
+        let width = self.width;
+        let attention = Attention {
+            width,
+            heads: self.heads,
+        };
+        let (net, tape) = (&mut self.net, &mut self.tape);
+        // `d` holds the gradient of the current block's output, then of its input.
+        let mut d: Vec<f32> = std::mem::take(&mut tape.s.d);
+        let mut has_output_gradient = false;
+        for l in (0..self.deepest).rev() {
+            let d_ffn = (!tape.d_ffn[l].is_empty()).then_some(&tape.d_ffn[l][..]);
+            block_backward(
+                &mut net.blocks[l],
+                &tape.blocks[l],
+                &mut tape.s,
+                &mut d,
+                has_output_gradient,
+                d_ffn,
+                spans,
+                rows,
+                attention,
+                self.layer_norm_first,
+            );
+            has_output_gradient = true;
+        }
+        // Encoder LayerNorm (post-LN), then the sum of projection and positional branch.
+        let s = &mut tape.s;
+        let d_sum = sized(&mut s.a, rows * width);
+        if self.layer_norm_first {
+            copy(d_sum, &d);
+        } else {
+            layer_norm_rows_backward(
+                &d,
+                &tape.enc_xhat,
+                &tape.enc_inv,
+                width,
+                Some(&net.enc_norm.gamma.value),
+                Some(&mut net.enc_norm.gamma.grad),
+                Some(&mut net.enc_norm.beta.grad),
+                d_sum,
+                false,
+            );
+        }
+        let d_proj = sized(&mut s.b, rows * width);
+        copy(d_proj, d_sum);
+        // Positional branch: `d_sum` is the gradient of its output.
+        let mut d_pos = std::mem::take(&mut s.a);
+        for (j, conv) in net.pos.iter_mut().enumerate().rev() {
+            let xhat = &tape.pos_xhat[j];
+            gelu_backward(xhat, &mut d_pos);
+            let d_conv = sized(&mut s.c, rows * width);
+            layer_norm_rows_backward(
+                &d_pos,
+                xhat,
+                &tape.pos_inv[j],
+                width,
+                None,
+                None,
+                None,
+                d_conv,
+                false,
+            );
+            let input: &[f32] = if j == 0 {
+                &tape.x_proj
+            } else {
+                &tape.pos_out[j - 1]
+            };
+            let d_input = sized(&mut d_pos, rows * width);
+            self.positional.backward(
+                spans,
+                input,
+                &conv.w.value,
+                &s.c,
+                &mut conv.w.grad,
+                &mut conv.b.grad,
+                d_input,
+            );
+        }
+        if !net.pos.is_empty() {
+            tutti_nn::kernels::add_assign(&mut s.b, &d_pos);
+        }
+        s.a = d_pos;
+        // Projection and subsampler LayerNorm.
+        let last = geometry.last().expect("at least one conv");
+        let flat = last.out_bins * self.conv_channels;
+        let d_y = sized(&mut s.sub, rows * flat);
+        net.proj.backward(&tape.sub_y, &s.b, rows, Some(d_y), false);
+        let mut d_a = std::mem::take(&mut s.wide);
+        layer_norm_rows_backward(
+            &s.sub,
+            &tape.sub_xhat,
+            &tape.sub_inv,
+            flat,
+            Some(&net.sub_norm.gamma.value),
+            Some(&mut net.sub_norm.gamma.grad),
+            Some(&mut net.sub_norm.beta.grad),
+            sized(&mut d_a, rows * flat),
+            false,
+        );
+        // Convolutions, last to first: `d_a` is the gradient of the level's GELU output.
+        let mut d_prev = std::mem::take(&mut s.wide2);
+        for (l, (level, conv)) in geometry.iter().zip(net.convs.iter_mut()).enumerate().rev() {
+            gelu_backward(&tape.conv_u[l], &mut d_a);
+            let input: &[f32] = if l == 0 {
+                &tape.fbank
+            } else {
+                &tape.conv_a[l - 1]
+            };
+            let d_input =
+                (l > 0).then(|| sized(&mut d_prev, level.in_positions() * level.in_channels));
+            level.backward(
+                input,
+                &conv.w.value,
+                &d_a,
+                &mut conv.w.grad,
+                &mut conv.b.grad,
+                d_input,
+            );
+            std::mem::swap(&mut d_a, &mut d_prev);
+        }
+        s.wide = d_a;
+        s.wide2 = d_prev;
+        s.d = d;
+    }
+
+    /// One AdamW update of every trained parameter from its gradient (burn's `AdamW`: decoupled
+    /// weight decay, bias-corrected moments, epsilon outside the square root).
+    fn adamw(&mut self) {
+        self.time += 1;
+        let (beta1, beta2) = ADAM_BETAS;
+        let time = self.time;
+        let correction1 = 1.0 - beta1.powi(time);
+        let correction2 = 1.0 - beta2.powi(time);
+        let lr = self.learning_rate;
+        let decay = (1.0 - lr * WEIGHT_DECAY as f64) as f32;
+        let lr = lr as f32;
+        for w in self.net.weights_mut() {
+            if !w.trained {
+                continue;
+            }
+            w.value
+                .par_chunks_mut(1 << 14)
+                .zip(w.grad.par_chunks(1 << 14))
+                .zip(w.m.par_chunks_mut(1 << 14))
+                .zip(w.v.par_chunks_mut(1 << 14))
+                .for_each(|(((p, g), m), v)| {
+                    for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        *m = *m * beta1 + g * (1.0 - beta1);
+                        *v = *v * beta2 + g * g * (1.0 - beta2);
+                        let m_hat = *m / correction1;
+                        let v_hat = *v / correction2;
+                        *p = *p * decay - m_hat / (v_hat.sqrt() + ADAM_EPSILON) * lr;
+                    }
+                });
+        }
+    }
+
+    /// The model (student and heads) with this engine's parameters (`Buffer::Value`) or their
+    /// last gradients (`Buffer::Gradient`) written into a copy of `template` (the model the
+    /// engine was built from, or one of the same structure).
+    pub fn export(&self, template: &DistillModel, which: Buffer) -> DistillModel {
+        let mut model = template.clone();
+        let net = &self.net;
+        let encoder = &mut model.student;
+        for (conv, fast) in encoder.subsampler.conv.iter_mut().zip(&net.convs) {
+            let (inputs, outputs) = (fast.inputs, fast.outputs);
+            let m = fast.w.buffer(which);
+            let mut w = vec![0.0; m.len()];
+            for co in 0..outputs {
+                for ci in 0..inputs {
+                    for tap in 0..9 {
+                        w[(co * inputs + ci) * 9 + tap] = m[(tap * inputs + ci) * outputs + co];
+                    }
+                }
+            }
+            conv.weight = replaced(&conv.weight, w);
+            conv.bias = conv
+                .bias
+                .as_ref()
+                .map(|b| replaced(b, fast.b.buffer(which).to_vec()));
+        }
+        let perm = self.flatten_permutation();
+        let unpermute = |fast: &[f32], row: usize| {
+            let mut out = vec![0.0; fast.len()];
+            for (i, &src) in perm.iter().enumerate() {
+                out[src * row..(src + 1) * row].copy_from_slice(&fast[i * row..(i + 1) * row]);
+            }
+            out
+        };
+        let sub = &mut encoder.subsampler;
+        sub.layer_norm.gamma = replaced(
+            &sub.layer_norm.gamma,
+            unpermute(net.sub_norm.gamma.buffer(which), 1),
+        );
+        sub.layer_norm.beta = sub
+            .layer_norm
+            .beta
+            .as_ref()
+            .map(|b| replaced(b, unpermute(net.sub_norm.beta.buffer(which), 1)));
+        sub.proj.weight = replaced(
+            &sub.proj.weight,
+            unpermute(net.proj.w.buffer(which), net.proj.outputs),
+        );
+        sub.proj.bias = sub
+            .proj
+            .bias
+            .as_ref()
+            .map(|b| replaced(b, net.proj.b.buffer(which).to_vec()));
+        for (layer, fast) in encoder.pos_conv.layers.iter_mut().zip(&net.pos) {
+            layer.conv.weight = replaced(
+                &layer.conv.weight,
+                grouped_from_fast(fast.w.buffer(which), self.positional),
+            );
+            layer.conv.bias = layer
+                .conv
+                .bias
+                .as_ref()
+                .map(|b| replaced(b, fast.b.buffer(which).to_vec()));
+        }
+        encoder.layer_norm = export_norm(&net.enc_norm, &encoder.layer_norm, which);
+        for (layer, fast) in encoder.layers.iter_mut().zip(&net.blocks) {
+            let a = &mut layer.attention;
+            let width = fast.out.outputs;
+            for (part, linear) in [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj]
+                .into_iter()
+                .enumerate()
+            {
+                let w = fast.qkv.w.buffer(which);
+                let weight: Vec<f32> = w
+                    .chunks_exact(3 * width)
+                    .flat_map(|row| row[part * width..(part + 1) * width].to_vec())
+                    .collect();
+                linear.weight = replaced(&linear.weight, weight);
+                let bias = fast.qkv.b.buffer(which)[part * width..(part + 1) * width].to_vec();
+                linear.bias = linear.bias.as_ref().map(|b| replaced(b, bias));
+            }
+            a.out_proj = export_dense(&fast.out, &a.out_proj, which);
+            layer.layer_norm = export_norm(&fast.norm1, &layer.layer_norm, which);
+            let ff = &mut layer.feed_forward;
+            ff.intermediate_dense = export_dense(&fast.ffn_in, &ff.intermediate_dense, which);
+            ff.output_dense = export_dense(&fast.ffn_out, &ff.output_dense, which);
+            layer.final_layer_norm = export_norm(&fast.norm2, &layer.final_layer_norm, which);
+        }
+        for (heads, fast) in model.heads.iter_mut().zip(&net.heads) {
+            for (head, fast) in heads.iter_mut().zip(fast) {
+                head.fc1 = export_dense(&fast.fc1, &head.fc1, which);
+                head.fc2 = export_dense(&fast.fc2, &head.fc2, which);
+            }
+        }
+        model
+    }
+
+    fn flatten_permutation(&self) -> Vec<usize> {
+        let bins = self.net.sub_norm.gamma.value.len() / self.conv_channels;
+        permutation(self.conv_channels, bins)
+    }
+}
+
+/// burn flattens the subsampler output `[channels, bins]` (index `c * bins + f`); the engine keeps
+/// `[bins, channels]` (index `f * channels + c`): `perm[fast] = burn`.
+fn flatten_permutation(config: &TuttiConfig) -> Vec<usize> {
+    permutation(config.conv_channels, config.subsampled_bins())
+}
+
+fn permutation(channels: usize, bins: usize) -> Vec<usize> {
+    (0..bins)
+        .flat_map(|f| (0..channels).map(move |c| c * bins + f))
+        .collect()
+}
+
+/// burn's grouped Conv1d weight `[width, per_group, kernel]` -> per group `[(k, c_in), c_out]`.
+fn grouped_to_fast(w: &[f32], conv: GroupedConv) -> Vec<f32> {
+    let (groups, kernel) = (conv.groups, conv.kernel);
+    let pg = conv.width / groups;
+    let mut m = vec![0.0; w.len()];
+    for g in 0..groups {
+        for o in 0..pg {
+            for i in 0..pg {
+                for k in 0..kernel {
+                    m[g * kernel * pg * pg + (k * pg + i) * pg + o] =
+                        w[((g * pg + o) * pg + i) * kernel + k];
+                }
+            }
+        }
+    }
+    m
+}
+
+fn grouped_from_fast(m: &[f32], conv: GroupedConv) -> Vec<f32> {
+    let (groups, kernel) = (conv.groups, conv.kernel);
+    let pg = conv.width / groups;
+    let mut w = vec![0.0; m.len()];
+    for g in 0..groups {
+        for o in 0..pg {
+            for i in 0..pg {
+                for k in 0..kernel {
+                    w[((g * pg + o) * pg + i) * kernel + k] =
+                        m[g * kernel * pg * pg + (k * pg + i) * pg + o];
+                }
+            }
+        }
+    }
+    w
+}
+
+/// Q, K and V as one layer `[inputs, 3 outputs]`.
+fn concat_dense(parts: &[Dense]) -> Dense {
+    let inputs = parts[0].inputs;
+    let outputs: usize = parts.iter().map(|p| p.outputs).sum();
+    let mut weight = Vec::with_capacity(inputs * outputs);
+    for row in 0..inputs {
+        for p in parts {
+            weight.extend_from_slice(&p.w.value[row * p.outputs..][..p.outputs]);
+        }
+    }
+    Dense {
+        w: Weight::new(weight),
+        b: Weight::new(parts.iter().flat_map(|p| p.b.value.clone()).collect()),
+        inputs,
+        outputs,
+    }
+}
+
+/// Spans of items of `lengths` frames of `per_frame` positions each, packed.
+fn spans_of(lengths: &[usize], per_frame: usize) -> Vec<Span> {
+    let mut start = 0;
+    lengths
+        .iter()
+        .map(|&l| {
+            let span = Span {
+                start,
+                len: l * per_frame,
+            };
+            start += l * per_frame;
+            span
+        })
+        .collect()
+}
+
+/// One transformer block's forward pass; writes its output into `next` (the next block's input)
+/// when there is a next block.
+#[allow(clippy::too_many_arguments)]
+fn block_forward(
+    block: &Block,
+    t: &mut BlockTape,
+    next: Option<&mut Vec<f32>>,
+    scratch: &mut Vec<f32>,
+    spans: &[Span],
+    rows: usize,
+    attention: Attention,
+    layer_norm_first: bool,
+    eps: f32,
+) {
+    let width = attention.width;
+    let n = rows * width;
+    let inter = block.ffn_in.outputs;
+    let qkv = sized(&mut t.qkv, rows * 3 * width);
+    let attention_input: &[f32] = if layer_norm_first {
+        let xhat1 = sized(&mut t.xhat1, n);
+        copy(xhat1, &t.input);
+        layer_norm_rows_train(
+            xhat1,
+            sized(&mut t.inv1, rows),
+            Some(sized(&mut t.normed1, n)),
+            width,
+            Some(&block.norm1.gamma.value),
+            Some(&block.norm1.beta.value),
+            eps,
+        );
+        &t.normed1
+    } else {
+        &t.input
+    };
+    block.qkv.forward(attention_input, rows, qkv);
+    let probs = sized(&mut t.probs, attention.prob_sizes(spans).iter().sum());
+    attention.forward(spans, qkv, probs, sized(&mut t.ctx, n));
+    // The residual after attention: `resid` (pre-LN) or, normalised in place, `xhat1` (post-LN).
+    let resid = if layer_norm_first {
+        sized(&mut t.resid, n)
+    } else {
+        sized(&mut t.xhat1, n)
+    };
+    block.out.forward(&t.ctx, rows, resid);
+    tutti_nn::kernels::add_assign(resid, &t.input);
+    let ffn_input: &[f32] = if layer_norm_first {
+        let xhat2 = sized(&mut t.xhat2, n);
+        copy(xhat2, &t.resid);
+        layer_norm_rows_train(
+            xhat2,
+            sized(&mut t.inv2, rows),
+            Some(sized(&mut t.normed2, n)),
+            width,
+            Some(&block.norm2.gamma.value),
+            Some(&block.norm2.beta.value),
+            eps,
+        );
+        &t.normed2
+    } else {
+        layer_norm_rows_train(
+            &mut t.xhat1,
+            sized(&mut t.inv1, rows),
+            Some(sized(&mut t.normed1, n)),
+            width,
+            Some(&block.norm1.gamma.value),
+            Some(&block.norm1.beta.value),
+            eps,
+        );
+        &t.normed1
+    };
+    let u = sized(&mut t.u, rows * inter);
+    block.ffn_in.forward(ffn_input, rows, u);
+    let g = sized(scratch, rows * inter);
+    gelu_into(g, u);
+    block.ffn_out.forward(g, rows, sized(&mut t.ffn, n));
+    let Some(next) = next else { return };
+    let out = sized(next, n);
+    if layer_norm_first {
+        sum_into(out, &t.resid, &t.ffn);
+    } else {
+        let xhat2 = sized(&mut t.xhat2, n);
+        sum_into(xhat2, &t.normed1, &t.ffn);
+        layer_norm_rows_train(
+            xhat2,
+            sized(&mut t.inv2, rows),
+            Some(out),
+            width,
+            Some(&block.norm2.gamma.value),
+            Some(&block.norm2.beta.value),
+            eps,
+        );
+    }
+}
+
+/// One block's backward pass: `d` holds the gradient of the block's output (when
+/// `has_output_gradient`; the deepest block's output reaches no loss) and receives the gradient
+/// of its input; `d_ffn` is the heads' gradient of its FFN output.
+#[allow(clippy::too_many_arguments)]
+fn block_backward(
+    block: &mut Block,
+    t: &BlockTape,
+    s: &mut Scratch,
+    d: &mut Vec<f32>,
+    has_output_gradient: bool,
+    d_ffn: Option<&[f32]>,
+    spans: &[Span],
+    rows: usize,
+    attention: Attention,
+    layer_norm_first: bool,
+) {
+    let width = attention.width;
+    let n = rows * width;
+    let inter = block.ffn_in.outputs;
+    // `a`: gradient of the residual stream (post-LN: of the FFN's input `h`); `b`: of the FFN output.
+    let a = sized(&mut s.a, n);
+    let b = sized(&mut s.b, n);
+    if has_output_gradient {
+        if layer_norm_first {
+            copy(a, d);
+        } else {
+            layer_norm_rows_backward(
+                d,
+                &t.xhat2,
+                &t.inv2,
+                width,
+                Some(&block.norm2.gamma.value),
+                Some(&mut block.norm2.gamma.grad),
+                Some(&mut block.norm2.beta.grad),
+                a,
+                false,
+            );
+        }
+        match d_ffn {
+            Some(f) => sum_into(b, a, f),
+            None => copy(b, a),
+        }
+    } else {
+        a.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
+        match d_ffn {
+            Some(f) => copy(b, f),
+            None => b.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0)),
+        }
+    }
+    // FFN.
+    let g = sized(&mut s.wide, rows * inter);
+    gelu_into(g, &t.u);
+    let dg = sized(&mut s.wide2, rows * inter);
+    block.ffn_out.backward(g, b, rows, Some(dg), false);
+    gelu_backward(&t.u, dg);
+    if layer_norm_first {
+        block
+            .ffn_in
+            .backward(&t.normed2, dg, rows, Some(&mut s.b[..n]), false);
+        layer_norm_rows_backward(
+            &s.b[..n],
+            &t.xhat2,
+            &t.inv2,
+            width,
+            Some(&block.norm2.gamma.value),
+            Some(&mut block.norm2.gamma.grad),
+            Some(&mut block.norm2.beta.grad),
+            &mut s.a[..n],
+            true,
+        );
+    } else {
+        block
+            .ffn_in
+            .backward(&t.normed1, dg, rows, Some(&mut s.a[..n]), true);
+        let dr1 = sized(&mut s.c, n);
+        layer_norm_rows_backward(
+            &s.a[..n],
+            &t.xhat1,
+            &t.inv1,
+            width,
+            Some(&block.norm1.gamma.value),
+            Some(&mut block.norm1.gamma.grad),
+            Some(&mut block.norm1.beta.grad),
+            dr1,
+            false,
+        );
+        std::mem::swap(&mut s.a, &mut s.c);
+    }
+    // `a` is now the gradient of the residual after attention: of the block input (residual
+    // path) and of the attention output.
+    let d_ctx = sized(&mut s.c, n);
+    block
+        .out
+        .backward(&t.ctx, &s.a[..n], rows, Some(d_ctx), false);
+    let d_qkv = sized(&mut s.qkv, rows * 3 * width);
+    attention.backward(spans, &t.qkv, &t.probs, &t.ctx, &s.c[..n], d_qkv);
+    if layer_norm_first {
+        block
+            .qkv
+            .backward(&t.normed1, &s.qkv, rows, Some(&mut s.b[..n]), false);
+        layer_norm_rows_backward(
+            &s.b[..n],
+            &t.xhat1,
+            &t.inv1,
+            width,
+            Some(&block.norm1.gamma.value),
+            Some(&mut block.norm1.gamma.grad),
+            Some(&mut block.norm1.beta.grad),
+            &mut s.a[..n],
+            true,
+        );
+    } else {
+        block
+            .qkv
+            .backward(&t.input, &s.qkv, rows, Some(&mut s.a[..n]), true);
+    }
+    s.a.truncate(n);
+    std::mem::swap(d, &mut s.a);
+}
+
+/// How student frames map to a teacher's (see [`crate::align::align_frames`]).
+#[derive(Debug, Clone, Copy)]
+enum Alignment {
+    Same,
+    /// The student is faster by this integer factor: runs of frames are averaged.
+    Average(usize),
+    /// The teacher is faster by this integer factor: frames are repeated.
+    Repeat(usize),
+}
+
+impl Alignment {
+    fn new(student_hz: f64, teacher_hz: f64) -> Result<Self, String> {
+        let ratio = student_hz / teacher_hz;
+        if (ratio - 1.0).abs() < 1e-9 {
+            Ok(Self::Same)
+        } else if ratio > 1.0 && (ratio - ratio.round()).abs() < 1e-9 {
+            Ok(Self::Average(ratio.round() as usize))
+        } else if ratio < 1.0 && (1.0 / ratio - (1.0 / ratio).round()).abs() < 1e-9 {
+            Ok(Self::Repeat((1.0 / ratio).round() as usize))
+        } else {
+            Err(format!(
+                "no alignment rule between {student_hz} Hz and {teacher_hz} Hz (integer ratios only)"
+            ))
+        }
+    }
+
+    /// The student frames `(first, count)` averaged into aligned frame `j` of an item of
+    /// `frames` student frames (past the aligned frames, the last one repeats).
+    fn source(self, j: usize, frames: usize) -> (usize, usize) {
+        match self {
+            Self::Same => (j.min(frames - 1), 1),
+            Self::Average(r) => {
+                let run = j.min(frames.div_ceil(r) - 1);
+                (run * r, r.min(frames - run * r))
+            }
+            Self::Repeat(r) => ((j / r).min(frames - 1), 1),
+        }
+    }
+}
+
+/// Per valid teacher frame of every item: the aligned prediction against the target, the loss
+/// `(1/D)|p - z|_1 - log sigmoid(cos(p, z))` summed (returned), and `coefficient` times its
+/// gradient added into `d_pred` (spread back over the averaged student frames).
+#[allow(clippy::too_many_arguments)]
+fn aligned_loss(
+    pred: &[f32],
+    d_pred: &mut [f32],
+    target: &[f32],
+    spans: &[Span],
+    teacher_lengths: &[usize],
+    frames: usize,
+    dim: usize,
+    rule: Alignment,
+    coefficient: f32,
+) -> f64 {
+    let sizes: Vec<usize> = spans.iter().map(|s| s.len * dim).collect();
+    let pieces = split_ragged_mut(d_pred, &sizes);
+    pieces
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, d_item)| {
+            let span = spans[i];
+            let item_pred = &pred[span.start * dim..][..span.len * dim];
+            let mut p = vec![0.0f32; dim];
+            let mut dp = vec![0.0f32; dim];
+            let mut total = 0.0f64;
+            for j in 0..teacher_lengths[i].min(frames) {
+                let (first, count) = rule.source(j, span.len);
+                p.fill(0.0);
+                for f in first..first + count {
+                    for (a, v) in p.iter_mut().zip(&item_pred[f * dim..][..dim]) {
+                        *a += v;
+                    }
+                }
+                let inv_count = 1.0 / count as f32;
+                p.iter_mut().for_each(|v| *v *= inv_count);
+                let z = &target[(i * frames + j) * dim..][..dim];
+                total += frame_loss(&p, z, &mut dp, coefficient) as f64;
+                for f in first..first + count {
+                    for (a, v) in d_item[f * dim..][..dim].iter_mut().zip(&dp) {
+                        *a += v * inv_count;
+                    }
+                }
+            }
+            total
+        })
+        .sum()
+}
+
+/// One frame's loss; writes `coefficient` times its gradient with respect to `p` into `dp`.
+fn frame_loss(p: &[f32], z: &[f32], dp: &mut [f32], coefficient: f32) -> f32 {
+    let dim = p.len() as f32;
+    let (mut l1, mut dot, mut pp, mut zz) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+    for (a, b) in p.iter().zip(z) {
+        l1 += (a - b).abs();
+        dot += a * b;
+        pp += a * a;
+        zz += b * b;
+    }
+    let eps = crate::loss::COSINE_EPS as f32;
+    let (np, nz) = (pp.sqrt(), zz.sqrt());
+    let (np_c, nz_c) = (np.max(eps), nz.max(eps));
+    let cosine = dot / (np_c * nz_c);
+    // -log sigmoid(c) = softplus(-c); its derivative is -sigmoid(-c).
+    let loss = l1 / dim + (-cosine).exp().ln_1p();
+    let d_cos = -1.0 / (1.0 + cosine.exp());
+    let a = d_cos / (np_c * nz_c);
+    let b = if np > eps {
+        d_cos * cosine / (np * np)
+    } else {
+        0.0
+    };
+    for ((d, x), y) in dp.iter_mut().zip(p).zip(z) {
+        let sign = if x > y {
+            1.0
+        } else if x < y {
+            -1.0
+        } else {
+            0.0
+        };
+        *d = coefficient * (sign / dim + a * y - b * x);
+    }
+    loss
+}

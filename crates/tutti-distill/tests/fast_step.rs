@@ -1,0 +1,332 @@
+//! The fast distillation step against the burn step (the reference, differentiated by burn's
+//! autodiff): the loss, every parameter's gradient (and which parameters get one), and the
+//! parameters after several AdamW updates, for post-LN and pre-LN students, 50 Hz and 25 Hz
+//! subsamplers, teachers at the student's rate, at half of it and at twice it, and a padded batch
+//! of unequal lengths.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use tutti_distill::fast::{Buffer, FastDistillStep, FastTargets};
+use tutti_distill::step::{DistillModel, DistillStep, StepTargets, TeacherSlot};
+use tutti_models::presets::preset;
+use tutti_models::tutti::TuttiConfig;
+
+fn lcg(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct Case {
+    config: TuttiConfig,
+    burn: DistillStep,
+    features: Vec<f32>,
+    shape: [usize; 3],
+    lengths: Vec<usize>,
+    targets: StepTargets,
+    device: Device,
+}
+
+impl Case {
+    fn features(&self) -> Tensor<3> {
+        Tensor::from_data(
+            TensorData::new(self.features.clone(), self.shape),
+            &self.device,
+        )
+    }
+
+    fn fast(&self) -> FastDistillStep {
+        FastDistillStep::new(
+            self.burn.model(),
+            &self.config,
+            self.burn.teachers.clone(),
+            self.burn.student_rate_hz,
+            self.burn.learning_rate,
+        )
+        .expect("the fast step runs this model")
+    }
+}
+
+/// A 3-block student (`layer_norm_first`, `strides`) with three teachers: at the student's rate
+/// (layers 1 and 3), at half of it (layer 2) and at twice it (layer 3). Items of 40, 33 and 27
+/// fbank frames; every teacher's valid frames lie inside the item's own aligned frames.
+fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
+    let device = tutti_nn::device::cpu().autodiff();
+    let mut config = preset("tiny").unwrap();
+    config.num_hidden_layers = 3;
+    config.num_conv_pos_embeddings = 5;
+    config.conv_pos_layers = 2;
+    config.fbank.num_mel_bins = 24;
+    config.layer_norm_first = layer_norm_first;
+    config.conv_time_strides = strides;
+    let student = tutti_nn::device::seeded(&device, 11, || config.init(&device)).unwrap();
+    let rate = config.fbank.sample_rate_hz as f64 / config.hop_samples() as f64;
+    let lengths = vec![40, 33, 27];
+    let max = 40;
+    let bins = config.fbank.num_mel_bins;
+    let mut features = lcg(5, lengths.len() * max * bins);
+    for (i, &len) in lengths.iter().enumerate() {
+        features[(i * max + len) * bins..(i + 1) * max * bins].fill(0.0);
+    }
+    let frames: Vec<usize> = lengths
+        .iter()
+        .map(|&l| config.frames_for_fbank(l))
+        .collect();
+    let teachers = vec![
+        TeacherSlot {
+            name: "same".into(),
+            frame_rate_hz: rate,
+            dim: 12,
+            student_layers: vec![1, 3],
+        },
+        TeacherSlot {
+            name: "half".into(),
+            frame_rate_hz: rate / 2.0,
+            dim: 8,
+            student_layers: vec![2],
+        },
+        TeacherSlot {
+            name: "double".into(),
+            frame_rate_hz: rate * 2.0,
+            dim: 6,
+            student_layers: vec![3],
+        },
+    ];
+    let tensor = |dims: [usize; 3], seed| {
+        Tensor::from_data(
+            TensorData::new(lcg(seed, dims.iter().product()), dims),
+            &device,
+        )
+    };
+    let b = lengths.len();
+    let (f0, f1, f2) = (frames[0], frames[0] / 2, frames[0] * 2);
+    let targets = StepTargets {
+        targets: vec![
+            vec![tensor([b, f0, 12], 1), tensor([b, f0, 12], 2)],
+            vec![tensor([b, f1, 8], 3)],
+            vec![tensor([b, f2, 6], 4)],
+        ],
+        teacher_lengths: vec![
+            frames.clone(),
+            frames.iter().map(|f| f / 2).collect(),
+            frames.iter().map(|f| f * 2).collect(),
+        ],
+        weights: vec![0.5, 0.3, 0.2],
+    };
+    let burn = DistillStep::new(student, rate, teachers, 16, 1e-3, 7, &device);
+    Case {
+        shape: [b, max, bins],
+        config,
+        burn,
+        features,
+        lengths,
+        targets,
+        device,
+    }
+}
+
+/// Every float parameter's values, in visiting order, with its id.
+#[derive(Default)]
+struct Collect(Vec<(ParamId, Vec<f32>)>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let values = param
+            .val()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        self.0.push((param.id, values));
+    }
+}
+
+fn collect(model: &DistillModel) -> Vec<(ParamId, Vec<f32>)> {
+    let mut c = Collect::default();
+    model.visit(&mut c);
+    c.0
+}
+
+/// The largest difference relative to the tensor's largest magnitude, over all tensors.
+fn worst_relative(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let scale = y.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            x.iter()
+                .zip(y)
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs() / scale))
+        })
+        .fold(0.0, f32::max)
+}
+
+/// burn's gradient of every float parameter, in visiting order (`None`: not in the graph).
+struct Gradients<'a> {
+    grads: &'a GradientsParams,
+    out: Vec<Option<Vec<f32>>>,
+}
+
+impl ModuleVisitor for Gradients<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let g = self.grads.get::<D>(param.id).map(|t| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        });
+        self.out.push(g);
+    }
+}
+
+/// Both steps' losses and gradients, in visiting order (`reference`: burn's, `None` where a
+/// parameter gets none).
+struct Compared {
+    burn_loss: f32,
+    fast_loss: f32,
+    reference: Vec<Option<Vec<f32>>>,
+    fast: Vec<Vec<f32>>,
+}
+
+fn gradients(c: &Case, fast: &mut FastDistillStep, lengths: &[usize]) -> Compared {
+    let loss = c.burn.loss(c.features(), &c.lengths, &c.targets);
+    let burn_loss = loss.clone().into_scalar::<f32>();
+    let grads = GradientsParams::from_grads(loss.backward(), c.burn.model());
+    let mut visitor = Gradients {
+        grads: &grads,
+        out: Vec::new(),
+    };
+    c.burn.model().visit(&mut visitor);
+    let reference = visitor.out;
+    let fast_loss = fast.loss_and_gradients(
+        &c.features,
+        lengths,
+        &FastTargets::from_step_targets(&c.targets),
+    );
+    let exported = collect(&fast.export(c.burn.model(), Buffer::Gradient))
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    Compared {
+        burn_loss,
+        fast_loss,
+        reference,
+        fast: exported,
+    }
+}
+
+fn check_gradients(layer_norm_first: bool, strides: Vec<usize>) {
+    let c = case(layer_norm_first, strides);
+    let mut fast = c.fast();
+    let Compared {
+        burn_loss,
+        fast_loss,
+        reference,
+        fast: exported,
+    } = gradients(&c, &mut fast, &c.lengths);
+    assert!(
+        (burn_loss - fast_loss).abs() < 1e-5 * burn_loss.abs().max(1.0),
+        "loss: burn {burn_loss}, fast {fast_loss}"
+    );
+    assert_eq!(reference.len(), exported.len());
+    let mut compared = (Vec::new(), Vec::new());
+    for (i, (r, e)) in reference.iter().zip(&exported).enumerate() {
+        match r {
+            None => assert!(
+                e.iter().all(|v| *v == 0.0),
+                "parameter {i}: burn gives no gradient, the fast step does"
+            ),
+            Some(r) => {
+                assert_eq!(r.len(), e.len(), "parameter {i}: size");
+                assert!(
+                    e.iter().any(|v| *v != 0.0),
+                    "parameter {i}: no fast gradient"
+                );
+                compared.0.push(e.clone());
+                compared.1.push(r.clone());
+            }
+        }
+    }
+    let untrained = reference.iter().filter(|r| r.is_none()).count();
+    assert!(untrained > 0, "some parameters are out of the graph");
+    let worst = worst_relative(&compared.0, &compared.1);
+    eprintln!(
+        "loss burn {burn_loss} fast {fast_loss}; {} tensors compared, {untrained} untrained; worst relative gradient difference {worst}",
+        compared.0.len()
+    );
+    assert!(worst < 2e-4, "gradients differ: {worst}");
+
+    // Negative control: an item one fbank frame shorter (an off-by-one in the lengths) is caught.
+    let mut lengths = c.lengths.clone();
+    lengths[1] -= 1;
+    let mut other = c.fast();
+    let Compared {
+        fast_loss: shifted_loss,
+        fast: shifted,
+        ..
+    } = gradients(&c, &mut other, &lengths);
+    let shifted: Vec<Vec<f32>> = reference
+        .iter()
+        .zip(shifted)
+        .filter(|(r, _)| r.is_some())
+        .map(|(_, e)| e)
+        .collect();
+    assert!(worst_relative(&shifted, &compared.1) > 100.0 * worst.max(1e-6));
+    assert!((shifted_loss - burn_loss).abs() > 10.0 * (fast_loss - burn_loss).abs());
+}
+
+#[test]
+fn post_ln_gradients_match_burn() {
+    check_gradients(false, vec![2, 1]);
+}
+
+#[test]
+fn pre_ln_quarter_rate_gradients_match_burn() {
+    check_gradients(true, vec![2, 2]);
+}
+
+#[test]
+fn adamw_updates_match_burn() {
+    let mut c = case(false, vec![2, 1]);
+    let mut fast = c.fast();
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let before = collect(c.burn.model());
+    for _ in 0..3 {
+        let features = c.features();
+        let burn_loss = c.burn.step(features, &c.lengths.clone(), &c.targets);
+        let fast_loss = fast.step(&c.features, &c.lengths, &targets);
+        assert!(
+            (burn_loss - fast_loss).abs() < 1e-4,
+            "{burn_loss} vs {fast_loss}"
+        );
+    }
+    let burn_after: Vec<Vec<f32>> = collect(c.burn.model()).into_iter().map(|p| p.1).collect();
+    let fast_after: Vec<Vec<f32>> = collect(&fast.export(c.burn.model(), Buffer::Value))
+        .into_iter()
+        .map(|p| p.1)
+        .collect();
+    let diff = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+            .fold(0.0f32, f32::max)
+    };
+    let moved = diff(
+        &burn_after,
+        &before.iter().map(|p| p.1.clone()).collect::<Vec<_>>(),
+    );
+    let worst = diff(&fast_after, &burn_after);
+    eprintln!("after 3 steps: moved {moved}, engines differ by {worst}");
+    // Three steps at lr 1e-3 move parameters by up to ~3e-3; the engines agree far closer.
+    assert!(moved > 1e-3, "the parameters moved by {moved}");
+    assert!(
+        worst < 5e-5,
+        "parameters after 3 AdamW steps differ by {worst}"
+    );
+}
