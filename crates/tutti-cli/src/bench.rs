@@ -269,7 +269,32 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         (start.elapsed().as_secs_f64(), loss)
     };
     time_step();
-    let mut times: Vec<(f64, f32)> = (0..args.iterations.max(1)).map(|_| time_step()).collect();
+    if let Some((engine, ..)) = &mut fast {
+        engine.set_profiling(true);
+    }
+    let iterations = args.iterations.max(1);
+    let mut time_step = || {
+        let start = Instant::now();
+        let loss = match &mut fast {
+            Some((engine, targets, features)) => engine.step(features, &lengths, targets),
+            None => step.step(features.clone(), &lengths, &targets),
+        };
+        (start.elapsed().as_secs_f64(), loss)
+    };
+    let mut times: Vec<(f64, f32)> = (0..iterations).map(|_| time_step()).collect();
+    // Seconds per step of each phase (fast engine), largest first.
+    let profile = fast.as_ref().map(|(engine, ..)| {
+        let mut phases: Vec<(&str, f64)> = engine
+            .profile()
+            .iter()
+            .map(|&(name, secs)| (name, secs / iterations as f64))
+            .collect();
+        phases.sort_by(|a, b| b.1.total_cmp(&a.1));
+        phases
+            .into_iter()
+            .map(|(name, secs)| serde_json::json!({"phase": name, "secs_per_step": secs}))
+            .collect::<Vec<_>>()
+    });
     let losses: Vec<f32> = times.iter().map(|t| t.1).collect();
     times.sort_by(|a, b| a.0.total_cmp(&b.0));
     let step_secs = times[times.len() / 2].0;
@@ -286,6 +311,7 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         "step_secs_min": times[0].0,
         "audio_secs_per_sec": audio_secs / step_secs,
         "losses": losses,
+        "profile": profile,
         "peak_memory_mib": peak_memory_mib(),
         "machine": machine_facts(threads),
     });

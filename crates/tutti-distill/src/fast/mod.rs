@@ -30,7 +30,7 @@ use tutti_nn::mask::conv_output_length;
 
 use crate::step::{ADAM_BETAS, ADAM_EPSILON, DistillModel, StepTargets, TeacherSlot, WEIGHT_DECAY};
 use ops::{
-    Attention, ConvGeometry, Dense, GroupedConv, Norm, Span, Weight, copy, gelu_backward,
+    Attention, ConvGeometry, Dense, GroupedConv, Norm, Profile, Span, Weight, copy, gelu_backward,
     gelu_into, sized, split_ragged_mut, sum_into, zeroed,
 };
 
@@ -307,6 +307,7 @@ pub struct FastDistillStep {
     positional: GroupedConv,
     deepest: usize,
     alignments: Vec<Alignment>,
+    profile: Profile,
 }
 
 impl FastDistillStep {
@@ -471,6 +472,7 @@ impl FastDistillStep {
             positional,
             deepest,
             alignments,
+            profile: Profile::default(),
         })
     }
 
@@ -480,7 +482,19 @@ impl FastDistillStep {
     pub fn step(&mut self, features: &[f32], fbank_lengths: &[usize], batch: &FastTargets) -> f32 {
         let loss = self.loss_and_gradients(features, fbank_lengths, batch);
         self.adamw();
+        self.profile.mark("AdamW");
         loss
+    }
+
+    /// Time every phase of the following steps (a few microseconds per step).
+    pub fn set_profiling(&mut self, enabled: bool) {
+        self.profile.enabled = enabled;
+        self.profile.totals.clear();
+    }
+
+    /// Seconds per phase, summed over the steps since profiling was enabled, in first-seen order.
+    pub fn profile(&self) -> &[(&'static str, f64)] {
+        &self.profile.totals
     }
 
     /// The loss, with every trained parameter's gradient left in the engine (read them with
@@ -499,12 +513,15 @@ impl FastDistillStep {
             fbank_lengths.len() * max_frames * bins,
             "features are [batch, frames, bins]"
         );
+        self.profile.start();
         for w in self.net.weights_mut() {
             w.grad.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
         }
+        self.profile.mark("zero gradients");
         let geometry = self.geometry(fbank_lengths, max_frames);
         let spans = self.forward(features, fbank_lengths, max_frames, &geometry);
         let loss = self.heads_loss(&spans, batch);
+        self.profile.mark("heads + loss (fwd, bwd)");
         self.backward(&spans, &geometry);
         loss
     }
@@ -544,7 +561,7 @@ impl FastDistillStep {
         max_frames: usize,
         geometry: &[ConvGeometry],
     ) -> Vec<Span> {
-        let (net, tape) = (&self.net, &mut self.tape);
+        let (net, tape, prof) = (&self.net, &mut self.tape, &mut self.profile);
         let bins = self.mel_bins;
         let width = self.width;
         let eps = self.eps;
@@ -576,6 +593,7 @@ impl FastDistillStep {
                 &mut after[0],
             );
         }
+        prof.mark("subsampler convs fwd");
         let last = geometry.last().expect("at least one subsampler conv");
         let spans: Vec<Span> = last
             .output
@@ -601,6 +619,7 @@ impl FastDistillStep {
         );
         net.proj
             .forward(&tape.sub_y, rows, sized(&mut tape.x_proj, rows * width));
+        prof.mark("subsampler norm + projection fwd");
         // Positional convolutions.
         let layers = net.pos.len();
         tape.pos_xhat.resize_with(layers, Vec::new);
@@ -623,6 +642,7 @@ impl FastDistillStep {
             );
             gelu_into(sized(&mut after[0], rows * width), xhat);
         }
+        prof.mark("positional convs fwd");
         tape.blocks.resize_with(self.deepest, BlockTape::default);
         let first = sized(&mut tape.blocks[0].input, rows * width);
         match tape.pos_out.last() {
@@ -654,6 +674,7 @@ impl FastDistillStep {
                 current,
                 next,
                 &mut tape.s.wide,
+                prof,
                 &spans,
                 rows,
                 attention,
@@ -740,7 +761,7 @@ impl FastDistillStep {
             width,
             heads: self.heads,
         };
-        let (net, tape) = (&mut self.net, &mut self.tape);
+        let (net, tape, prof) = (&mut self.net, &mut self.tape, &mut self.profile);
         // `d` holds the gradient of the current block's output, then of its input.
         let mut d: Vec<f32> = std::mem::take(&mut tape.s.d);
         let mut has_output_gradient = false;
@@ -751,6 +772,7 @@ impl FastDistillStep {
                 &tape.blocks[l],
                 &mut tape.s,
                 &mut d,
+                prof,
                 has_output_gradient,
                 d_ffn,
                 spans,
@@ -760,6 +782,7 @@ impl FastDistillStep {
             );
             has_output_gradient = true;
         }
+        prof.mark("encoder norm bwd");
         // Encoder LayerNorm (post-LN), then the sum of projection and positional branch.
         let s = &mut tape.s;
         let d_sum = sized(&mut s.a, rows * width);
@@ -817,6 +840,7 @@ impl FastDistillStep {
             tutti_nn::kernels::add_assign(&mut s.b, &d_pos);
         }
         s.a = d_pos;
+        prof.mark("positional convs bwd");
         // Projection and subsampler LayerNorm.
         let last = geometry.last().expect("at least one conv");
         let flat = last.out_bins * self.conv_channels;
@@ -834,6 +858,7 @@ impl FastDistillStep {
             sized(&mut d_a, rows * flat),
             false,
         );
+        prof.mark("subsampler projection + norm bwd");
         // Convolutions, last to first: `d_a` is the gradient of the level's GELU output.
         let mut d_prev = std::mem::take(&mut s.wide2);
         for (l, (level, conv)) in geometry.iter().zip(net.convs.iter_mut()).enumerate().rev() {
@@ -858,6 +883,7 @@ impl FastDistillStep {
         s.wide = d_a;
         s.wide2 = d_prev;
         s.d = d;
+        prof.mark("subsampler convs bwd");
     }
 
     /// One AdamW update of every trained parameter from its gradient (burn's `AdamW`: decoupled
@@ -1083,6 +1109,7 @@ fn block_forward(
     t: &mut BlockTape,
     next: Option<&mut Vec<f32>>,
     scratch: &mut Vec<f32>,
+    prof: &mut Profile,
     spans: &[Span],
     rows: usize,
     attention: Attention,
@@ -1110,8 +1137,10 @@ fn block_forward(
         &t.input
     };
     block.qkv.forward(attention_input, rows, qkv);
+    prof.mark("block fwd: (norm +) QKV");
     let probs = sized(&mut t.probs, attention.prob_sizes(spans).iter().sum());
     attention.forward(spans, qkv, probs, sized(&mut t.ctx, n));
+    prof.mark("block fwd: attention core");
     // The residual after attention: `resid` (pre-LN) or, normalised in place, `xhat1` (post-LN).
     let resid = if layer_norm_first {
         sized(&mut t.resid, n)
@@ -1145,11 +1174,15 @@ fn block_forward(
         );
         &t.normed1
     };
+    prof.mark("block fwd: out projection + norm");
     let u = sized(&mut t.u, rows * inter);
     block.ffn_in.forward(ffn_input, rows, u);
+    prof.mark("block fwd: FFN in");
     let g = sized(scratch, rows * inter);
     gelu_into(g, u);
+    prof.mark("block fwd: GELU");
     block.ffn_out.forward(g, rows, sized(&mut t.ffn, n));
+    prof.mark("block fwd: FFN out");
     let Some(next) = next else { return };
     let out = sized(next, n);
     if layer_norm_first {
@@ -1167,6 +1200,7 @@ fn block_forward(
             eps,
         );
     }
+    prof.mark("block fwd: residual + norm");
 }
 
 /// One block's backward pass: `d` holds the gradient of the block's output (when
@@ -1178,6 +1212,7 @@ fn block_backward(
     t: &BlockTape,
     s: &mut Scratch,
     d: &mut Vec<f32>,
+    prof: &mut Profile,
     has_output_gradient: bool,
     d_ffn: Option<&[f32]>,
     spans: &[Span],
@@ -1219,11 +1254,14 @@ fn block_backward(
         }
     }
     // FFN.
+    prof.mark("block bwd: residual + norm");
     let g = sized(&mut s.wide, rows * inter);
     gelu_into(g, &t.u);
     let dg = sized(&mut s.wide2, rows * inter);
     block.ffn_out.backward(g, b, rows, Some(dg), false);
+    prof.mark("block bwd: FFN out");
     gelu_backward(&t.u, dg);
+    prof.mark("block bwd: GELU'");
     if layer_norm_first {
         block
             .ffn_in
@@ -1257,14 +1295,17 @@ fn block_backward(
         );
         std::mem::swap(&mut s.a, &mut s.c);
     }
+    prof.mark("block bwd: FFN in + norm");
     // `a` is now the gradient of the residual after attention: of the block input (residual
     // path) and of the attention output.
     let d_ctx = sized(&mut s.c, n);
     block
         .out
         .backward(&t.ctx, &s.a[..n], rows, Some(d_ctx), false);
+    prof.mark("block bwd: out projection");
     let d_qkv = sized(&mut s.qkv, rows * 3 * width);
     attention.backward(spans, &t.qkv, &t.probs, &t.ctx, &s.c[..n], d_qkv);
+    prof.mark("block bwd: attention core");
     if layer_norm_first {
         block
             .qkv
@@ -1287,6 +1328,7 @@ fn block_backward(
     }
     s.a.truncate(n);
     std::mem::swap(d, &mut s.a);
+    prof.mark("block bwd: QKV (+ norm)");
 }
 
 /// How student frames map to a teacher's (see [`crate::align::align_frames`]).

@@ -8,6 +8,37 @@ use tutti_nn::kernels::{
 };
 use tutti_nn::layers::{gelu_backward_in_place, gelu_in_place};
 
+/// Wall time per named phase of a step, when enabled (`FastDistillStep::set_profiling`).
+#[derive(Debug, Default)]
+pub(crate) struct Profile {
+    pub enabled: bool,
+    last: Option<std::time::Instant>,
+    pub totals: Vec<(&'static str, f64)>,
+}
+
+impl Profile {
+    /// Start timing from now.
+    pub fn start(&mut self) {
+        if self.enabled {
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Charge the time since the previous mark to `name`.
+    pub fn mark(&mut self, name: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let secs = self.last.map_or(0.0, |l| (now - l).as_secs_f64());
+        self.last = Some(now);
+        match self.totals.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 += secs,
+            None => self.totals.push((name, secs)),
+        }
+    }
+}
+
 /// Elements per parallel chunk of element-wise passes.
 const CHUNK: usize = 1 << 14;
 
