@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--train", action="store_true",
                         help="time distillation steps (forward, backward, AdamW) at --train-batch instead")
     parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--with-burn", action="store_true",
+                        help="with --train, also time the burn-autodiff step (tutti's reference engine)")
     args = parser.parse_args()
     if args.train:
         return train_side_by_side(args)
@@ -171,15 +173,20 @@ def train_side_by_side(args) -> None:
                 optimizer.step()
 
             torch_secs = median_time(step, args.iterations)
-            report = json.loads(subprocess.run(
-                [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
-                 "--secs", str(args.secs), "--batch", str(args.train_batch), "--iterations", str(args.iterations),
-                 "--train"], check=True, capture_output=True, text=True).stdout)
-            rows.append((preset, torch_secs, report["step_secs_median"]))
+
+            def tutti_step(engine):
+                report = json.loads(subprocess.run(
+                    [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
+                     "--secs", str(args.secs), "--batch", str(args.train_batch), "--iterations", str(args.iterations),
+                     "--train", "--engine", engine], check=True, capture_output=True, text=True).stdout)
+                return report["step_secs_median"]
+
+            burn_secs = tutti_step("burn") if args.with_burn else float("nan")
+            rows.append((preset, torch_secs, tutti_step("fast"), burn_secs))
     print(f"machine: {args.threads} threads, torch {torch.__version__}, batch {args.train_batch} x {args.secs:.0f} s")
-    print(f"{'model':<8} {'PyTorch step ms':>16} {'tutti step ms':>14} {'speed-up':>9}")
-    for preset, t_torch, t_tutti in rows:
-        print(f"{preset:<8} {t_torch * 1e3:>16.0f} {t_tutti * 1e3:>14.0f} {t_torch / t_tutti:>8.2f}x")
+    print(f"{'model':<8} {'PyTorch step ms':>16} {'tutti step ms':>14} {'speed-up':>9} {'burn-autodiff ms':>17}")
+    for preset, t_torch, t_tutti, t_burn in rows:
+        print(f"{preset:<8} {t_torch * 1e3:>16.0f} {t_tutti * 1e3:>14.0f} {t_torch / t_tutti:>8.2f}x {t_burn * 1e3:>17.0f}")
 
 
 if __name__ == "__main__":

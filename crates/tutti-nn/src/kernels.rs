@@ -835,4 +835,139 @@ mod tests {
             }
         }
     }
+
+    /// `sum(dy * layer_norm(x))` for one row, in f64 (the function whose gradient is checked).
+    fn ln_objective(x: &[f64], dy: &[f32], gamma: &[f64], beta: &[f64], eps: f64) -> f64 {
+        let n = x.len() as f64;
+        let mean = x.iter().sum::<f64>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        x.iter()
+            .enumerate()
+            .map(|(i, v)| dy[i] as f64 * ((v - mean) * inv * gamma[i] + beta[i]))
+            .sum()
+    }
+
+    #[test]
+    fn layer_norm_training_pass_and_backward_match_plain_and_numeric() {
+        let (rows, width, eps) = (5, 37, 1e-5f32);
+        let x: Vec<f32> = lcg(11, rows * width)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let gamma: Vec<f32> = lcg(12, width).iter().map(|v| 1.0 + 0.5 * v).collect();
+        let beta = lcg(13, width);
+        let dy = lcg(14, rows * width);
+        // Forward: the same output as the inference kernel, and x_hat, inv_std consistent.
+        let mut plain = x.clone();
+        layer_norm_rows(&mut plain, width, Some(&gamma), Some(&beta), eps);
+        let (mut xhat, mut inv, mut y) = (x.clone(), vec![0.0; rows], vec![0.0; rows * width]);
+        layer_norm_rows_train(
+            &mut xhat,
+            &mut inv,
+            Some(&mut y),
+            width,
+            Some(&gamma),
+            Some(&beta),
+            eps,
+        );
+        assert!(max_diff(&plain, &y) < 1e-6);
+        // Backward against central differences of the f64 objective.
+        let (mut dx, mut dgamma, mut dbeta) =
+            (vec![0.0; rows * width], vec![0.0; width], vec![0.0; width]);
+        layer_norm_rows_backward(
+            &dy,
+            &xhat,
+            &inv,
+            width,
+            Some(&gamma),
+            Some(&mut dgamma),
+            Some(&mut dbeta),
+            &mut dx,
+            false,
+        );
+        let g64: Vec<f64> = gamma.iter().map(|&v| v as f64).collect();
+        let b64: Vec<f64> = beta.iter().map(|&v| v as f64).collect();
+        let h = 1e-6;
+        let mut numeric_dx = vec![0.0f32; rows * width];
+        let mut numeric_dgamma = vec![0.0f64; width];
+        for r in 0..rows {
+            let row: Vec<f64> = x[r * width..(r + 1) * width]
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let dyr = &dy[r * width..(r + 1) * width];
+            for i in 0..width {
+                let (mut up, mut down) = (row.clone(), row.clone());
+                up[i] += h;
+                down[i] -= h;
+                numeric_dx[r * width + i] = ((ln_objective(&up, dyr, &g64, &b64, eps as f64)
+                    - ln_objective(&down, dyr, &g64, &b64, eps as f64))
+                    / (2.0 * h)) as f32;
+                let (mut gu, mut gd) = (g64.clone(), g64.clone());
+                gu[i] += h;
+                gd[i] -= h;
+                numeric_dgamma[i] += (ln_objective(&row, dyr, &gu, &b64, eps as f64)
+                    - ln_objective(&row, dyr, &gd, &b64, eps as f64))
+                    / (2.0 * h);
+            }
+        }
+        let numeric_dgamma: Vec<f32> = numeric_dgamma.iter().map(|&v| v as f32).collect();
+        let column_sums: Vec<f32> = (0..width)
+            .map(|i| (0..rows).map(|r| dy[r * width + i]).sum())
+            .collect();
+        assert!(
+            max_diff(&dx, &numeric_dx) < 1e-4,
+            "dx {}",
+            max_diff(&dx, &numeric_dx)
+        );
+        assert!(max_diff(&dgamma, &numeric_dgamma) < 1e-4);
+        assert!(max_diff(&dbeta, &column_sums) < 1e-5);
+        // Accumulating adds to what is there.
+        let mut twice = dx.clone();
+        layer_norm_rows_backward(
+            &dy,
+            &xhat,
+            &inv,
+            width,
+            Some(&gamma),
+            None,
+            None,
+            &mut twice,
+            true,
+        );
+        let doubled: Vec<f32> = dx.iter().map(|v| 2.0 * v).collect();
+        assert!(max_diff(&twice, &doubled) < 1e-5);
+        // Negative control: the backward pass of another upstream gradient is caught.
+        let mut other = vec![0.0; rows * width];
+        let dy2: Vec<f32> = dy.iter().map(|v| v * 1.01).collect();
+        layer_norm_rows_backward(
+            &dy2,
+            &xhat,
+            &inv,
+            width,
+            Some(&gamma),
+            None,
+            None,
+            &mut other,
+            false,
+        );
+        assert!(max_diff(&other, &numeric_dx) > 1e-3);
+    }
+
+    #[test]
+    fn column_sums_match_a_loop() {
+        let (rows, width) = (1000, 7);
+        let x = lcg(21, rows * width);
+        let mut sums = vec![1.0f32; width];
+        add_column_sums(&mut sums, &x);
+        let expected: Vec<f32> = (0..width)
+            .map(|c| 1.0 + (0..rows).map(|r| x[r * width + c] as f64).sum::<f64>() as f32)
+            .collect();
+        assert!(max_diff(&sums, &expected) < 1e-4);
+        assert!(
+            max_diff(&sums, &vec![1.0; width]) > 1e-2,
+            "negative control"
+        );
+    }
 }

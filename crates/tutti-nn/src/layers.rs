@@ -287,4 +287,27 @@ mod tests {
         let error = max_abs_diff(ours, reference);
         assert!(error < 2e-6, "{error}");
     }
+
+    #[test]
+    fn gelu_backward_matches_a_finite_difference() {
+        let gelu64 = |x: f64| 0.5 * x * (1.0 + erf_reference(x / std::f64::consts::SQRT_2));
+        let xs: Vec<f32> = (-400..=400).map(|i| i as f32 * 0.0137).collect();
+        let upstream: Vec<f32> = xs.iter().map(|x| 1.0 + 0.1 * x).collect();
+        let mut dy = upstream.clone();
+        gelu_backward_in_place(&xs, &mut dy);
+        let h = 1e-5;
+        let mut worst = 0.0f64;
+        for ((&x, &u), &d) in xs.iter().zip(&upstream).zip(&dy) {
+            let x = x as f64;
+            let numeric = u as f64 * (gelu64(x + h) - gelu64(x - h)) / (2.0 * h);
+            worst = worst.max((numeric - d as f64).abs());
+        }
+        assert!(worst < 2e-6, "{worst}");
+        // Negative control: the derivative without its `x phi(x)` term is caught.
+        let x = 1.0f64;
+        let without = 0.5 * (1.0 + erf_reference(x / std::f64::consts::SQRT_2));
+        let mut d = [1.0f32];
+        gelu_backward_in_place(&[1.0], &mut d);
+        assert!((d[0] as f64 - without).abs() > 0.1);
+    }
 }

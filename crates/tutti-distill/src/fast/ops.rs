@@ -409,27 +409,38 @@ impl GroupedConv {
         self.width / self.groups
     }
 
-    /// Group `g`'s im2col matrix `[rows, (k, c_in)]` (windows stay inside their item).
-    fn cols(&self, spans: &[Span], x: &[f32], g: usize) -> Vec<f32> {
+    /// Row chunks `(item span, first row in the item, rows)`, each small enough that a group's
+    /// im2col block of `kernel * per_group` columns stays near the L2 cache.
+    fn chunks(&self, spans: &[Span]) -> Vec<(Span, usize, usize)> {
+        let k = self.kernel * self.per_group();
+        let rows = ((1 << 18) / k.max(1)).max(8);
+        spans
+            .iter()
+            .flat_map(|&span| {
+                (0..span.len)
+                    .step_by(rows)
+                    .map(move |t0| (span, t0, rows.min(span.len - t0)))
+            })
+            .collect()
+    }
+
+    /// Group `g`'s im2col rows `t0..t0 + rows` of one item: `cols[(t, (k, c_in))]` (windows stay
+    /// inside the item; `cols` arrives zeroed).
+    fn fill_cols(&self, span: Span, t0: usize, x: &[f32], g: usize, cols: &mut [f32]) {
         let (pg, width, kernel) = (self.per_group(), self.width, self.kernel);
-        let rows = spans.last().map_or(0, |s| s.start + s.len);
         let pad = kernel / 2;
         let k = kernel * pg;
-        let mut cols = vec![0.0f32; rows * k];
-        for span in spans {
-            for t in 0..span.len {
-                let col = &mut cols[(span.start + t) * k..][..k];
-                for j in 0..kernel {
-                    let ti = (t + j) as isize - pad as isize;
-                    if ti < 0 || ti as usize >= span.len {
-                        continue;
-                    }
-                    let src = (span.start + ti as usize) * width + g * pg;
-                    col[j * pg..][..pg].copy_from_slice(&x[src..src + pg]);
+        for (r, col) in cols.chunks_exact_mut(k).enumerate() {
+            let t = t0 + r;
+            for j in 0..kernel {
+                let ti = (t + j) as isize - pad as isize;
+                if ti < 0 || ti as usize >= span.len {
+                    continue;
                 }
+                let src = (span.start + ti as usize) * width + g * pg;
+                col[j * pg..][..pg].copy_from_slice(&x[src..src + pg]);
             }
         }
-        cols
     }
 
     pub fn forward(
@@ -443,19 +454,25 @@ impl GroupedConv {
         let (pg, width) = (self.per_group(), self.width);
         let rows = x.len() / width;
         let k = self.kernel * pg;
+        let chunks = self.chunks(spans);
         let blocks: Vec<Vec<f32>> = (0..self.groups)
             .into_par_iter()
             .map(|g| {
-                let cols = self.cols(spans, x, g);
+                let w = MatRef::new(&weight[g * k * pg..][..k * pg], k, pg);
                 let mut y = vec![0.0f32; rows * pg];
-                matmul(
-                    MatMut::new(&mut y, rows, pg),
-                    MatRef::new(&cols, rows, k),
-                    MatRef::new(&weight[g * k * pg..][..k * pg], k, pg),
-                    1.0,
-                    false,
-                    Threads::One,
-                );
+                let mut cols = Vec::new();
+                for &(span, t0, n) in &chunks {
+                    let cols = zeroed_local(&mut cols, n * k);
+                    self.fill_cols(span, t0, x, g, cols);
+                    matmul(
+                        MatMut::new(&mut y[(span.start + t0) * pg..][..n * pg], n, pg),
+                        MatRef::new(cols, n, k),
+                        w,
+                        1.0,
+                        false,
+                        Threads::One,
+                    );
+                }
                 y
             })
             .collect();
@@ -479,40 +496,43 @@ impl GroupedConv {
         let rows = x.len() / width;
         let k = kernel * pg;
         let pad = kernel / 2;
+        let chunks = self.chunks(spans);
         let blocks: Vec<Vec<f32>> = d_weight
             .par_chunks_mut(k * pg)
             .enumerate()
             .map(|(g, dw)| {
-                let cols = self.cols(spans, x, g);
-                let dy = MatRef {
-                    data: &d_out[g * pg..],
-                    rows,
-                    cols: pg,
-                    row_stride: width,
-                    col_stride: 1,
-                };
-                matmul(
-                    MatMut::new(dw, k, pg),
-                    MatRef::new(&cols, rows, k).t(),
-                    dy,
-                    1.0,
-                    true,
-                    Threads::One,
-                );
                 let w = MatRef::new(&weight[g * k * pg..][..k * pg], k, pg);
-                let mut d_cols = cols;
-                matmul(
-                    MatMut::new(&mut d_cols, rows, k),
-                    dy,
-                    w.t(),
-                    1.0,
-                    false,
-                    Threads::One,
-                );
                 let mut dx = vec![0.0f32; rows * pg];
-                for span in spans {
-                    for t in 0..span.len {
-                        let col = &d_cols[(span.start + t) * k..][..k];
+                let (mut cols, mut d_cols) = (Vec::new(), Vec::new());
+                for &(span, t0, n) in &chunks {
+                    let dy = MatRef {
+                        data: &d_out[(span.start + t0) * width + g * pg..],
+                        rows: n,
+                        cols: pg,
+                        row_stride: width,
+                        col_stride: 1,
+                    };
+                    let cols = zeroed_local(&mut cols, n * k);
+                    self.fill_cols(span, t0, x, g, cols);
+                    matmul(
+                        MatMut::new(dw, k, pg),
+                        MatRef::new(cols, n, k).t(),
+                        dy,
+                        1.0,
+                        true,
+                        Threads::One,
+                    );
+                    let d_cols = zeroed_local(&mut d_cols, n * k);
+                    matmul(
+                        MatMut::new(d_cols, n, k),
+                        dy,
+                        w.t(),
+                        1.0,
+                        false,
+                        Threads::One,
+                    );
+                    for (r, col) in d_cols.chunks_exact(k).enumerate() {
+                        let t = t0 + r;
                         for j in 0..kernel {
                             let ti = (t + j) as isize - pad as isize;
                             if ti < 0 || ti as usize >= span.len {
@@ -531,6 +551,13 @@ impl GroupedConv {
         scatter_columns(d_input, &blocks, width, 0);
         add_column_sums(d_bias, d_out);
     }
+}
+
+/// `buffer` resized to `len` and zeroed (a task's own scratch, no parallel fill).
+fn zeroed_local(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    buffer.clear();
+    buffer.resize(len, 0.0);
+    buffer
 }
 
 /// Write `blocks[b]` (`[rows, w_b]`, side by side from column `first`) into `out` (`[rows, width]`).
