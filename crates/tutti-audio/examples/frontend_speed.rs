@@ -1,5 +1,6 @@
 //! Front-end timings on a synthetic 10 s clip (not a test; `cargo run --release -p tutti-audio
-//! --example frontend_speed -- [runs]`; set RAYON_NUM_THREADS for the thread count).
+//! --example frontend_speed -- [runs] [fbank|whisper]`; set RAYON_NUM_THREADS for the thread
+//! count; naming one front end times only it, for profiling).
 
 use std::time::Instant;
 
@@ -28,7 +29,13 @@ fn main() {
         .collect();
     let fbank = KaldiFbank::new(FbankConfig::default()).unwrap();
     let whisper = WhisperMel::new(WhisperMelConfig::default()).unwrap();
-    let w = median(|| drop(whisper.compute(&wave).unwrap()), runs);
-    let f = median(|| drop(fbank.compute(&wave).unwrap()), runs);
-    println!("fbank {:.3} ms, whisper log-mel {:.3} ms", f * 1e3, w * 1e3);
+    let only = std::env::args().nth(2);
+    if only.as_deref() != Some("fbank") {
+        let w = median(|| drop(whisper.compute(&wave).unwrap()), runs);
+        println!("whisper log-mel {:.3} ms", w * 1e3);
+    }
+    if only.as_deref() != Some("whisper") {
+        let f = median(|| drop(fbank.compute(&wave).unwrap()), runs);
+        println!("fbank {:.3} ms", f * 1e3);
+    }
 }
