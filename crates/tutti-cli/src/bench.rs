@@ -38,6 +38,78 @@ pub struct SpeedArgs {
     /// with --train the step burn's autodiff differentiates).
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     engine: Engine,
+    /// Arithmetic of the fast engine's linear layers: `f32` or `int8`; with `int8` the report
+    /// also gives its accuracy cost against f32 on the same input (per-layer relative error and
+    /// the last layer's mean cosine similarity).
+    #[arg(long, default_value = "f32")]
+    precision: tutti_models::Precision,
+    /// Time (and measure the accuracy cost on) this audio file instead of a synthetic tone,
+    /// its first --secs seconds, resampled to the model's rate.
+    #[arg(long)]
+    input: Option<PathBuf>,
+}
+
+/// The benchmark's waveform: `--input`'s first `secs` seconds at `rate`, or a synthetic tone.
+fn bench_wave(args: &SpeedArgs, rate: u32) -> anyhow::Result<Vec<f32>> {
+    let samples = (args.secs * rate as f64) as usize;
+    match &args.input {
+        None => Ok(synthetic_wave(samples)),
+        Some(path) => {
+            let options = tutti_audio::decode::LoadOptions {
+                target_rate_hz: Some(rate),
+                duration_secs: Some(args.secs),
+                ..Default::default()
+            };
+            let audio = tutti_audio::decode::load_audio(path, &options)?;
+            if audio.samples.len() < samples {
+                anyhow::bail!(
+                    "{} holds {:.2} s, shorter than --secs {}",
+                    path.display(),
+                    audio.duration_secs(),
+                    args.secs
+                );
+            }
+            Ok(audio.samples)
+        }
+    }
+}
+
+/// The accuracy cost of a reduced precision: per-layer relative error (`|a - b| / |b|`, over all
+/// values) of `states` against `reference`, and the last layer's mean cosine similarity per
+/// frame (`width` values each).
+fn precision_error(states: &[Vec<f32>], reference: &[Vec<f32>], width: usize) -> serde_json::Value {
+    let relative: Vec<f64> = states
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| {
+            let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+            let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+            (diff / norm.max(1e-30)).sqrt()
+        })
+        .collect();
+    let (last, last_ref) = (states.last(), reference.last());
+    let cosine = match (last, last_ref) {
+        (Some(a), Some(b)) => {
+            let frames: Vec<f64> = a
+                .chunks_exact(width)
+                .zip(b.chunks_exact(width))
+                .map(|(x, y)| {
+                    let dot: f64 = x.iter().zip(y).map(|(p, q)| (p * q) as f64).sum();
+                    let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+                    let ny: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
+                    dot / (nx * ny).max(1e-30)
+                })
+                .collect();
+            frames.iter().sum::<f64>() / frames.len().max(1) as f64
+        }
+        _ => f64::NAN,
+    };
+    serde_json::json!({
+        "relative_error_per_layer": relative,
+        "relative_error_last_layer": relative.last(),
+        "relative_error_worst_layer": relative.iter().copied().fold(0.0, f64::max),
+        "mean_cosine_last_layer": cosine,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,7 +148,7 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     let model = load(&args)?;
     let info = model.info();
     let samples = (args.secs * info.sample_rate_hz as f64) as usize;
-    let wave = synthetic_wave(samples);
+    let wave = bench_wave(&args, info.sample_rate_hz)?;
     let batch: Vec<&[f32]> = (0..args.batch).map(|_| wave.as_slice()).collect();
     let fbank_frames = model.config.fbank.num_frames(samples);
 
@@ -96,6 +168,9 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
             tutti_models::fast::FastTutti::from_model(&model)
                 .ok_or_else(|| anyhow::anyhow!("this model does not run on the fast engine"))?,
         ),
+        Engine::Burn if args.precision != tutti_models::Precision::F32 => {
+            anyhow::bail!("--precision other than f32 needs --engine fast")
+        }
         Engine::Burn => None,
     };
     let bins = model.config.fbank.num_mel_bins;
@@ -103,6 +178,23 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|w| model.fbank.compute(w))
         .collect::<Result<Vec<_>, _>>()?;
+    // The reduced precision's accuracy cost: its states against the f32 engine's, same input.
+    let mut accuracy = None;
+    let fast = match fast {
+        Some(mut fast) if args.precision != tutti_models::Precision::F32 => {
+            let f = &item_features[0];
+            let reference = fast.engine.forward_one(&f.data, f.frames, bins, usize::MAX);
+            fast.set_precision(args.precision);
+            let reduced = fast.engine.forward_one(&f.data, f.frames, bins, usize::MAX);
+            accuracy = Some(precision_error(
+                &reduced.hidden,
+                &reference.hidden,
+                model.config.hidden_size,
+            ));
+            Some(fast)
+        }
+        other => other,
+    };
     let time_fast = |fast: &tutti_models::fast::FastTutti| -> f64 {
         let start = Instant::now();
         for f in &item_features {
@@ -139,6 +231,9 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     let report = serde_json::json!({
         "model": info.name,
         "engine": format!("{:?}", args.engine).to_lowercase(),
+        "precision": args.precision,
+        "accuracy_vs_f32": accuracy,
+        "input": args.input.as_ref().map(|p| p.display().to_string()),
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,
@@ -334,16 +429,41 @@ fn any_encoder_speed(
     // Whisper has both engines on the CPU; `--engine burn` picks its burn implementation.
     let encoder: Box<dyn AudioEncoder> =
         if args.engine == Engine::Burn && model_type.as_deref() == Some("whisper") {
+            if args.precision != tutti_models::Precision::F32 {
+                anyhow::bail!("--precision other than f32 needs --engine fast");
+            }
             let mut whisper = tutti_models::whisper::HfWhisperEncoder::load(dir, &device)?;
             whisper.use_burn();
             Box::new(whisper)
         } else {
-            tutti_models::load_encoder(dir, &device)?
+            tutti_models::load_encoder_with(dir, &device, args.precision)?
         };
     let info = encoder.info();
     let samples = (args.secs * info.sample_rate_hz as f64) as usize;
-    let wave = synthetic_wave(samples);
+    let wave = bench_wave(args, info.sample_rate_hz)?;
     let batch: Vec<&[f32]> = (0..args.batch).map(|_| wave.as_slice()).collect();
+    let accuracy = if args.precision != tutti_models::Precision::F32 {
+        let reference = tutti_models::load_encoder(dir, &device)?;
+        let states = |e: &dyn AudioEncoder| -> anyhow::Result<Vec<Vec<f32>>> {
+            let out = e.encode(&batch[..1], ForwardOptions::default())?;
+            out.hidden_states
+                .into_iter()
+                .map(|t| {
+                    t.into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| anyhow::anyhow!("{e:?}"))
+                })
+                .collect()
+        };
+        Some(precision_error(
+            &states(encoder.as_ref())?,
+            &states(reference.as_ref())?,
+            info.hidden_size,
+        ))
+    } else {
+        None
+    };
     let time = || -> anyhow::Result<f64> {
         let start = Instant::now();
         let out = encoder.encode(&batch, ForwardOptions::default())?;
@@ -361,6 +481,9 @@ fn any_encoder_speed(
     let report = serde_json::json!({
         "model": info.name,
         "engine": format!("{:?}", args.engine).to_lowercase(),
+        "precision": args.precision,
+        "accuracy_vs_f32": accuracy,
+        "input": args.input.as_ref().map(|p| p.display().to_string()),
         "parameters": info.parameters,
         "audio_secs_per_item": args.secs,
         "batch": args.batch,

@@ -77,6 +77,10 @@ pub struct SuiteBenchArgs {
     /// results name such models with a `[no-pad]` suffix and cache them apart.
     #[arg(long)]
     pub no_window_padding: bool,
+    /// Arithmetic of the encoders' linear layers: `f32`, or `int8` (tutti and Whisper encoders;
+    /// results and caches carry an `[int8]` suffix), to measure the accuracy cost of int8.
+    #[arg(long, default_value = "f32")]
+    pub precision: tutti_models::Precision,
     /// Layers to probe: `last`, `all`, or a number.
     #[arg(long, default_value = "last")]
     pub layers: String,
@@ -327,22 +331,29 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
         if loaded.iter().any(|(d, ..)| d == dir) {
             continue;
         }
-        let mut encoder = tutti_models::load_encoder(dir, &device)
+        let mut encoder = tutti_models::load_encoder_with(dir, &device, args.precision)
             .with_context(|| format!("loading {}", dir.display()))?;
         let unpadded = args.no_window_padding && encoder.set_pad_to_window(false);
         loaded.push((dir.clone(), encoder, unpadded));
     }
     let subject = |dir: &PathBuf| {
         let (_, encoder, unpadded) = loaded.iter().find(|(d, ..)| d == dir).expect("loaded");
-        let suffix = if *unpadded { "[no-pad]" } else { "" };
+        let suffix = format!(
+            "{}{}",
+            if *unpadded { "[no-pad]" } else { "" },
+            match args.precision {
+                tutti_models::Precision::F32 => "",
+                tutti_models::Precision::Int8 => "[int8]",
+            }
+        );
         Subject::Encoder {
             name: dir
                 .canonicalize()
                 .ok()
                 .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| dir.display().to_string())
-                + suffix,
-            key: model_key(dir) + suffix,
+                + &suffix,
+            key: model_key(dir) + &suffix,
             encoder: encoder.as_ref(),
         }
     };

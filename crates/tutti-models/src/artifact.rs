@@ -147,6 +147,17 @@ impl ModelDir {
 /// Load any encoder tutti knows from a directory, by its `config.json`'s `model_type`: tutti's
 /// own models, or Hugging Face checkpoints ("wav2vec2", "hubert").
 pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder>, ModelError> {
+    load_encoder_with(path, device, crate::fast::Precision::F32)
+}
+
+/// [`load_encoder`] with the fast engine's linear layers at `precision`: `int8` is available for
+/// tutti and Whisper encoders on the CPU (other encoders, or another device, are an error).
+pub fn load_encoder_with(
+    path: &Path,
+    device: &Device,
+    precision: crate::fast::Precision,
+) -> Result<Box<dyn AudioEncoder>, ModelError> {
+    let reduced = precision != crate::fast::Precision::F32;
     let config_path = path.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| {
         artifact_error(
@@ -156,23 +167,38 @@ pub fn load_encoder(path: &Path, device: &Device) -> Result<Box<dyn AudioEncoder
     })?;
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| artifact_error(&config_path, format!("not valid JSON: {e}")))?;
-    match value
+    let model_type = value
         .get("model_type")
         .and_then(|v| v.as_str())
-        .unwrap_or("")
-    {
+        .unwrap_or("");
+    if reduced && !matches!(model_type, "tutti" | "whisper") {
+        return Err(unsupported_precision(path, precision));
+    }
+    match model_type {
         "tutti" => {
             let model = load_model(path, device)?;
             // On the CPU, inference runs on tutti's own kernels (same outputs, tested).
             if *device == tutti_nn::device::cpu()
-                && let Some(fast) = crate::fast::FastTutti::from_model(&model)
+                && let Some(mut fast) = crate::fast::FastTutti::from_model(&model)
             {
+                fast.set_precision(precision);
                 return Ok(Box::new(fast));
+            }
+            if reduced {
+                return Err(unsupported_precision(path, precision));
             }
             Ok(Box::new(model))
         }
         "wav2vec2" | "hubert" | "wavlm" => Ok(Box::new(HfWav2Vec2::load(path, device)?)),
-        "whisper" => Ok(Box::new(HfWhisperEncoder::load(path, device)?)),
+        "whisper" => {
+            let mut whisper = HfWhisperEncoder::load(path, device)?;
+            match whisper.fast.as_mut() {
+                Some(fast) => fast.set_precision(precision),
+                None if reduced => return Err(unsupported_precision(path, precision)),
+                None => {}
+            }
+            Ok(Box::new(whisper))
+        }
         "crepe" => {
             let capacity = value
                 .get("capacity")
@@ -277,4 +303,13 @@ pub fn write_initialised_model(
         let _ = std::fs::remove_dir_all(&staging);
     }
     result
+}
+
+fn unsupported_precision(path: &Path, precision: crate::fast::Precision) -> ModelError {
+    artifact_error(
+        path,
+        format!(
+            "{precision:?} inference is available for tutti and Whisper encoders on the CPU only"
+        ),
+    )
 }

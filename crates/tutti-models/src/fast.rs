@@ -40,13 +40,40 @@ fn param<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
     values(p.val())
 }
 
-/// A linear layer as `[in, out]` row-major weights and a bias.
+/// A linear layer as `[in, out]` row-major weights and a bias, with an optional int8 copy of
+/// the weights that its products then use ([`Precision::Int8`]).
 #[derive(Debug, Clone)]
 struct Dense {
     weight: Vec<f32>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
+    int8: Option<tutti_nn::quant::QuantizedMatrix>,
+}
+
+/// The arithmetic of the fast engine's linear layers (the projections and FFNs, which hold most of
+/// the FLOPs); convolutions, norms, attention scores and activations stay f32 in every mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (the reference).
+    #[default]
+    F32,
+    /// Weights quantised per output channel to int8, activations per row to 7 bits at each call,
+    /// integer products ([`tutti_nn::quant`]).
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("unknown precision '{other}' (f32 or int8)")),
+        }
+    }
 }
 
 impl Dense {
@@ -62,7 +89,19 @@ impl Dense {
             bias,
             inputs,
             outputs,
+            int8: None,
         }
+    }
+
+    fn set_precision(&mut self, precision: Precision) {
+        self.int8 = match precision {
+            Precision::F32 => None,
+            Precision::Int8 => Some(tutti_nn::quant::QuantizedMatrix::new(
+                &self.weight,
+                self.inputs,
+                self.outputs,
+            )),
+        };
     }
 
     /// Several layers reading the same input, side by side (Q, K and V as one product).
@@ -81,6 +120,7 @@ impl Dense {
             bias,
             inputs,
             outputs,
+            int8: None,
         }
     }
 
@@ -98,6 +138,10 @@ impl Dense {
 
     /// `out += x · W` (no bias).
     fn accumulate(&self, out: &mut [f32], x: &[f32], rows: usize) {
+        if let Some(q) = &self.int8 {
+            q.matmul(out, x, rows);
+            return;
+        }
         matmul(
             MatMut::new(out, rows, self.outputs),
             MatRef::new(x, rows, self.inputs),
@@ -457,6 +501,13 @@ impl FastTuttiEncoder {
         })
     }
 
+    /// Switch the linear layers (subsampler projection, attention projections, FFNs) to
+    /// `precision`.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.projection.set_precision(precision);
+        self.transformer.set_precision(precision);
+    }
+
     /// One item's fbank `[frames, bins]` -> its hidden states and FFN outputs.
     pub fn forward_one(
         &self,
@@ -527,6 +578,20 @@ impl Block {
 }
 
 impl Transformer {
+    /// Switch the blocks' linear layers to `precision`.
+    pub fn set_precision(&mut self, precision: Precision) {
+        for block in &mut self.blocks {
+            for dense in [
+                &mut block.qkv,
+                &mut block.out,
+                &mut block.intermediate,
+                &mut block.output,
+            ] {
+                dense.set_precision(precision);
+            }
+        }
+    }
+
     fn new(blocks: Vec<Block>, norm: Norm, heads: usize, eps: f32, layer_norm_first: bool) -> Self {
         let width = norm.gamma.len();
         Self {
@@ -621,14 +686,19 @@ impl Transformer {
             x
         };
         let hidden = sized(hidden, time * block.intermediate.outputs);
-        matmul(
-            MatMut::new(hidden, time, block.intermediate.outputs),
-            MatRef::new(input, time, width),
-            block.intermediate.weights(),
-            1.0,
-            false,
-            Threads::Pool,
-        );
+        if block.intermediate.int8.is_some() {
+            hidden.fill(0.0);
+            block.intermediate.accumulate(hidden, input, time);
+        } else {
+            matmul(
+                MatMut::new(hidden, time, block.intermediate.outputs),
+                MatRef::new(input, time, width),
+                block.intermediate.weights(),
+                1.0,
+                false,
+                Threads::Pool,
+            );
+        }
         mark("block: ffn in");
         bias_gelu_rows(hidden, &block.intermediate.bias);
         mark("block: ffn gelu");
@@ -750,6 +820,13 @@ impl FastTutti {
             parameters: crate::tutti::count_parameters(&model.encoder),
             device: model.device.clone(),
         })
+    }
+}
+
+impl FastTutti {
+    /// Switch the engine's linear layers to `precision` (see [`Precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.engine.set_precision(precision);
     }
 }
 
@@ -919,6 +996,11 @@ impl FastWhisperEncoder {
                 true,
             ),
         }
+    }
+
+    /// Switch the blocks' linear layers to `precision`.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.transformer.set_precision(precision);
     }
 
     /// One window's log-mel `[frames, bins]` (row-major) -> its states at half the frame rate.

@@ -17,10 +17,13 @@ pub mod tutti;
 pub mod wav2vec2;
 pub mod whisper;
 
-pub use artifact::{Manifest, ModelDir, load_encoder, load_model, write_initialised_model};
+pub use artifact::{
+    Manifest, ModelDir, load_encoder, load_encoder_with, load_model, write_initialised_model,
+};
 pub use embed::{
     ClipEmbedding, EmbedOptions, Embedder, Embedding, FrameEmbedding, LayerSelection, Pooling,
 };
 pub use encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions, InputKind};
 pub use error::ModelError;
+pub use fast::Precision;
 pub use tutti::{TuttiConfig, TuttiEncoder, TuttiModel};

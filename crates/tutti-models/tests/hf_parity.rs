@@ -143,3 +143,16 @@ fn a_pytorch_model_bin_checkpoint_loads_the_same() {
     let error = worst("hf_wav2vec2_group", &dir("hf_wav2vec2_group_bin"));
     assert!(error <= HF_TOLERANCE, "{error}");
 }
+
+#[test]
+fn int8_is_refused_for_encoders_without_it() {
+    let dir = dir("hf_wav2vec2_group");
+    let error = tutti_models::load_encoder_with(
+        &dir,
+        &tutti_nn::device::cpu(),
+        tutti_models::Precision::Int8,
+    )
+    .err()
+    .expect("wav2vec 2.0 has no int8 path");
+    assert!(error.to_string().contains("hf_wav2vec2_group"), "{error}");
+}

@@ -1,5 +1,6 @@
 //! Matrix-product throughput of [`tutti_nn::kernels::matmul`] at the encoder's shapes, with the
-//! gemm crate's own threading and with the rows split between threads by hand (not a test;
+//! gemm crate's own threading and with the rows split between threads by hand, and of the int8
+//! product ([`tutti_nn::quant`], in f32-equivalent GFLOP/s, quantisation included) (not a test;
 //! `cargo run --release -p tutti-nn --example kernel_shapes`).
 
 use std::time::Instant;
@@ -81,11 +82,14 @@ fn main() {
                 },
             );
         });
+        let quantised = tutti_nn::quant::QuantizedMatrix::new(&b, k, n);
+        let int8 = time(&mut || quantised.matmul(&mut c, &a, m));
         println!(
-            "{m:>6} x {k:>5} x {n:>5}: pool {:>6.1} GFLOP/s, one thread {:>6.1}, rows split {:>6.1}",
+            "{m:>6} x {k:>5} x {n:>5}: pool {:>6.1} GFLOP/s, one thread {:>6.1}, rows split {:>6.1}, int8 {:>6.1} (equivalent)",
             flops / pool / 1e9,
             flops / one / 1e9,
-            flops / split / 1e9
+            flops / split / 1e9,
+            flops / int8 / 1e9
         );
     }
 

@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod mask;
+pub mod quant;
 pub mod torch_zip;
 
 pub use burn;
