@@ -162,7 +162,7 @@ fn int8_precision_stays_close_to_f32() {
             .unwrap()
             .clone()
             .into_data()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .unwrap()
     };
     let (a, b) = (last(&reduced), last(&reference));
