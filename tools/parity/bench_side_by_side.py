@@ -70,6 +70,7 @@ def main() -> None:
     binary = tutti_binary()
     wave = synthetic(int(args.secs * 16000))
     rows = []
+    int8_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         wav = tmp / "clip.wav"
@@ -86,14 +87,31 @@ def main() -> None:
                             "--pool", "none", "--window-secs", "600"], check=True)
             ours = np.load(out / "clip.npy")
             difference = float(np.abs(ours - hidden[-1][0].numpy()).max())
-            def tutti_speed(engine):
+            def tutti_speed(engine, precision="f32"):
                 return json.loads(subprocess.run(
                     [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
-                     "--secs", str(args.secs), "--iterations", str(args.iterations), "--engine", engine],
+                     "--secs", str(args.secs), "--iterations", str(args.iterations), "--engine", engine,
+                     "--precision", precision],
                     check=True, capture_output=True, text=True).stdout)
 
             report = tutti_speed("fast")
             burn_report = tutti_speed("burn")
+            int8_report = tutti_speed("fast", "int8")
+            # PyTorch's own int8 mode for the same layers: dynamic quantisation of every Linear
+            # (int8 weights, activations quantised per call; fbgemm on x86).
+            quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            with torch.no_grad():
+                q_hidden, _ = quantized(feats)
+            reference_last = hidden[-1].numpy()
+            torch_int8_error = float(np.linalg.norm(q_hidden[-1].numpy() - reference_last) / np.linalg.norm(reference_last))
+
+            def torch_int8_forward():
+                with torch.no_grad():
+                    quantized(feats)
+
+            torch_int8_secs = median_time(torch_int8_forward, args.iterations)
+            int8_rows.append((preset, torch_int8_secs, int8_report["forward_secs_median"], torch_int8_error,
+                              int8_report["accuracy_vs_f32"]["relative_error_last_layer"]))
 
             def torch_forward():
                 with torch.no_grad():
@@ -116,6 +134,11 @@ def main() -> None:
     for preset, t_torch, t_tutti, t_burn, gflop, diff in rows:
         print(f"{preset:<8} {t_torch * 1e3:>11.1f} {t_tutti * 1e3:>9.1f} {t_torch / t_tutti:>8.2f}x {t_burn * 1e3:>8.1f} {gflop:>7.2f} "
               f"{gflop / t_torch:>16.1f} {gflop / t_tutti:>14.1f} {diff:>11.2e}")
+    print("int8 (reduced precision, not the f32 target): PyTorch dynamic quantisation of nn.Linear vs tutti --precision int8;")
+    print("error = relative L2 error of the last hidden state against the same engine in f32")
+    print(f"{'model':<8} {'PyTorch ms':>11} {'tutti ms':>9} {'speed-up':>9} {'PyTorch error':>14} {'tutti error':>12}")
+    for preset, t_torch, t_tutti, e_torch, e_tutti in int8_rows:
+        print(f"{preset:<8} {t_torch * 1e3:>11.1f} {t_tutti * 1e3:>9.1f} {t_torch / t_tutti:>8.2f}x {e_torch:>14.4f} {e_tutti:>12.4f}")
     print(f"{'fbank':<8} {torchaudio_fbank * 1e3:>11.2f} {report['fbank_secs_median'] * 1e3:>9.2f} "
           f"{torchaudio_fbank / report['fbank_secs_median']:>8.1f}x   (torchaudio.compliance.kaldi.fbank)")
     print(f"{'whisper':<8} {hf_whisper * 1e3:>11.2f} {report['whisper_mel_secs_median'] * 1e3:>9.2f} "

@@ -1,24 +1,85 @@
 //! int8 matrix products for inference (an optional reduced-precision mode).
 //!
-//! Weights `[k, n]` are quantised once, per output column, to `i8` in `[-127, 127]`; activations
-//! per row, at every call, to 7-bit unsigned values `u = round(a / s) + 64` in `[1, 127]` (7 bits
-//! so that AVX2's `vpmaddubsw`, which adds two `u8 x i8` products into a saturating `i16`, cannot
-//! saturate: `2 * 127 * 127 < 32767`). The product accumulates in `i32` and is rescaled:
-//! `y[r, c] = s_a[r] s_b[c] (sum_k u[r, k] q[k, c] - 64 sum_k q[k, c])`.
+//! Weights `[k, n]` are quantised once, per output column, to `i8` in `[-127, 127]`. Activations
+//! are quantised per row at every call, asymmetrically as in PyTorch's dynamic quantisation: the
+//! row's range (widened to hold 0) spread over 7-bit codes `u = round(a / s_a) + z` in `[0, 127]`.
+//! 7 bits so that AVX2's `vpmaddubsw`, which adds two `u8 x i8` products into a saturating `i16`,
+//! cannot saturate (`2 * 127 * 127 < 32767`). The product accumulates in `i32` and is rescaled:
+//! `y[r, c] = s_a[r] s_b[c] (sum_k u[r, k] q[k, c] - z[r] sum_k q[k, c])`.
 //!
-//! The kernel handles 4 rows x 16 columns per step, 4 values of `k` per instruction, with the
+//! The kernel handles 6 rows x 16 columns per step, 4 values of `k` per instruction, with the
 //! weights packed so that one 256-bit load holds 8 columns x 4 `k`: 32 multiply-adds per
 //! `vpmaddubsw` where an f32 FMA does 8. A portable path computes the same integers on other CPUs.
 //! The accuracy cost against f32 is measured by `tutti bench speed --precision int8` (and tested
-//! here against an f64 product of the dequantised operands, which it matches exactly up to f32
+//! here against an f64 product of the dequantised operands, which it matches up to f32
 //! rounding).
 
 use rayon::prelude::*;
 
-/// Activation zero point: 7-bit codes centred on 64.
-const ZERO: i32 = 64;
-/// Largest activation magnitude code.
-const A_MAX: f32 = 63.0;
+/// Largest activation code (7 bits).
+const A_MAX: f32 = 127.0;
+/// Rows per kernel step (x 16 columns: 2 x TILE accumulator registers, two weight registers,
+/// the broadcast codes and the ones: 16 with 6 rows, all of AVX2's).
+const TILE: usize = 6;
+
+/// Quantise one activation row to 7-bit codes, asymmetric: the row's range (widened to hold 0)
+/// maps onto `[0, 127]`, `u = round(a / s) + z`; returns the scale `s` and the zero point `z`.
+fn quantise_row(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { quantise_row_avx2(row, codes) };
+    }
+    quantise_row_portable(row, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantise_row_avx2(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
+    quantise_row_portable(row, codes)
+}
+
+/// The scale and zero point of a row of range `[low, high]` (both widened to hold 0).
+fn row_parameters(low: f32, high: f32) -> (f32, i32) {
+    let (low, high) = (low.min(0.0), high.max(0.0));
+    let scale = if high > low {
+        (high - low) / A_MAX
+    } else {
+        1.0
+    };
+    let zero = (-low / scale).round_ties_even().clamp(0.0, A_MAX) as i32;
+    (scale, zero)
+}
+
+/// Branch-free, so that it vectorises: float rounding and clamping, one conversion.
+#[inline(always)]
+fn quantise_row_portable(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
+    let (mut lows, mut highs) = ([0.0f32; 8], [0.0f32; 8]);
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for ((lo, hi), v) in lows.iter_mut().zip(highs.iter_mut()).zip(c) {
+            *lo = if *v < *lo { *v } else { *lo };
+            *hi = if *v > *hi { *v } else { *hi };
+        }
+    }
+    let low = chunks
+        .remainder()
+        .iter()
+        .chain(lows.iter())
+        .fold(0.0f32, |m, v| m.min(*v));
+    let high = chunks
+        .remainder()
+        .iter()
+        .chain(highs.iter())
+        .fold(0.0f32, |m, v| m.max(*v));
+    let (scale, zero) = row_parameters(low, high);
+    let inv = 1.0 / scale;
+    let z = zero as f32;
+    for (c, v) in codes.iter_mut().zip(row) {
+        *c = ((v * inv).round_ties_even() + z).clamp(0.0, A_MAX) as u8;
+    }
+    (scale, zero)
+}
 
 /// A weight matrix `[k, n]` quantised per column and packed for [`QuantizedMatrix::matmul`].
 #[derive(Debug, Clone)]
@@ -31,7 +92,7 @@ pub struct QuantizedMatrix {
     /// 4 consecutive `k` each).
     packed: Vec<i8>,
     scales: Vec<f32>,
-    /// `sum_k q[k, c]`, for the activations' zero point.
+    /// `sum_k q[k, c]`, for the activations' zero points.
     column_sums: Vec<i32>,
 }
 
@@ -70,7 +131,7 @@ impl QuantizedMatrix {
             }
         }
         let column_sums = (0..n)
-            .map(|c| (0..k).map(|r| q(r, c) as i32).sum())
+            .map(|c| (0..k).map(|r| q(r, c) as i32).sum::<i32>())
             .collect();
         Self {
             k,
@@ -108,8 +169,7 @@ impl QuantizedMatrix {
             rows * self.n,
             "QuantizedMatrix::matmul: output shape"
         );
-        const TILE: usize = 4;
-        const ROWS_PER_TASK: usize = 32;
+        const ROWS_PER_TASK: usize = 8 * TILE;
         out.par_chunks_mut(ROWS_PER_TASK * self.n)
             .enumerate()
             .for_each(|(task, out)| {
@@ -117,36 +177,35 @@ impl QuantizedMatrix {
                 let count = out.len() / self.n;
                 let padded = count.div_ceil(TILE) * TILE;
                 // Quantised rows, padded with the zero point (rows and k).
-                let mut codes = vec![ZERO as u8; padded * self.k4];
+                let mut codes = vec![0u8; padded * self.k4];
                 let mut row_scales = vec![0.0f32; padded];
+                let mut row_zeros = vec![0i32; padded];
                 for r in 0..count {
                     let row = &x[(first + r) * self.k..][..self.k];
-                    let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                    let scale = if max > 0.0 { max / A_MAX } else { 1.0 };
-                    let inv = 1.0 / scale;
-                    row_scales[r] = scale;
-                    for (c, v) in codes[r * self.k4..][..self.k].iter_mut().zip(row) {
-                        *c = ((v * inv).round() as i32 + ZERO).clamp(1, 127) as u8;
-                    }
+                    (row_scales[r], row_zeros[r]) =
+                        quantise_row(row, &mut codes[r * self.k4..][..self.k]);
                 }
                 let mut acc = vec![0i32; TILE * 16];
-                for tile in 0..padded / TILE {
-                    let a = &codes[tile * TILE * self.k4..][..TILE * self.k4];
-                    for block in 0..self.n.div_ceil(16) {
+                // Column blocks outside, row tiles inside: a block's weights (16 x k bytes) stay
+                // in L1 across the task's tiles, the task's codes in L2.
+                for block in 0..self.n.div_ceil(16) {
+                    for tile in 0..padded / TILE {
+                        let a = &codes[tile * TILE * self.k4..][..TILE * self.k4];
                         self.kernel(a, block, &mut acc);
-                        for i in 0..TILE {
+                        let c0 = block * 16;
+                        let width = 16.min(self.n - c0);
+                        let (sums, scales) = (
+                            &self.column_sums[c0..c0 + width],
+                            &self.scales[c0..c0 + width],
+                        );
+                        for i in 0..TILE.min(count - tile * TILE) {
                             let r = tile * TILE + i;
-                            if r >= count {
-                                break;
-                            }
-                            let row = &mut out[r * self.n..][..self.n];
-                            for j in 0..16 {
-                                let c = block * 16 + j;
-                                if c >= self.n {
-                                    break;
-                                }
-                                let integer = acc[i * 16 + j] - ZERO * self.column_sums[c];
-                                row[c] += integer as f32 * row_scales[r] * self.scales[c];
+                            let row = &mut out[r * self.n + c0..][..width];
+                            let (rs, rz) = (row_scales[r], row_zeros[r]);
+                            for (((o, a), z), s) in
+                                row.iter_mut().zip(&acc[i * 16..]).zip(sums).zip(scales)
+                            {
+                                *o += (a - rz * z) as f32 * rs * s;
                             }
                         }
                     }
@@ -154,7 +213,7 @@ impl QuantizedMatrix {
             });
     }
 
-    /// `acc[i, j] = sum_k a[i, k] q[k, 16 block + j]` for a tile of 4 code rows (`a`: 4 rows of
+    /// `acc[i, j] = sum_k a[i, k] q[k, 16 block + j]` for a tile of `TILE` code rows (`a`: `TILE` rows of
     /// `k4` codes).
     fn kernel(&self, a: &[u8], block: usize, acc: &mut [i32]) {
         #[cfg(target_arch = "x86_64")]
@@ -171,7 +230,7 @@ impl QuantizedMatrix {
         acc.fill(0);
         for g in 0..groups {
             let panel = &self.packed[(block * groups + g) * 64..][..64];
-            for i in 0..4 {
+            for i in 0..TILE {
                 let codes = &a[i * self.k4 + 4 * g..][..4];
                 for j in 0..16 {
                     let w = &panel[(j / 8) * 32 + (j % 8) * 4..][..4];
@@ -186,10 +245,10 @@ impl QuantizedMatrix {
     unsafe fn kernel_avx2(&self, a: &[u8], block: usize, acc: &mut [i32]) {
         use std::arch::x86_64::*;
         let groups = self.k4 / 4;
-        assert!(a.len() >= 4 * self.k4 && acc.len() >= 64);
+        assert!(a.len() >= TILE * self.k4 && acc.len() >= TILE * 16);
         assert!((block + 1) * groups * 64 <= self.packed.len());
         let ones = _mm256_set1_epi16(1);
-        let mut sums = [_mm256_setzero_si256(); 8];
+        let mut sums = [_mm256_setzero_si256(); 2 * TILE];
         let panel = self.packed.as_ptr().wrapping_add(block * groups * 64);
         for g in 0..groups {
             // SAFETY: `(block * groups + g) * 64 + 64 <= packed.len()` (asserted above).
@@ -199,8 +258,8 @@ impl QuantizedMatrix {
                     _mm256_loadu_si256(panel.add(g * 64 + 32).cast()),
                 )
             };
-            for i in 0..4 {
-                // SAFETY: `i * k4 + 4 g + 4 <= 4 k4 <= a.len()`; an unaligned 4-byte read.
+            for i in 0..TILE {
+                // SAFETY: `i * k4 + 4 g + 4 <= TILE k4 <= a.len()`; an unaligned 4-byte read.
                 let quad = unsafe {
                     std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
                 };
@@ -212,7 +271,7 @@ impl QuantizedMatrix {
             }
         }
         for (t, s) in sums.iter().enumerate() {
-            // SAFETY: `acc` holds 64 i32 (asserted); `t * 8 + 8 <= 64`.
+            // SAFETY: `acc` holds 16 TILE i32 (asserted); `t * 8 + 8 <= 16 TILE`.
             unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add(t * 8).cast(), *s) };
         }
     }
@@ -241,13 +300,14 @@ mod tests {
         let mut out = vec![0.0f32; rows * q.n];
         for r in 0..rows {
             let row = &x[r * q.k..][..q.k];
-            let max = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = if max > 0.0 { max / A_MAX } else { 1.0 };
+            let low = row.iter().fold(0.0f32, |m, v| m.min(*v));
+            let high = row.iter().fold(0.0f32, |m, v| m.max(*v));
+            let (scale, zero) = row_parameters(low, high);
             let codes: Vec<f64> = row
                 .iter()
                 .map(|v| {
-                    (((v * (1.0 / scale)).round() as i32 + ZERO).clamp(1, 127) - ZERO) as f64
-                        * scale as f64
+                    let u = ((v * (1.0 / scale)).round_ties_even() + zero as f32).clamp(0.0, A_MAX);
+                    (u as f64 - zero as f64) * scale as f64
                 })
                 .collect();
             for c in 0..q.n {
@@ -278,8 +338,8 @@ mod tests {
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-4, "{rows}x{k}x{n}: {worst}");
             // The portable kernel gives the same integers.
-            let codes: Vec<u8> = (0..4 * q.k4).map(|i| (i * 37 % 127 + 1) as u8).collect();
-            let (mut a, mut b) = (vec![0i32; 64], vec![0i32; 64]);
+            let codes: Vec<u8> = (0..TILE * q.k4).map(|i| (i * 37 % 127 + 1) as u8).collect();
+            let (mut a, mut b) = (vec![0i32; 16 * TILE], vec![0i32; 16 * TILE]);
             q.kernel(&codes, 0, &mut a);
             q.kernel_portable(&codes, 0, &mut b);
             assert_eq!(a, b);
