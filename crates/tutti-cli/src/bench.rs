@@ -333,6 +333,13 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let (features, lengths) = plain.features(&batch)?;
     let features = Tensor::from_data(features.into_data(), &device);
     let frames = config.frames_for_fbank(lengths[0]);
+    // The step's FLOPs, estimated as 3 x the forward pass (backward ~ 2 x forward): the student
+    // (every block: the benchmark distils the last) and the heads (`D -> 2D -> 768`, one per
+    // distilled layer).
+    let heads = config.num_hidden_layers.min(4) as f64;
+    let d = config.hidden_size as f64;
+    let head_flops = heads * frames as f64 * 2.0 * (d * 2.0 * d + 2.0 * d * 768.0);
+    let step_flops = 3.0 * (config.forward_flops(lengths[0]) + head_flops) * args.batch as f64;
     let (mut step, targets) =
         tutti_distill::step::benchmark_step(student, &config, args.batch, frames, &device);
     let mut fast = match args.engine {
@@ -355,28 +362,23 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         )),
         Engine::Burn => None,
     };
-    let mut time_step = || {
+    // Timed with the engine passed in, so that profiling can be switched on after the warm-up.
+    let mut time_step = |fast: &mut Option<(_, _, Vec<f32>)>| {
         let start = Instant::now();
-        let loss = match &mut fast {
-            Some((engine, targets, features)) => engine.step(features, &lengths, targets),
+        let loss = match fast {
+            Some((engine, targets, features)) => {
+                tutti_distill::FastDistillStep::step(engine, features, &lengths, targets)
+            }
             None => step.step(features.clone(), &lengths, &targets),
         };
         (start.elapsed().as_secs_f64(), loss)
     };
-    time_step();
+    time_step(&mut fast);
     if let Some((engine, ..)) = &mut fast {
         engine.set_profiling(true);
     }
     let iterations = args.iterations.max(1);
-    let mut time_step = || {
-        let start = Instant::now();
-        let loss = match &mut fast {
-            Some((engine, targets, features)) => engine.step(features, &lengths, targets),
-            None => step.step(features.clone(), &lengths, &targets),
-        };
-        (start.elapsed().as_secs_f64(), loss)
-    };
-    let mut times: Vec<(f64, f32)> = (0..iterations).map(|_| time_step()).collect();
+    let mut times: Vec<(f64, f32)> = (0..iterations).map(|_| time_step(&mut fast)).collect();
     // Seconds per step of each phase (fast engine), largest first.
     let profile = fast.as_ref().map(|(engine, ..)| {
         let mut phases: Vec<(&str, f64)> = engine
@@ -405,6 +407,8 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         "step_secs_median": step_secs,
         "step_secs_min": times[0].0,
         "audio_secs_per_sec": audio_secs / step_secs,
+        "step_gflop_estimate": step_flops / 1e9,
+        "achieved_gflops_estimate": step_flops / step_secs / 1e9,
         "losses": losses,
         "profile": profile,
         "peak_memory_mib": peak_memory_mib(),

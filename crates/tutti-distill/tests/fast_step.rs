@@ -12,17 +12,7 @@ use tutti_distill::step::{DistillModel, DistillStep, StepTargets, TeacherSlot};
 use tutti_models::presets::preset;
 use tutti_models::tutti::TuttiConfig;
 
-fn lcg(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use tutti_nn::fixtures::uniform as lcg;
 
 struct Case {
     config: TuttiConfig,

@@ -1,7 +1,8 @@
 //! The tutti encoder's inference engine on tutti's own CPU kernels ([`tutti_nn::kernels`]).
 //!
-//! Same architecture and weights as [`crate::tutti::TuttiEncoder`] (which stays the reference, and
-//! the path training differentiates through); this one runs a forward pass on plain row-major
+//! Same architecture and weights as [`crate::tutti::TuttiEncoder`] (which stays the reference;
+//! training on the CPU has its own engine, `tutti_distill::fast`); this one runs a forward pass on
+//! plain row-major
 //! buffers: the convolutions as im2col + one matrix product per chunk (the subsampler in a
 //! channels-last layout, its LayerNorm and projection permuted to match), the grouped positional
 //! convolution as one product per group, Q, K and V as one product, attention reading each head's
@@ -12,7 +13,6 @@
 //! Tested against the burn implementation (`tests/fast.rs`); `tutti bench speed --engine burn`
 //! times the reference for comparison.
 
-use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{Tensor, TensorData};
@@ -28,17 +28,7 @@ use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions};
 use crate::error::ModelError;
 use crate::tutti::{TuttiConfig, TuttiModel};
 
-fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data after conversion")
-}
-
-fn param<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
-    values(p.val())
-}
+use tutti_nn::layers::param_values as param;
 
 /// A linear layer as `[in, out]` row-major weights and a bias, with an optional int8 copy of
 /// the weights that its products then use ([`Precision::Int8`]).

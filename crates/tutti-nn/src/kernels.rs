@@ -650,17 +650,7 @@ pub fn exp_f32(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::fixtures::uniform as lcg;
 
     fn naive(a: MatRef, b: MatRef) -> Vec<f32> {
         let mut out = vec![0.0f32; a.rows * b.cols];

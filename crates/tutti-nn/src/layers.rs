@@ -11,6 +11,20 @@ pub fn layer_norm_no_affine<const D: usize>(x: Tensor<D>, epsilon: f64) -> Tenso
 }
 
 /// Largest absolute difference between two tensors of the same shape.
+/// A tensor's values as f32, row-major.
+pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data after conversion")
+}
+
+/// A parameter's values as f32, row-major.
+pub fn param_values<const D: usize>(p: &burn::module::Param<Tensor<D>>) -> Vec<f32> {
+    values(p.val())
+}
+
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }

@@ -281,17 +281,7 @@ impl QuantizedMatrix {
 mod tests {
     use super::*;
 
-    fn lcg(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::fixtures::uniform as lcg;
 
     /// The f64 product of the dequantised operands: what the kernel computes, exactly, before
     /// its final f32 rescaling.

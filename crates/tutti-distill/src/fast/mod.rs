@@ -68,17 +68,7 @@ impl FastTargets {
     }
 }
 
-fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data after conversion")
-}
-
-fn param<const D: usize>(p: &Param<Tensor<D>>) -> Vec<f32> {
-    values(p.val())
-}
+use tutti_nn::layers::{param_values as param, values};
 
 /// `p` with its values replaced (same id, shape, device and gradient requirement).
 fn replaced<const D: usize>(p: &Param<Tensor<D>>, data: Vec<f32>) -> Param<Tensor<D>> {
@@ -608,13 +598,10 @@ impl FastDistillStep {
         // Subsampler LayerNorm and projection.
         let sub_xhat = sized(&mut tape.sub_xhat, rows * flat);
         copy(sub_xhat, &tape.conv_a[geometry.len() - 1]);
-        layer_norm_rows_train(
+        net.sub_norm.forward(
             sub_xhat,
             sized(&mut tape.sub_inv, rows),
-            Some(sized(&mut tape.sub_y, rows * flat)),
-            flat,
-            Some(&net.sub_norm.gamma.value),
-            Some(&net.sub_norm.beta.value),
+            sized(&mut tape.sub_y, rows * flat),
             eps,
         );
         net.proj
@@ -652,13 +639,10 @@ impl FastDistillStep {
         if !self.layer_norm_first {
             let enc_xhat = sized(&mut tape.enc_xhat, rows * width);
             copy(enc_xhat, &tape.blocks[0].input);
-            layer_norm_rows_train(
+            net.enc_norm.forward(
                 enc_xhat,
                 sized(&mut tape.enc_inv, rows),
-                Some(&mut tape.blocks[0].input),
-                width,
-                Some(&net.enc_norm.gamma.value),
-                Some(&net.enc_norm.beta.value),
+                &mut tape.blocks[0].input,
                 eps,
             );
         }
@@ -789,17 +773,8 @@ impl FastDistillStep {
         if self.layer_norm_first {
             copy(d_sum, &d);
         } else {
-            layer_norm_rows_backward(
-                &d,
-                &tape.enc_xhat,
-                &tape.enc_inv,
-                width,
-                Some(&net.enc_norm.gamma.value),
-                Some(&mut net.enc_norm.gamma.grad),
-                Some(&mut net.enc_norm.beta.grad),
-                d_sum,
-                false,
-            );
+            net.enc_norm
+                .backward(&d, &tape.enc_xhat, &tape.enc_inv, d_sum, false);
         }
         let d_proj = sized(&mut s.b, rows * width);
         copy(d_proj, d_sum);
@@ -847,14 +822,10 @@ impl FastDistillStep {
         let d_y = sized(&mut s.sub, rows * flat);
         net.proj.backward(&tape.sub_y, &s.b, rows, Some(d_y), false);
         let mut d_a = std::mem::take(&mut s.wide);
-        layer_norm_rows_backward(
+        net.sub_norm.backward(
             &s.sub,
             &tape.sub_xhat,
             &tape.sub_inv,
-            flat,
-            Some(&net.sub_norm.gamma.value),
-            Some(&mut net.sub_norm.gamma.grad),
-            Some(&mut net.sub_norm.beta.grad),
             sized(&mut d_a, rows * flat),
             false,
         );
@@ -1123,13 +1094,10 @@ fn block_forward(
     let attention_input: &[f32] = if layer_norm_first {
         let xhat1 = sized(&mut t.xhat1, n);
         copy(xhat1, &t.input);
-        layer_norm_rows_train(
+        block.norm1.forward(
             xhat1,
             sized(&mut t.inv1, rows),
-            Some(sized(&mut t.normed1, n)),
-            width,
-            Some(&block.norm1.gamma.value),
-            Some(&block.norm1.beta.value),
+            sized(&mut t.normed1, n),
             eps,
         );
         &t.normed1
@@ -1152,24 +1120,18 @@ fn block_forward(
     let ffn_input: &[f32] = if layer_norm_first {
         let xhat2 = sized(&mut t.xhat2, n);
         copy(xhat2, &t.resid);
-        layer_norm_rows_train(
+        block.norm2.forward(
             xhat2,
             sized(&mut t.inv2, rows),
-            Some(sized(&mut t.normed2, n)),
-            width,
-            Some(&block.norm2.gamma.value),
-            Some(&block.norm2.beta.value),
+            sized(&mut t.normed2, n),
             eps,
         );
         &t.normed2
     } else {
-        layer_norm_rows_train(
+        block.norm1.forward(
             &mut t.xhat1,
             sized(&mut t.inv1, rows),
-            Some(sized(&mut t.normed1, n)),
-            width,
-            Some(&block.norm1.gamma.value),
-            Some(&block.norm1.beta.value),
+            sized(&mut t.normed1, n),
             eps,
         );
         &t.normed1
@@ -1190,15 +1152,9 @@ fn block_forward(
     } else {
         let xhat2 = sized(&mut t.xhat2, n);
         sum_into(xhat2, &t.normed1, &t.ffn);
-        layer_norm_rows_train(
-            xhat2,
-            sized(&mut t.inv2, rows),
-            Some(out),
-            width,
-            Some(&block.norm2.gamma.value),
-            Some(&block.norm2.beta.value),
-            eps,
-        );
+        block
+            .norm2
+            .forward(xhat2, sized(&mut t.inv2, rows), out, eps);
     }
     prof.mark("block fwd: residual + norm");
 }
@@ -1230,17 +1186,7 @@ fn block_backward(
         if layer_norm_first {
             copy(a, d);
         } else {
-            layer_norm_rows_backward(
-                d,
-                &t.xhat2,
-                &t.inv2,
-                width,
-                Some(&block.norm2.gamma.value),
-                Some(&mut block.norm2.gamma.grad),
-                Some(&mut block.norm2.beta.grad),
-                a,
-                false,
-            );
+            block.norm2.backward(d, &t.xhat2, &t.inv2, a, false);
         }
         match d_ffn {
             Some(f) => sum_into(b, a, f),
@@ -1266,33 +1212,17 @@ fn block_backward(
         block
             .ffn_in
             .backward(&t.normed2, dg, rows, Some(&mut s.b[..n]), false);
-        layer_norm_rows_backward(
-            &s.b[..n],
-            &t.xhat2,
-            &t.inv2,
-            width,
-            Some(&block.norm2.gamma.value),
-            Some(&mut block.norm2.gamma.grad),
-            Some(&mut block.norm2.beta.grad),
-            &mut s.a[..n],
-            true,
-        );
+        block
+            .norm2
+            .backward(&s.b[..n], &t.xhat2, &t.inv2, &mut s.a[..n], true);
     } else {
         block
             .ffn_in
             .backward(&t.normed1, dg, rows, Some(&mut s.a[..n]), true);
         let dr1 = sized(&mut s.c, n);
-        layer_norm_rows_backward(
-            &s.a[..n],
-            &t.xhat1,
-            &t.inv1,
-            width,
-            Some(&block.norm1.gamma.value),
-            Some(&mut block.norm1.gamma.grad),
-            Some(&mut block.norm1.beta.grad),
-            dr1,
-            false,
-        );
+        block
+            .norm1
+            .backward(&s.a[..n], &t.xhat1, &t.inv1, dr1, false);
         std::mem::swap(&mut s.a, &mut s.c);
     }
     prof.mark("block bwd: FFN in + norm");
@@ -1310,17 +1240,9 @@ fn block_backward(
         block
             .qkv
             .backward(&t.normed1, &s.qkv, rows, Some(&mut s.b[..n]), false);
-        layer_norm_rows_backward(
-            &s.b[..n],
-            &t.xhat1,
-            &t.inv1,
-            width,
-            Some(&block.norm1.gamma.value),
-            Some(&mut block.norm1.gamma.grad),
-            Some(&mut block.norm1.beta.grad),
-            &mut s.a[..n],
-            true,
-        );
+        block
+            .norm1
+            .backward(&s.b[..n], &t.xhat1, &t.inv1, &mut s.a[..n], true);
     } else {
         block
             .qkv

@@ -127,6 +127,47 @@ pub(crate) struct Norm {
     pub beta: Weight,
 }
 
+impl Norm {
+    /// `y = LayerNorm(x)`: `x` becomes the normalised rows and `inv` each row's inverse deviation
+    /// (what [`Norm::backward`] needs).
+    pub fn forward(&self, x: &mut [f32], inv: &mut [f32], y: &mut [f32], eps: f32) {
+        let width = self.gamma.value.len();
+        tutti_nn::kernels::layer_norm_rows_train(
+            x,
+            inv,
+            Some(y),
+            width,
+            Some(&self.gamma.value),
+            Some(&self.beta.value),
+            eps,
+        );
+    }
+
+    /// From the output's gradient: adds the scale's and shift's gradients, writes (or adds) the
+    /// input's.
+    pub fn backward(
+        &mut self,
+        dy: &[f32],
+        xhat: &[f32],
+        inv: &[f32],
+        dx: &mut [f32],
+        accumulate: bool,
+    ) {
+        let width = self.gamma.value.len();
+        tutti_nn::kernels::layer_norm_rows_backward(
+            dy,
+            xhat,
+            inv,
+            width,
+            Some(&self.gamma.value),
+            Some(&mut self.gamma.grad),
+            Some(&mut self.beta.grad),
+            dx,
+            accumulate,
+        );
+    }
+}
+
 /// `buffer` resized to `len` (contents unspecified: every user overwrites it).
 pub(crate) fn sized(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     buffer.resize(len, 0.0);
