@@ -426,22 +426,14 @@ fn any_encoder_speed(
     threads: Option<usize>,
 ) -> anyhow::Result<ExitCode> {
     let device = tutti_nn::device::cpu();
-    let model_type = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v.get("model_type")?.as_str().map(str::to_string));
-    // Whisper has both engines on the CPU; `--engine burn` picks its burn implementation.
-    let encoder: Box<dyn AudioEncoder> =
-        if args.engine == Engine::Burn && model_type.as_deref() == Some("whisper") {
-            if args.precision != tutti_models::Precision::F32 {
-                anyhow::bail!("--precision other than f32 needs --engine fast");
-            }
-            let mut whisper = tutti_models::whisper::HfWhisperEncoder::load(dir, &device)?;
-            whisper.use_burn();
-            Box::new(whisper)
-        } else {
-            tutti_models::load_encoder_with(dir, &device, args.precision)?
-        };
+    // Whisper and CREPE have both engines on the CPU; `--engine burn` picks the burn one.
+    if args.engine == Engine::Burn && args.precision != tutti_models::Precision::F32 {
+        anyhow::bail!("--precision other than f32 needs --engine fast");
+    }
+    let mut encoder = tutti_models::load_encoder_with(dir, &device, args.precision)?;
+    if args.engine == Engine::Burn {
+        encoder.use_burn_engine();
+    }
     let info = encoder.info();
     let samples = (args.secs * info.sample_rate_hz as f64) as usize;
     let wave = bench_wave(args, info.sample_rate_hz)?;

@@ -159,6 +159,10 @@ pub fn frames(audio: &[f32]) -> (Vec<f32>, usize) {
 #[derive(Debug)]
 pub struct CrepeEncoder {
     pub model: CrepeModel,
+    /// The same weights on tutti's kernels ([`FastCrepe`]), built at load on the CPU and used by
+    /// `encode` and `pitch` when present; [`CrepeEncoder::sync_fast`] rebuilds it after the burn
+    /// model changes, `use_burn_engine` drops it.
+    pub fast: Option<FastCrepe>,
     pub capacity: String,
     pub in_features: usize,
     pub device: Device,
@@ -180,7 +184,9 @@ impl CrepeEncoder {
         let (_, in_features) = capacity(&capacity_name)?;
         let mut model = CrepeModel::new(&capacity_name, device)?;
         tutti_nn::loader::load_pytorch_strict(&mut model, path, &["*.num_batches_tracked"])?;
+        let fast = (*device == tutti_nn::device::cpu()).then(|| FastCrepe::from_model(&model));
         Ok(Self {
+            fast,
             model,
             in_features,
             device: device.clone(),
@@ -189,9 +195,20 @@ impl CrepeEncoder {
         })
     }
 
+    /// Rebuild the fast engine's copy of the weights from `model` (after changing it).
+    pub fn sync_fast(&mut self) {
+        if self.fast.is_some() {
+            self.fast = Some(FastCrepe::from_model(&self.model));
+        }
+    }
+
     /// Pitch probabilities `[frames, 360]` of one waveform, row-major.
     pub fn pitch(&self, audio: &[f32]) -> Result<(Vec<f32>, usize), ModelError> {
         let (data, count) = frames(audio);
+        if let Some(fast) = &self.fast {
+            let (_, pitch) = fast.forward(&data, true);
+            return Ok((pitch.expect("asked for"), count));
+        }
         let mut out = Vec::with_capacity(count * PITCH_BINS);
         for chunk in data.chunks(FRAMES_PER_PASS * WINDOW) {
             let n = chunk.len() / WINDOW;
@@ -210,6 +227,10 @@ impl CrepeEncoder {
 }
 
 impl AudioEncoder for CrepeEncoder {
+    fn use_burn_engine(&mut self) -> bool {
+        self.fast.take().is_some()
+    }
+
     fn info(&self) -> EncoderInfo {
         EncoderInfo {
             name: self.name.clone(),
@@ -250,6 +271,14 @@ impl AudioEncoder for CrepeEncoder {
             vec![vec![0.0; waveforms.len() * longest * width]; depth + 1];
         for (item, wave) in waveforms.iter().enumerate() {
             let (data, count) = frames(wave);
+            if let Some(fast) = &self.fast {
+                let (hidden, _) = fast.forward(&data, false);
+                for (layer, values) in hidden.iter().take(depth + 1).enumerate() {
+                    let start = item * longest * width;
+                    states[layer][start..start + values.len()].copy_from_slice(values);
+                }
+                continue;
+            }
             for (pass, chunk) in data.chunks(FRAMES_PER_PASS * WINDOW).enumerate() {
                 let n = chunk.len() / WINDOW;
                 let input = Tensor::<2>::from_data(
@@ -282,5 +311,230 @@ impl AudioEncoder for CrepeEncoder {
             ffn_outputs: Vec::new(),
             lengths,
         })
+    }
+}
+
+/// One CREPE block on tutti's kernels: convolution (weights `[(k, c_in), c_out]`), ReLU, the
+/// BatchNorm as a per-channel scale and shift, max-pool by 2 over time; channels-last `[H, C]`.
+#[derive(Debug, Clone)]
+struct FastBlock {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    kernel: usize,
+    stride: usize,
+    pad_left: usize,
+    pad_right: usize,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl FastBlock {
+    fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
+        let values = |t: Tensor<1>| tutti_nn::layers::values(t);
+        let [c_out, c_in, kernel, _] = conv.weight.dims();
+        let w = tutti_nn::layers::param_values(&conv.weight);
+        let mut weight = vec![0.0f32; w.len()];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for k in 0..kernel {
+                    weight[(k * c_in + i) * c_out + o] = w[(o * c_in + i) * kernel + k];
+                }
+            }
+        }
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(tutti_nn::layers::param_values)
+            .unwrap_or_else(|| vec![0.0; c_out]);
+        let (gamma, beta) = (
+            tutti_nn::layers::param_values(&bn.gamma),
+            tutti_nn::layers::param_values(&bn.beta),
+        );
+        let (mean, var) = (
+            values(bn.running_mean.value()),
+            values(bn.running_var.value()),
+        );
+        let scale: Vec<f32> = (0..c_out)
+            .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
+            .collect();
+        let shift = (0..c_out).map(|c| beta[c] - mean[c] * scale[c]).collect();
+        let (pad_left, pad_right) = match conv.padding {
+            PaddingConfig2d::Explicit(top, _, bottom, _) => (top, bottom),
+            _ => (0, 0),
+        };
+        Self {
+            weight,
+            bias,
+            scale,
+            shift,
+            kernel,
+            stride: conv.stride[0],
+            pad_left,
+            pad_right,
+            c_in,
+            c_out,
+        }
+    }
+
+    /// `[h, c_in]` -> `[h_out / 2, c_out]` (one frame, on the calling thread).
+    fn forward(&self, x: &[f32], h: usize) -> (Vec<f32>, usize) {
+        use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
+        let (c_in, c_out, k) = (self.c_in, self.c_out, self.kernel);
+        let h_out = (h + self.pad_left + self.pad_right - k) / self.stride + 1;
+        let mut y = vec![0.0f32; h_out * c_out];
+        for row in y.chunks_exact_mut(c_out) {
+            row.copy_from_slice(&self.bias);
+        }
+        if c_in < 32 {
+            // Few input channels: one im2col product.
+            let mut cols = vec![0.0f32; h_out * k * c_in];
+            for (t, col) in cols.chunks_exact_mut(k * c_in).enumerate() {
+                for j in 0..k {
+                    let src = (t * self.stride + j) as isize - self.pad_left as isize;
+                    if src >= 0 && (src as usize) < h {
+                        let src = src as usize;
+                        col[j * c_in..(j + 1) * c_in].copy_from_slice(&x[src * c_in..][..c_in]);
+                    }
+                }
+            }
+            matmul(
+                MatMut::new(&mut y, h_out, c_out),
+                MatRef::new(&cols, h_out, k * c_in),
+                MatRef::new(&self.weight, k * c_in, c_out),
+                1.0,
+                true,
+                Threads::One,
+            );
+        } else {
+            // Many input channels: one product per kernel tap, reading the padded input's rows
+            // in place (rows `t * stride + j`).
+            let padded_rows = h + self.pad_left + self.pad_right;
+            let mut padded = vec![0.0f32; padded_rows * c_in];
+            padded[self.pad_left * c_in..(self.pad_left + h) * c_in].copy_from_slice(x);
+            for j in 0..k {
+                let view = MatRef {
+                    data: &padded[j * c_in..],
+                    rows: h_out,
+                    cols: c_in,
+                    row_stride: self.stride * c_in,
+                    col_stride: 1,
+                };
+                matmul(
+                    MatMut::new(&mut y, h_out, c_out),
+                    view,
+                    MatRef::new(
+                        &self.weight[j * c_in * c_out..][..c_in * c_out],
+                        c_in,
+                        c_out,
+                    ),
+                    1.0,
+                    true,
+                    Threads::One,
+                );
+            }
+        }
+        for row in y.chunks_exact_mut(c_out) {
+            for ((v, s), b) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
+                *v = v.max(0.0) * s + b;
+            }
+        }
+        let pooled = h_out / 2;
+        let mut out = vec![0.0f32; pooled * c_out];
+        for (t, row) in out.chunks_exact_mut(c_out).enumerate() {
+            let (a, b) = (
+                &y[2 * t * c_out..][..c_out],
+                &y[(2 * t + 1) * c_out..][..c_out],
+            );
+            for ((o, a), b) in row.iter_mut().zip(a).zip(b) {
+                *o = a.max(*b);
+            }
+        }
+        (out, pooled)
+    }
+}
+
+/// CREPE on tutti's kernels (the CPU path of [`CrepeEncoder`]): frames run in parallel, each
+/// through the six blocks in a channels-last layout, so that the flattened block outputs are
+/// already time-major as the classifier reads them. Tested against the burn model and, through
+/// [`CrepeEncoder`], against torchcrepe.
+#[derive(Debug, Clone)]
+pub struct FastCrepe {
+    blocks: Vec<FastBlock>,
+    classifier: (Vec<f32>, Vec<f32>),
+}
+
+impl FastCrepe {
+    pub fn from_model(model: &CrepeModel) -> Self {
+        let pairs = [
+            (&model.conv1, &model.conv1_BN),
+            (&model.conv2, &model.conv2_BN),
+            (&model.conv3, &model.conv3_BN),
+            (&model.conv4, &model.conv4_BN),
+            (&model.conv5, &model.conv5_BN),
+            (&model.conv6, &model.conv6_BN),
+        ];
+        let classifier = (
+            tutti_nn::layers::param_values(&model.classifier.weight),
+            model
+                .classifier
+                .bias
+                .as_ref()
+                .map(tutti_nn::layers::param_values)
+                .unwrap_or_else(|| vec![0.0; PITCH_BINS]),
+        );
+        Self {
+            blocks: pairs.iter().map(|(c, b)| FastBlock::new(c, b)).collect(),
+            classifier,
+        }
+    }
+
+    /// Normalised frames `[n, 1024]` -> the flattened outputs of blocks 4, 5 and 6, each
+    /// `[n, in_features]` row-major, and (with `pitch`) the pitch probabilities `[n, 360]`.
+    pub fn forward(&self, frames: &[f32], pitch: bool) -> ([Vec<f32>; 3], Option<Vec<f32>>) {
+        use rayon::prelude::*;
+        let per_frame: Vec<[Vec<f32>; 3]> = frames
+            .par_chunks(WINDOW)
+            .map(|frame| {
+                let (mut x, mut h) = (frame.to_vec(), WINDOW);
+                let mut kept: [Vec<f32>; 3] = Default::default();
+                for (i, block) in self.blocks.iter().enumerate() {
+                    (x, h) = block.forward(&x, h);
+                    if i >= 3 {
+                        kept[i - 3] = x.clone();
+                    }
+                }
+                kept
+            })
+            .collect();
+        let mut out: [Vec<f32>; 3] = Default::default();
+        for (layer, values) in out.iter_mut().enumerate() {
+            *values = per_frame
+                .iter()
+                .flat_map(|f| f[layer].iter().copied())
+                .collect();
+        }
+        let probabilities = pitch.then(|| {
+            let n = frames.len() / WINDOW;
+            let (weight, bias) = &self.classifier;
+            let features = &out[2];
+            let width = features.len() / n.max(1);
+            let mut p = vec![0.0f32; n * PITCH_BINS];
+            for row in p.chunks_exact_mut(PITCH_BINS) {
+                row.copy_from_slice(bias);
+            }
+            tutti_nn::kernels::matmul(
+                tutti_nn::kernels::MatMut::new(&mut p, n, PITCH_BINS),
+                tutti_nn::kernels::MatRef::new(features, n, width),
+                tutti_nn::kernels::MatRef::new(weight, width, PITCH_BINS),
+                1.0,
+                true,
+                tutti_nn::kernels::Threads::Pool,
+            );
+            p.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+            p
+        });
+        (out, probabilities)
     }
 }

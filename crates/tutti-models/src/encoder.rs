@@ -85,4 +85,11 @@ pub trait AudioEncoder {
     fn set_pad_to_window(&mut self, _pad: bool) -> bool {
         false
     }
+
+    /// For encoders with both a fast CPU engine and the burn implementation (Whisper, CREPE):
+    /// run on burn from now on (the reference, for comparisons). Returns whether there was a fast
+    /// engine to drop; encoders that only have one ignore it.
+    fn use_burn_engine(&mut self) -> bool {
+        false
+    }
 }

@@ -194,8 +194,8 @@ pub struct HfWhisperEncoder {
     pub pad_to_window: bool,
     /// The same weights on tutti's CPU kernels ([`crate::fast::FastWhisperEncoder`]), copied at
     /// load on the CPU and used by `encode`; `None` runs the burn implementation (other devices,
-    /// or after [`HfWhisperEncoder::use_burn`]). A teacher's weights do not change after load;
-    /// code that changes `encoder` must call `use_burn` or rebuild this copy.
+    /// or after `use_burn_engine`). A teacher's weights do not change after load;
+    /// code that changes `encoder` must call `use_burn_engine` or rebuild this copy.
     pub fast: Option<crate::fast::FastWhisperEncoder>,
 }
 
@@ -301,11 +301,6 @@ impl HfWhisperEncoder {
         })
     }
 
-    /// Run `encode` on the burn implementation (drops the fast engine's copy).
-    pub fn use_burn(&mut self) {
-        self.fast = None;
-    }
-
     /// `encode` on the fast engine: each window alone, then each item's valid frames gathered
     /// from its windows, padded to the longest item.
     fn encode_fast(
@@ -357,6 +352,10 @@ impl HfWhisperEncoder {
 }
 
 impl AudioEncoder for HfWhisperEncoder {
+    fn use_burn_engine(&mut self) -> bool {
+        self.fast.take().is_some()
+    }
+
     fn set_pad_to_window(&mut self, pad: bool) -> bool {
         self.pad_to_window = pad;
         true

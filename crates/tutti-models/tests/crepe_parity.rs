@@ -100,8 +100,31 @@ fn a_perturbed_batch_norm_breaks_parity() {
     .unwrap();
     let bn = &mut encoder.model.conv5_BN;
     bn.beta = bn.beta.clone().map(|b| b + 0.1);
+    encoder.sync_fast();
     let error = random_model_error(&encoder);
     assert!(error > 100.0 * CREPE_TOLERANCE, "{error}");
+}
+
+#[test]
+fn fast_and_burn_engines_agree() {
+    let mut encoder = CrepeEncoder::load(
+        &root().join("fixtures/parity/crepe_tiny_random.pth"),
+        Some("tiny"),
+        &tutti_nn::device::cpu(),
+    )
+    .unwrap();
+    assert!(
+        encoder.fast.is_some(),
+        "the CPU load builds the fast engine"
+    );
+    let fast = random_model_error(&encoder);
+    encoder.use_burn_engine();
+    let burn = random_model_error(&encoder);
+    eprintln!("CREPE tiny vs torchcrepe: fast {fast}, burn {burn}");
+    assert!(
+        fast <= CREPE_TOLERANCE && burn <= CREPE_TOLERANCE,
+        "{fast} {burn}"
+    );
 }
 
 #[test]

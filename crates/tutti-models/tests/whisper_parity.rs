@@ -32,7 +32,7 @@ fn worst(model_dir: &std::path::Path, burn: bool) -> f32 {
         let mut whisper =
             tutti_models::whisper::HfWhisperEncoder::load(model_dir, &tutti_nn::device::cpu())
                 .unwrap();
-        whisper.use_burn();
+        whisper.use_burn_engine();
         Box::new(whisper)
     } else {
         load_encoder(model_dir, &tutti_nn::device::cpu()).unwrap()
@@ -90,7 +90,7 @@ fn fast_and_burn_agree_without_window_padding() {
     let mut fast = tutti_models::whisper::HfWhisperEncoder::load(&dir, &device).unwrap();
     assert!(fast.fast.is_some(), "the CPU load builds the fast engine");
     let mut burn = tutti_models::whisper::HfWhisperEncoder::load(&dir, &device).unwrap();
-    burn.use_burn();
+    burn.use_burn_engine();
     let speech = expected()["waveform/0"].1.clone();
     let short = speech[..9_000].to_vec();
     for model in [&mut fast, &mut burn] {
