@@ -132,6 +132,10 @@ pub fn num_blocks(frames: usize) -> usize {
 #[derive(Debug)]
 pub struct AisfxEncoder {
     pub model: AisfxModel,
+    /// The same weights on tutti's kernels ([`FastAisfx`]), built at load on the CPU and used by
+    /// `encode` when present (`use_burn_engine` drops it; `sync_fast` rebuilds it after `model`
+    /// changes).
+    pub fast: Option<FastAisfx>,
     pub width: usize,
     pub device: Device,
     pub name: String,
@@ -150,13 +154,22 @@ impl AisfxEncoder {
             &[("^embedding_net\\.", "")],
             &["fc.", "*.num_batches_tracked"],
         )?;
+        let fast = (*device == tutti_nn::device::cpu()).then(|| FastAisfx::from_model(&model));
         Ok(Self {
+            fast,
             model,
             width,
             device: device.clone(),
             name: "aisfx".into(),
             front_end: AisfxMel::new(),
         })
+    }
+
+    /// Rebuild the fast engine's copy of the weights from `model` (after changing it).
+    pub fn sync_fast(&mut self) {
+        if self.fast.is_some() {
+            self.fast = Some(FastAisfx::from_model(&self.model));
+        }
     }
 
     /// The blocks of one waveform, `[blocks, 100, 96]` row-major.
@@ -178,6 +191,10 @@ impl AisfxEncoder {
 }
 
 impl AudioEncoder for AisfxEncoder {
+    fn use_burn_engine(&mut self) -> bool {
+        self.fast.take().is_some()
+    }
+
     fn info(&self) -> EncoderInfo {
         EncoderInfo {
             name: self.name.clone(),
@@ -222,7 +239,17 @@ impl AudioEncoder for AisfxEncoder {
         let total = all.len() / block_len;
         let width = 8 * self.width;
         let mut flat: Vec<Vec<f32>> = vec![Vec::with_capacity(total * width); depth + 1];
-        for chunk in all.chunks(BLOCKS_PER_PASS * block_len) {
+        if let Some(fast) = &self.fast {
+            for block in all.chunks(block_len) {
+                for (layer, values) in fast.forward_block(block, depth).into_iter().enumerate() {
+                    flat[layer].extend(values);
+                }
+            }
+        }
+        for chunk in all
+            .chunks(BLOCKS_PER_PASS * block_len)
+            .filter(|_| self.fast.is_none())
+        {
             let n = chunk.len() / block_len;
             let input = Tensor::<3>::from_data(
                 TensorData::new(chunk.to_vec(), [n, BLOCK_FRAMES, aisfx_mel::MEL_BINS]),
@@ -261,5 +288,168 @@ impl AudioEncoder for AisfxEncoder {
             ffn_outputs: Vec::new(),
             lengths,
         })
+    }
+}
+
+/// A 3x3 convolution (padding 1) with its BatchNorm folded in, then ReLU, on channels-last maps
+/// `[time, freq, channels]`: weights `[(kt, kf, c_in), c_out]` scaled by the BatchNorm, bias its
+/// shift.
+#[derive(Debug, Clone)]
+struct FastConvBn {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl FastConvBn {
+    fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
+        use tutti_nn::layers::{param_values, values};
+        let [c_out, c_in, _, _] = conv.weight.dims();
+        let w = param_values(&conv.weight);
+        let (gamma, beta) = (param_values(&bn.gamma), param_values(&bn.beta));
+        let (mean, var) = (
+            values(bn.running_mean.value()),
+            values(bn.running_var.value()),
+        );
+        let scale: Vec<f32> = (0..c_out)
+            .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
+            .collect();
+        let conv_bias = conv
+            .bias
+            .as_ref()
+            .map(param_values)
+            .unwrap_or_else(|| vec![0.0; c_out]);
+        let mut weight = vec![0.0f32; w.len()];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for tap in 0..9 {
+                    weight[(tap * c_in + i) * c_out + o] = w[(o * c_in + i) * 9 + tap] * scale[o];
+                }
+            }
+        }
+        let bias = (0..c_out)
+            .map(|c| (conv_bias[c] - mean[c]) * scale[c] + beta[c])
+            .collect();
+        Self {
+            weight,
+            bias,
+            c_in,
+            c_out,
+        }
+    }
+
+    /// `[t, f, c_in]` -> `[t, f, c_out]`.
+    fn forward(&self, x: &[f32], t: usize, f: usize) -> Vec<f32> {
+        let c = self.c_in;
+        let mut out = vec![0.0f32; t * f * self.c_out];
+        crate::fast::im2col_product(
+            &mut out,
+            &self.weight,
+            &self.bias,
+            9 * c,
+            |row, col| {
+                let (ti, fi) = (row / f, row % f);
+                for kt in 0..3 {
+                    let tt = (ti + kt) as isize - 1;
+                    if tt < 0 || tt as usize >= t {
+                        continue;
+                    }
+                    for kf in 0..3 {
+                        let ff = (fi + kf) as isize - 1;
+                        if ff < 0 || ff as usize >= f {
+                            continue;
+                        }
+                        let src = (tt as usize * f + ff as usize) * c;
+                        col[(kt * 3 + kf) * c..][..c].copy_from_slice(&x[src..src + c]);
+                    }
+                }
+            },
+            crate::fast::Activation::Relu,
+        );
+        out
+    }
+}
+
+/// 2x2 max-pool (stride 2, floor) of `[t, f, c]`.
+fn max_pool(x: &[f32], t: usize, f: usize, c: usize) -> (Vec<f32>, usize, usize) {
+    let (t2, f2) = (t / 2, f / 2);
+    let mut out = vec![f32::NEG_INFINITY; t2 * f2 * c];
+    for ti in 0..t2 {
+        for fi in 0..f2 {
+            let dst = &mut out[(ti * f2 + fi) * c..][..c];
+            for (dt, df) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let src = &x[((2 * ti + dt) * f + 2 * fi + df) * c..][..c];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = d.max(*s);
+                }
+            }
+        }
+    }
+    (out, t2, f2)
+}
+
+/// Mean over frequency, max over time of `[t, f, c]` -> `[c]` (as [`pool_embedding`]).
+fn pool_embedding_fast(x: &[f32], t: usize, f: usize, c: usize) -> Vec<f32> {
+    let mut out = vec![f32::NEG_INFINITY; c];
+    let mut mean = vec![0.0f32; c];
+    for ti in 0..t {
+        mean.fill(0.0);
+        for fi in 0..f {
+            for (m, v) in mean.iter_mut().zip(&x[(ti * f + fi) * c..][..c]) {
+                *m += v;
+            }
+        }
+        for (o, m) in out.iter_mut().zip(&mean) {
+            *o = o.max(m / f as f32);
+        }
+    }
+    out
+}
+
+/// aiSFX on tutti's kernels (the CPU path of [`AisfxEncoder`]): channels-last maps, convolutions
+/// as im2col products with the BatchNorms folded in, in parallel chunks of positions.
+#[derive(Debug, Clone)]
+pub struct FastAisfx {
+    convs: Vec<FastConvBn>,
+}
+
+impl FastAisfx {
+    pub fn from_model(model: &AisfxModel) -> Self {
+        let convs = [
+            &model.conv_block1,
+            &model.conv_block2,
+            &model.conv_block3,
+            &model.conv_block4,
+        ]
+        .iter()
+        .flat_map(|b| {
+            [
+                FastConvBn::new(&b.conv1, &b.bn1),
+                FastConvBn::new(&b.conv2, &b.bn2),
+            ]
+        })
+        .collect();
+        Self { convs }
+    }
+
+    /// One block `[100, 96]` -> (block 4's first convolution pooled, and with `depth` >= 1 the
+    /// embedding), as [`AisfxModel::forward`].
+    pub fn forward_block(&self, block: &[f32], depth: usize) -> Vec<Vec<f32>> {
+        let (mut t, mut f) = (BLOCK_FRAMES, block.len() / BLOCK_FRAMES);
+        let mut x = block.to_vec();
+        for pair in self.convs[..6].chunks(2) {
+            x = pair[0].forward(&x, t, f);
+            x = pair[1].forward(&x, t, f);
+            (x, t, f) = max_pool(&x, t, f, pair[1].c_out);
+        }
+        let first = self.convs[6].forward(&x, t, f);
+        let c = self.convs[6].c_out;
+        let mut out = vec![pool_embedding_fast(&first, t, f, c)];
+        if depth >= 1 {
+            let second = self.convs[7].forward(&first, t, f);
+            out.push(pool_embedding_fast(&second, t, f, self.convs[7].c_out));
+        }
+        out
     }
 }

@@ -243,16 +243,34 @@ impl SubsamplerConv {
     }
 }
 
-/// `out` (`[rows, outputs]`) = GELU(im2col(x) · `weights` + `bias`), `weights` being
-/// `[k, outputs]`: in parallel chunks of output rows whose im2col block stays near the L2 cache
-/// (~1 MiB). `fill(row, col)` writes output row `row`'s `k` im2col values into `col`, which
-/// arrives zeroed (so padding is skipped, not written).
+/// The activation an [`im2col_product`] applies after its bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Gelu,
+    Relu,
+}
+
 fn im2col_gelu(
     out: &mut [f32],
     weights: &[f32],
     bias: &[f32],
     k: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    im2col_product(out, weights, bias, k, fill, Activation::Gelu);
+}
+
+/// `out` (`[rows, outputs]`) = act(im2col(x) · `weights` + `bias`), `weights` being
+/// `[k, outputs]`: in parallel chunks of output rows whose im2col block stays near the L2 cache
+/// (~1 MiB). `fill(row, col)` writes output row `row`'s `k` im2col values into `col`, which
+/// arrives zeroed (so padding is skipped, not written).
+pub(crate) fn im2col_product(
+    out: &mut [f32],
+    weights: &[f32],
+    bias: &[f32],
+    k: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+    activation: Activation,
 ) {
     let outputs = bias.len();
     let total_rows = out.len() / outputs.max(1);
@@ -274,7 +292,16 @@ fn im2col_gelu(
                 false,
                 Threads::One,
             );
-            bias_gelu_rows(out, bias);
+            match activation {
+                Activation::Gelu => bias_gelu_rows(out, bias),
+                Activation::Relu => {
+                    for row in out.chunks_exact_mut(outputs) {
+                        for (v, b) in row.iter_mut().zip(bias) {
+                            *v = (*v + b).max(0.0);
+                        }
+                    }
+                }
+            }
         });
 }
 

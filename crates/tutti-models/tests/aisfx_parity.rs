@@ -120,8 +120,20 @@ fn a_perturbed_batch_norm_breaks_parity() {
     let mut encoder = tiny();
     let bn = &mut encoder.model.conv_block3.bn2;
     bn.beta = bn.beta.clone().map(|b| b + 0.1);
+    encoder.sync_fast();
     let error = random_model_error(&encoder);
     assert!(error > 100.0 * EMBEDDING_TOLERANCE, "{error}");
+}
+
+#[test]
+fn fast_and_burn_engines_agree() {
+    let mut encoder = tiny();
+    assert!(encoder.fast.is_some(), "the CPU load builds the fast engine");
+    let fast = random_model_error(&encoder);
+    assert!(encoder.use_burn_engine());
+    let burn = random_model_error(&encoder);
+    eprintln!("aiSFX (seeded) vs the package: fast {fast}, burn {burn}");
+    assert!(fast <= EMBEDDING_TOLERANCE && burn <= EMBEDDING_TOLERANCE, "{fast} {burn}");
 }
 
 #[test]
