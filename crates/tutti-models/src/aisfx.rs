@@ -304,17 +304,10 @@ struct FastConvBn {
 
 impl FastConvBn {
     fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
-        use tutti_nn::layers::{param_values, values};
+        use tutti_nn::layers::param_values;
         let [c_out, c_in, _, _] = conv.weight.dims();
         let w = param_values(&conv.weight);
-        let (gamma, beta) = (param_values(&bn.gamma), param_values(&bn.beta));
-        let (mean, var) = (
-            values(bn.running_mean.value()),
-            values(bn.running_var.value()),
-        );
-        let scale: Vec<f32> = (0..c_out)
-            .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
-            .collect();
+        let (scale, shift) = tutti_nn::layers::batch_norm_affine(bn);
         let conv_bias = conv
             .bias
             .as_ref()
@@ -329,7 +322,7 @@ impl FastConvBn {
             }
         }
         let bias = (0..c_out)
-            .map(|c| (conv_bias[c] - mean[c]) * scale[c] + beta[c])
+            .map(|c| conv_bias[c] * scale[c] + shift[c])
             .collect();
         Self {
             weight,

@@ -332,7 +332,6 @@ struct FastBlock {
 
 impl FastBlock {
     fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
-        let values = |t: Tensor<1>| tutti_nn::layers::values(t);
         let [c_out, c_in, kernel, _] = conv.weight.dims();
         let w = tutti_nn::layers::param_values(&conv.weight);
         let mut weight = vec![0.0f32; w.len()];
@@ -348,18 +347,7 @@ impl FastBlock {
             .as_ref()
             .map(tutti_nn::layers::param_values)
             .unwrap_or_else(|| vec![0.0; c_out]);
-        let (gamma, beta) = (
-            tutti_nn::layers::param_values(&bn.gamma),
-            tutti_nn::layers::param_values(&bn.beta),
-        );
-        let (mean, var) = (
-            values(bn.running_mean.value()),
-            values(bn.running_var.value()),
-        );
-        let scale: Vec<f32> = (0..c_out)
-            .map(|c| gamma[c] / (var[c] + bn.epsilon as f32).sqrt())
-            .collect();
-        let shift = (0..c_out).map(|c| beta[c] - mean[c] * scale[c]).collect();
+        let (scale, shift) = tutti_nn::layers::batch_norm_affine(bn);
         let (pad_left, pad_right) = match conv.padding {
             PaddingConfig2d::Explicit(top, _, bottom, _) => (top, bottom),
             _ => (0, 0),

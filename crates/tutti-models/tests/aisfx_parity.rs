@@ -128,12 +128,18 @@ fn a_perturbed_batch_norm_breaks_parity() {
 #[test]
 fn fast_and_burn_engines_agree() {
     let mut encoder = tiny();
-    assert!(encoder.fast.is_some(), "the CPU load builds the fast engine");
+    assert!(
+        encoder.fast.is_some(),
+        "the CPU load builds the fast engine"
+    );
     let fast = random_model_error(&encoder);
     assert!(encoder.use_burn_engine());
     let burn = random_model_error(&encoder);
     eprintln!("aiSFX (seeded) vs the package: fast {fast}, burn {burn}");
-    assert!(fast <= EMBEDDING_TOLERANCE && burn <= EMBEDDING_TOLERANCE, "{fast} {burn}");
+    assert!(
+        fast <= EMBEDDING_TOLERANCE && burn <= EMBEDDING_TOLERANCE,
+        "{fast} {burn}"
+    );
 }
 
 #[test]

@@ -276,10 +276,10 @@ pub fn layer_norm_rows(
         });
 }
 
-fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) {
+/// A row's mean and `1 / sqrt(var + eps)`, two-pass (the variance of the centred values).
+fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = sum_f32(row) / n;
-    let mut var = 0.0f32;
     let mut lanes = [0.0f32; 8];
     let mut chunks = row.chunks_exact(8);
     for c in &mut chunks {
@@ -288,11 +288,17 @@ fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, 
             *l += d * d;
         }
     }
-    for v in chunks.remainder() {
-        var += (v - mean) * (v - mean);
-    }
-    var += lanes.iter().sum::<f32>();
-    let inv = 1.0 / (var / n + eps).sqrt();
+    let var = lanes.iter().sum::<f32>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f32>();
+    (mean, 1.0 / (var / n + eps).sqrt())
+}
+
+fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) {
+    let (mean, inv) = row_statistics(row, eps);
     match (gamma, beta) {
         (Some(g), Some(b)) => {
             for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
@@ -338,22 +344,8 @@ pub fn layer_norm_rows_train(
     let chunk = rows_per_chunk(width);
     let normalise = |x: &mut [f32], inv: &mut [f32]| {
         for (row, inv) in x.chunks_exact_mut(width).zip(inv.iter_mut()) {
-            let n = width as f32;
-            let mean = sum_f32(row) / n;
-            let mut lanes = [0.0f32; 8];
-            let mut chunks = row.chunks_exact(8);
-            for c in &mut chunks {
-                for (l, v) in lanes.iter_mut().zip(c) {
-                    *l += (v - mean) * (v - mean);
-                }
-            }
-            let var = lanes.iter().sum::<f32>()
-                + chunks
-                    .remainder()
-                    .iter()
-                    .map(|v| (v - mean) * (v - mean))
-                    .sum::<f32>();
-            *inv = 1.0 / (var / n + eps).sqrt();
+            let mean;
+            (mean, *inv) = row_statistics(row, eps);
             for v in row.iter_mut() {
                 *v = (*v - mean) * *inv;
             }

@@ -25,6 +25,28 @@ pub fn param_values<const D: usize>(p: &burn::module::Param<Tensor<D>>) -> Vec<f
     values(p.val())
 }
 
+/// A BatchNorm in inference as a per-channel affine map `x * scale + shift` (from its running
+/// statistics, scale and shift).
+pub fn batch_norm_affine(bn: &burn::nn::BatchNorm) -> (Vec<f32>, Vec<f32>) {
+    let (gamma, beta) = (param_values(&bn.gamma), param_values(&bn.beta));
+    let (mean, var) = (
+        values(bn.running_mean.value()),
+        values(bn.running_var.value()),
+    );
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + bn.epsilon as f32).sqrt())
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (scale, shift)
+}
+
 pub fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar::<f32>()
 }
