@@ -368,6 +368,7 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         let loss = match fast {
             Some((engine, targets, features)) => {
                 tutti_distill::FastDistillStep::step(engine, features, &lengths, targets)
+                    .unwrap_or(f32::NAN)
             }
             None => step.step(features.clone(), &lengths, &targets),
         };

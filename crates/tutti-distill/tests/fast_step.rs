@@ -290,7 +290,7 @@ fn adamw_updates_match_burn() {
     for _ in 0..3 {
         let features = c.features();
         let burn_loss = c.burn.step(features, &c.lengths.clone(), &c.targets);
-        let fast_loss = fast.step(&c.features, &c.lengths, &targets);
+        let fast_loss = fast.step(&c.features, &c.lengths, &targets).unwrap();
         assert!(
             (burn_loss - fast_loss).abs() < 1e-4,
             "{burn_loss} vs {fast_loss}"
@@ -319,4 +319,28 @@ fn adamw_updates_match_burn() {
         worst < 5e-5,
         "parameters after 3 AdamW steps differ by {worst}"
     );
+}
+
+#[test]
+fn a_non_finite_batch_updates_nothing() {
+    let c = case(false, vec![2, 1]);
+    let mut fast = c.fast();
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let before = collect(&fast.export(c.burn.model(), Buffer::Value));
+    let mut features = c.features.clone();
+    features[7] = f32::NAN;
+    let error = fast.step(&features, &c.lengths, &targets).unwrap_err();
+    // The NaN reaches the loss (no max() swallows it on the way).
+    assert!(error.loss.is_nan(), "{error}");
+    let after = collect(&fast.export(c.burn.model(), Buffer::Value));
+    assert!(
+        before.iter().zip(&after).all(|(a, b)| a.1 == b.1),
+        "parameters changed"
+    );
+    // A finite batch afterwards trains as usual (the moments were not poisoned).
+    let loss = fast.step(&c.features, &c.lengths, &targets).unwrap();
+    assert!(loss.is_finite());
+    let moved = collect(&fast.export(c.burn.model(), Buffer::Value));
+    assert!(before.iter().zip(&moved).any(|(a, b)| a.1 != b.1));
+    assert!(moved.iter().all(|p| p.1.iter().all(|v| v.is_finite())));
 }

@@ -425,7 +425,7 @@ impl FastBlock {
         }
         for row in y.chunks_exact_mut(c_out) {
             for ((v, s), b) in row.iter_mut().zip(&self.scale).zip(&self.shift) {
-                *v = v.max(0.0) * s + b;
+                *v = tutti_nn::layers::relu(*v) * s + b;
             }
         }
         let pooled = h_out / 2;

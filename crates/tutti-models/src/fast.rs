@@ -297,7 +297,7 @@ pub(crate) fn im2col_product(
                 Activation::Relu => {
                     for row in out.chunks_exact_mut(outputs) {
                         for (v, b) in row.iter_mut().zip(bias) {
-                            *v = (*v + b).max(0.0);
+                            *v = tutti_nn::layers::relu(*v + b);
                         }
                     }
                 }

@@ -558,7 +558,9 @@ unsafe fn exp_shifted_row_avx2(row: &mut [f32]) -> f32 {
 fn exp_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
     use std::arch::x86_64::*;
     let c = _mm256_set1_ps;
-    let x = _mm256_min_ps(_mm256_max_ps(x, c(-87.0)), c(88.0));
+    // The bound first: `maxps` / `minps` return their second operand when either is NaN, so a
+    // NaN input stays NaN (and so does its exponential).
+    let x = _mm256_min_ps(c(88.0), _mm256_max_ps(c(-87.0), x));
     let n = _mm256_floor_ps(_mm256_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(0.5)));
     let r = _mm256_fmadd_ps(n, c(-0.693_359_4), x);
     let r = _mm256_fmadd_ps(n, c(2.121_944_4e-4), r);
@@ -631,8 +633,11 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p.mul_add(r, 1.666_666_5e-1);
     p = p.mul_add(r, 0.5);
     let p = (p * r).mul_add(r, r) + 1.0;
-    // SAFETY: `n` is an integer in [-126, 127] (x was clamped), so the conversion is exact; the
-    // unchecked form vectorises where `as` (saturating) does not.
+    // A NaN input gives a NaN `p` (so a NaN result); its exponent is taken as 0, because the
+    // unchecked conversion below is only defined for finite values.
+    let n = if n.is_nan() { 0.0 } else { n };
+    // SAFETY: `n` is an integer in [-126, 127] (x was clamped; NaN replaced), so the conversion
+    // is exact; the unchecked form vectorises where `as` (saturating) does not.
     let n = unsafe { n.to_int_unchecked::<i32>() };
     let scale = f32::from_bits(((n + 127) as u32) << 23);
     p * scale
@@ -743,6 +748,10 @@ mod tests {
         assert!(worst < 2.5 * f32::EPSILON, "{worst}");
         assert_eq!(exp_f32(-1000.0).to_bits(), exp_f32(-87.0).to_bits());
         assert!(exp_f32(-100.0) < 1e-37);
+        assert!(exp_f32(f32::NAN).is_nan(), "NaN propagates");
+        let mut row = [0.5f32, f32::NAN, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0];
+        exp_shifted_row(&mut row);
+        assert!(row[1].is_nan());
     }
 
     #[test]

@@ -11,6 +11,13 @@ pub fn layer_norm_no_affine<const D: usize>(x: Tensor<D>, epsilon: f64) -> Tenso
 }
 
 /// Largest absolute difference between two tensors of the same shape.
+/// ReLU that keeps NaN (as PyTorch's and burn's do; `f32::max(NaN, 0.0)` would return 0 and hide
+/// a bad input).
+#[inline(always)]
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 { 0.0 } else { x }
+}
+
 /// A tensor's values as f32, row-major.
 pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor

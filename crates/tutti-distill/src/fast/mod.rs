@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use tutti_models::tutti::TuttiConfig;
 use tutti_nn::kernels::layer_norm_rows_backward;
 use tutti_nn::kernels::layer_norm_rows_train;
+use tutti_nn::layers::relu;
 use tutti_nn::mask::conv_output_length;
 
 use crate::step::{ADAM_BETAS, ADAM_EPSILON, DistillModel, StepTargets, TeacherSlot, WEIGHT_DECAY};
@@ -33,6 +34,24 @@ use ops::{
     Attention, ConvGeometry, Dense, GroupedConv, Norm, Profile, Span, Weight, copy, gelu_backward,
     gelu_into, sized, split_ragged_mut, sum_into, zeroed,
 };
+
+/// A step whose loss or gradients were not finite; nothing was updated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NonFiniteStep {
+    pub loss: f32,
+}
+
+impl std::fmt::Display for NonFiniteStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the batch's loss ({}) or gradients are not finite; no parameter was updated",
+            self.loss
+        )
+    }
+}
+
+impl std::error::Error for NonFiniteStep {}
 
 /// Teacher targets as plain buffers: `targets[t][k]` is `[batch, frames[t], dims[t]]` row-major.
 #[derive(Debug, Clone)]
@@ -469,11 +488,29 @@ impl FastDistillStep {
     /// Forward, backward and one AdamW update on a padded fbank batch (`[batch, max_frames,
     /// mel_bins]` row-major, padding ignored) with per-item lengths; returns the loss before the
     /// update.
-    pub fn step(&mut self, features: &[f32], fbank_lengths: &[usize], batch: &FastTargets) -> f32 {
+    ///
+    /// A batch whose loss or gradients are not finite (NaN or infinite features or targets, or a
+    /// diverging run) updates nothing, so one bad batch cannot poison the parameters and the
+    /// AdamW moments: the error says so and the caller decides (skip the batch, stop the run).
+    pub fn step(
+        &mut self,
+        features: &[f32],
+        fbank_lengths: &[usize],
+        batch: &FastTargets,
+    ) -> Result<f32, NonFiniteStep> {
         let loss = self.loss_and_gradients(features, fbank_lengths, batch);
+        let gradients_finite = self.net.weights_mut().iter().all(|w| {
+            !w.trained
+                || w.grad
+                    .par_chunks(1 << 14)
+                    .all(|c| c.iter().all(|g| g.is_finite()))
+        });
+        if !loss.is_finite() || !gradients_finite {
+            return Err(NonFiniteStep { loss });
+        }
         self.adamw();
         self.profile.mark("AdamW");
-        loss
+        Ok(loss)
     }
 
     /// Time every phase of the following steps (a few microseconds per step).
@@ -703,7 +740,7 @@ impl FastDistillStep {
                 let h = sized(&mut s.head, rows * hidden);
                 head.fc1.forward(ffn, rows, h);
                 h.par_chunks_mut(1 << 14)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = relu(*v)));
                 let pred = sized(&mut s.pred, rows * dim);
                 head.fc2.forward(h, rows, pred);
                 let d_pred = zeroed(&mut s.d_pred, rows * dim);
