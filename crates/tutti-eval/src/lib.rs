@@ -1,7 +1,7 @@
 //! tutti-eval: the benchmark's scoring (PAPERS.md section 4): task metrics mapped to [0, 1]
 //! (higher is better) and the suite score, the test-size-weighted average, overall and per
 //! domain; the kNN, linear and MLP probes; the benchmark runner with its embedding cache
-//! ([`bench`]); the HTML report ([`report`]).
+//! ([`bench`](mod@bench)); the HTML report ([`report`]).
 //!
 //! Reference: scikit-learn 1.5.2 (`accuracy_score`, `f1_score(average="macro")`,
 //! `average_precision_score(average="macro")`, `r2_score`); parity: `tests/sklearn_parity.rs`
