@@ -12,7 +12,7 @@ pub mod loss;
 pub mod step;
 pub mod weights;
 
-pub use fast::{FastDistillStep, FastTargets, NonFiniteStep};
+pub use fast::{FastDistillStep, FastTargets, NonFiniteStep, StateError};
 pub use heads::PredictionHead;
 pub use loss::distillation_loss;
 pub use step::{DistillModel, DistillStep, StepTargets};

@@ -344,3 +344,57 @@ fn a_non_finite_batch_updates_nothing() {
     assert!(before.iter().zip(&moved).any(|(a, b)| a.1 != b.1));
     assert!(moved.iter().all(|p| p.1.iter().all(|v| v.is_finite())));
 }
+
+#[test]
+fn a_saved_state_resumes_exactly_and_bad_files_are_refused() {
+    let c = case(true, vec![2, 2]);
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+    // Run A: four steps straight. Run B: two steps, save, a fresh engine loads, two more.
+    let mut a = c.fast();
+    let losses_a: Vec<f32> = (0..4)
+        .map(|_| a.step(&c.features, &c.lengths, &targets).unwrap())
+        .collect();
+    let mut b = c.fast();
+    for _ in 0..2 {
+        b.step(&c.features, &c.lengths, &targets).unwrap();
+    }
+    b.save_state(&path).unwrap();
+    let mut resumed = c.fast();
+    resumed.load_state(&path).unwrap();
+    let losses_b: Vec<f32> = (0..2)
+        .map(|_| resumed.step(&c.features, &c.lengths, &targets).unwrap())
+        .collect();
+    assert_eq!(
+        &losses_a[2..],
+        &losses_b[..],
+        "the resumed run continues exactly"
+    );
+    let pa = collect(&a.export(c.burn.model(), Buffer::Value));
+    let pb = collect(&resumed.export(c.burn.model(), Buffer::Value));
+    assert!(pa.iter().zip(&pb).all(|(x, y)| x.1 == y.1));
+    // Negative control: a fresh engine without the state does not continue the same way.
+    let mut fresh = c.fast();
+    let other = fresh.step(&c.features, &c.lengths, &targets).unwrap();
+    assert_ne!(other, losses_a[2]);
+
+    // Another model's state, a corrupt file and a missing one are refused, naming the file,
+    // and leave the engine as it was.
+    let other_model = case(false, vec![2, 1]);
+    let mut post_ln = other_model.fast();
+    let error = post_ln
+        .load_state(&path)
+        .err()
+        .expect("another model's state");
+    assert!(error.to_string().contains("state.safetensors"), "{error}");
+    let corrupt = dir.path().join("corrupt.safetensors");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let before = collect(&resumed.export(c.burn.model(), Buffer::Value));
+    assert!(resumed.load_state(&corrupt).is_err());
+    assert!(resumed.load_state(&dir.path().join("missing")).is_err());
+    let after = collect(&resumed.export(c.burn.model(), Buffer::Value));
+    assert!(before.iter().zip(&after).all(|(x, y)| x.1 == y.1));
+}

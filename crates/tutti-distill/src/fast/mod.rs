@@ -35,6 +35,17 @@ use ops::{
     gelu_into, sized, split_ragged_mut, sum_into, zeroed,
 };
 
+/// The format name written into a state file's metadata.
+const STATE_FORMAT: &str = "tutti-fast-distill-state-1";
+
+/// A state file that cannot be written or read back into this engine; names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct StateError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
+
 /// A step whose loss or gradients were not finite; nothing was updated.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NonFiniteStep {
@@ -511,6 +522,155 @@ impl FastDistillStep {
         self.adamw();
         self.profile.mark("AdamW");
         Ok(loss)
+    }
+
+    /// Write everything needed to continue training exactly from here (every parameter,
+    /// AdamW's moments and its step count) to a safetensors file, through a temporary file and a
+    /// rename, so an interrupted write leaves the previous state intact.
+    pub fn save_state(&mut self, path: &std::path::Path) -> Result<(), StateError> {
+        let fail = |reason: String| StateError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let time = self.time;
+        let layout = self.layout();
+        let weights = self.net.weights_mut();
+        let count = weights.len();
+        let bytes: Vec<(String, Vec<u8>, usize)> = weights
+            .iter()
+            .enumerate()
+            .flat_map(|(i, w)| {
+                [("value", &w.value), ("m", &w.m), ("v", &w.v)].map(|(part, values)| {
+                    (
+                        format!("{i:05}.{part}"),
+                        values.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        values.len(),
+                    )
+                })
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, data, len)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], data)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| fail(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metadata = std::collections::HashMap::from([
+            ("layout".to_string(), layout),
+            ("format".to_string(), STATE_FORMAT.to_string()),
+            ("adamw_steps".to_string(), time.to_string()),
+            ("weights".to_string(), count.to_string()),
+        ]);
+        let serialized =
+            safetensors::serialize(views, Some(metadata)).map_err(|e| fail(e.to_string()))?;
+        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&temporary, &serialized)
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&temporary);
+                fail(e.to_string())
+            })
+    }
+
+    /// Restore a state written by [`FastDistillStep::save_state`] into an engine built for the
+    /// same model and teachers. Everything is checked before anything is changed: a file of
+    /// another format, another engine's shapes, or corrupt is refused whole.
+    pub fn load_state(&mut self, path: &std::path::Path) -> Result<(), StateError> {
+        let fail = |reason: String| StateError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| fail(format!("not a safetensors file: {e}")))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        if metadata.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+            return Err(fail(format!("not a {STATE_FORMAT} file")));
+        }
+        let layout = self.layout();
+        if metadata.get("layout") != Some(&layout) {
+            return Err(fail(format!(
+                "holds the state of another model or teacher set ({}; this engine: {layout})",
+                metadata.get("layout").map_or("none", String::as_str)
+            )));
+        }
+        let time: i32 = metadata
+            .get("adamw_steps")
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| fail("no AdamW step count".into()))?;
+        let mut weights = self.net.weights_mut();
+        if metadata
+            .get("weights")
+            .and_then(|n| n.parse::<usize>().ok())
+            != Some(weights.len())
+        {
+            return Err(fail(format!(
+                "holds another model's state (this engine has {} tensors)",
+                weights.len()
+            )));
+        }
+        let mut restored = Vec::with_capacity(weights.len());
+        for (i, w) in weights.iter().enumerate() {
+            let mut parts = Vec::with_capacity(3);
+            for part in ["value", "m", "v"] {
+                let name = format!("{i:05}.{part}");
+                let view = file
+                    .tensor(&name)
+                    .map_err(|e| fail(format!("{name}: {e}")))?;
+                if view.dtype() != safetensors::Dtype::F32 || view.shape() != [w.value.len()] {
+                    return Err(fail(format!(
+                        "{name} is {:?} {:?}, this engine's is F32 [{}]",
+                        view.dtype(),
+                        view.shape(),
+                        w.value.len()
+                    )));
+                }
+                let values: Vec<f32> = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if values.iter().any(|v| !v.is_finite()) {
+                    return Err(fail(format!("{name} holds non-finite values")));
+                }
+                parts.push(values);
+            }
+            restored.push(parts);
+        }
+        for (w, mut parts) in weights.iter_mut().zip(restored) {
+            w.v = parts.pop().expect("three parts");
+            w.m = parts.pop().expect("three parts");
+            w.value = parts.pop().expect("three parts");
+        }
+        self.time = time;
+        Ok(())
+    }
+
+    /// What a state file must match besides its shapes: the block type, the subsampler strides,
+    /// the heads and the teachers (names, rates, dimensions, distilled layers).
+    fn layout(&self) -> String {
+        let strides: Vec<usize> = self.net.convs.iter().map(|c| c.stride).collect();
+        let teachers: Vec<String> = self
+            .teachers
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}@{}Hz/{}d/{:?}",
+                    t.name, t.frame_rate_hz, t.dim, t.student_layers
+                )
+            })
+            .collect();
+        format!(
+            "pre_ln={} strides={strides:?} width={} heads={} blocks={} teachers={teachers:?}",
+            self.layer_norm_first,
+            self.width,
+            self.heads,
+            self.net.blocks.len()
+        )
     }
 
     /// Time every phase of the following steps (a few microseconds per step).
