@@ -385,8 +385,7 @@ fn a_saved_state_resumes_exactly_and_bad_files_are_refused() {
     let mut post_ln = other_model.fast();
     let error = post_ln
         .load_state(&path)
-        .err()
-        .expect("another model's state");
+        .expect_err("another model's state");
     assert!(error.to_string().contains("state.safetensors"), "{error}");
     let corrupt = dir.path().join("corrupt.safetensors");
     let mut bytes = std::fs::read(&path).unwrap();
