@@ -15,8 +15,13 @@
 //! last aligned frame (the rule `align_frames` applies at the end of the batch), while the padded
 //! burn step reads the heads' output on the batch's padding frames there.
 //!
+//! A batch whose loss or gradients are not finite updates nothing ([`NonFiniteStep`]);
+//! [`FastDistillStep::save_state`] / [`FastDistillStep::load_state`] checkpoint everything a run
+//! needs to resume exactly.
+//!
 //! Tested against the burn step (`tests/fast_step.rs`): loss, every parameter's gradient, which
-//! parameters receive one, and the parameters after several AdamW steps.
+//! parameters receive one, and the parameters after several AdamW steps; and the resume and
+//! non-finite guards.
 
 mod ops;
 
