@@ -309,7 +309,7 @@ fn unsupported_precision(path: &Path, precision: crate::fast::Precision) -> Mode
     artifact_error(
         path,
         format!(
-            "{precision:?} inference is available for tutti and Whisper encoders on the CPU only"
+            "{precision} inference is available for tutti and Whisper encoders on the CPU only"
         ),
     )
 }

@@ -54,6 +54,15 @@ pub enum Precision {
     Int8,
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Int8 => "int8",
+        })
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
 
