@@ -137,6 +137,13 @@ fn load(args: &SpeedArgs) -> anyhow::Result<TuttiModel> {
 }
 
 fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    if args.precision != tutti_models::Precision::F32 && (args.train || args.engine == Engine::Burn)
+    {
+        anyhow::bail!(
+            "--precision {} is an inference mode of the fast engine (not with --train or --engine burn)",
+            args.precision
+        );
+    }
     if args.train {
         return train_speed(args, threads);
     }
@@ -168,9 +175,6 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
             tutti_models::fast::FastTutti::from_model(&model)
                 .ok_or_else(|| anyhow::anyhow!("this model does not run on the fast engine"))?,
         ),
-        Engine::Burn if args.precision != tutti_models::Precision::F32 => {
-            anyhow::bail!("--precision other than f32 needs --engine fast")
-        }
         Engine::Burn => None,
     };
     let bins = model.config.fbank.num_mel_bins;
@@ -428,9 +432,6 @@ fn any_encoder_speed(
 ) -> anyhow::Result<ExitCode> {
     let device = tutti_nn::device::cpu();
     // Whisper and CREPE have both engines on the CPU; `--engine burn` picks the burn one.
-    if args.engine == Engine::Burn && args.precision != tutti_models::Precision::F32 {
-        anyhow::bail!("--precision other than f32 needs --engine fast");
-    }
     let mut encoder = tutti_models::load_encoder_with(dir, &device, args.precision)?;
     if args.engine == Engine::Burn {
         encoder.use_burn_engine();

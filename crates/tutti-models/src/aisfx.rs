@@ -239,29 +239,31 @@ impl AudioEncoder for AisfxEncoder {
         let total = all.len() / block_len;
         let width = 8 * self.width;
         let mut flat: Vec<Vec<f32>> = vec![Vec::with_capacity(total * width); depth + 1];
-        if let Some(fast) = &self.fast {
-            for block in all.chunks(block_len) {
-                for (layer, values) in fast.forward_block(block, depth).into_iter().enumerate() {
-                    flat[layer].extend(values);
+        match &self.fast {
+            Some(fast) => {
+                for block in all.chunks(block_len) {
+                    for (layer, values) in fast.forward_block(block, depth).into_iter().enumerate()
+                    {
+                        flat[layer].extend(values);
+                    }
                 }
             }
-        }
-        for chunk in all
-            .chunks(BLOCKS_PER_PASS * block_len)
-            .filter(|_| self.fast.is_none())
-        {
-            let n = chunk.len() / block_len;
-            let input = Tensor::<3>::from_data(
-                TensorData::new(chunk.to_vec(), [n, BLOCK_FRAMES, aisfx_mel::MEL_BINS]),
-                &self.device,
-            );
-            for (layer, state) in self.model.forward(input, depth).into_iter().enumerate() {
-                flat[layer].extend(
-                    state
-                        .into_data()
-                        .try_to_vec::<f32>()
-                        .map_err(|e| ModelError::Input(format!("{e:?}")))?,
-                );
+            None => {
+                for chunk in all.chunks(BLOCKS_PER_PASS * block_len) {
+                    let n = chunk.len() / block_len;
+                    let input = Tensor::<3>::from_data(
+                        TensorData::new(chunk.to_vec(), [n, BLOCK_FRAMES, aisfx_mel::MEL_BINS]),
+                        &self.device,
+                    );
+                    for (layer, state) in self.model.forward(input, depth).into_iter().enumerate() {
+                        flat[layer].extend(
+                            state
+                                .into_data()
+                                .try_to_vec::<f32>()
+                                .map_err(|e| ModelError::Input(format!("{e:?}")))?,
+                        );
+                    }
+                }
             }
         }
         // Scatter each item's blocks into a zero-padded [batch, longest, width].
@@ -304,21 +306,14 @@ struct FastConvBn {
 
 impl FastConvBn {
     fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
-        use tutti_nn::layers::param_values;
+        use tutti_nn::layers::{bias_or_zeros, param_values};
         let [c_out, c_in, _, _] = conv.weight.dims();
-        let w = param_values(&conv.weight);
         let (scale, shift) = tutti_nn::layers::batch_norm_affine(bn);
-        let conv_bias = conv
-            .bias
-            .as_ref()
-            .map(param_values)
-            .unwrap_or_else(|| vec![0.0; c_out]);
-        let mut weight = vec![0.0f32; w.len()];
-        for o in 0..c_out {
-            for i in 0..c_in {
-                for tap in 0..9 {
-                    weight[(tap * c_in + i) * c_out + o] = w[(o * c_in + i) * 9 + tap] * scale[o];
-                }
+        let conv_bias = bias_or_zeros(conv.bias.as_ref(), c_out);
+        let mut weight = tutti_nn::kernels::im2col_weight(&param_values(&conv.weight), c_out, c_in);
+        for row in weight.chunks_exact_mut(c_out) {
+            for (w, s) in row.iter_mut().zip(&scale) {
+                *w *= s;
             }
         }
         let bias = (0..c_out)

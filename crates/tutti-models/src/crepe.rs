@@ -333,20 +333,12 @@ struct FastBlock {
 impl FastBlock {
     fn new(conv: &Conv2d, bn: &BatchNorm) -> Self {
         let [c_out, c_in, kernel, _] = conv.weight.dims();
-        let w = tutti_nn::layers::param_values(&conv.weight);
-        let mut weight = vec![0.0f32; w.len()];
-        for o in 0..c_out {
-            for i in 0..c_in {
-                for k in 0..kernel {
-                    weight[(k * c_in + i) * c_out + o] = w[(o * c_in + i) * kernel + k];
-                }
-            }
-        }
-        let bias = conv
-            .bias
-            .as_ref()
-            .map(tutti_nn::layers::param_values)
-            .unwrap_or_else(|| vec![0.0; c_out]);
+        let weight = tutti_nn::kernels::im2col_weight(
+            &tutti_nn::layers::param_values(&conv.weight),
+            c_out,
+            c_in,
+        );
+        let bias = tutti_nn::layers::bias_or_zeros(conv.bias.as_ref(), c_out);
         let (scale, shift) = tutti_nn::layers::batch_norm_affine(bn);
         let (pad_left, pad_right) = match conv.padding {
             PaddingConfig2d::Explicit(top, _, bottom, _) => (top, bottom),
@@ -465,12 +457,7 @@ impl FastCrepe {
         ];
         let classifier = (
             tutti_nn::layers::param_values(&model.classifier.weight),
-            model
-                .classifier
-                .bias
-                .as_ref()
-                .map(tutti_nn::layers::param_values)
-                .unwrap_or_else(|| vec![0.0; PITCH_BINS]),
+            tutti_nn::layers::bias_or_zeros(model.classifier.bias.as_ref(), PITCH_BINS),
         );
         Self {
             blocks: pairs.iter().map(|(c, b)| FastBlock::new(c, b)).collect(),

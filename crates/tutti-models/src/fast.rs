@@ -28,7 +28,8 @@ use crate::encoder::{AudioEncoder, EncoderInfo, EncoderOutput, ForwardOptions};
 use crate::error::ModelError;
 use crate::tutti::{TuttiConfig, TuttiModel};
 
-use tutti_nn::layers::param_values as param;
+use tutti_nn::kernels::im2col_weight;
+use tutti_nn::layers::{bias_or_zeros, param_values as param};
 
 /// A linear layer as `[in, out]` row-major weights and a bias, with an optional int8 copy of
 /// the weights that its products then use ([`Precision::Int8`]).
@@ -78,14 +79,9 @@ impl std::str::FromStr for Precision {
 impl Dense {
     fn from_linear(linear: &Linear) -> Self {
         let [inputs, outputs] = linear.weight.dims();
-        let bias = linear
-            .bias
-            .as_ref()
-            .map(param)
-            .unwrap_or_else(|| vec![0.0; outputs]);
         Self {
             weight: param(&linear.weight),
-            bias,
+            bias: bias_or_zeros(linear.bias.as_ref(), outputs),
             inputs,
             outputs,
             int8: None,
@@ -192,26 +188,9 @@ impl SubsamplerConv {
     fn from_conv(conv: &Conv2d) -> Self {
         let [outputs, inputs, kh, kw] = conv.weight.dims();
         assert_eq!([kh, kw], [3, 3], "the subsampler's kernels are 3x3");
-        let w = param(&conv.weight);
-        let mut weight = vec![0.0; 9 * inputs * outputs];
-        for co in 0..outputs {
-            for ci in 0..inputs {
-                for kt in 0..3 {
-                    for kf in 0..3 {
-                        weight[((kt * 3 + kf) * inputs + ci) * outputs + co] =
-                            w[((co * inputs + ci) * 3 + kt) * 3 + kf];
-                    }
-                }
-            }
-        }
-        let bias = conv
-            .bias
-            .as_ref()
-            .map(param)
-            .unwrap_or_else(|| vec![0.0; outputs]);
         Self {
-            weight,
-            bias,
+            weight: im2col_weight(&param(&conv.weight), outputs, inputs),
+            bias: bias_or_zeros(conv.bias.as_ref(), outputs),
             inputs,
             outputs,
             stride: conv.stride[0],
@@ -224,7 +203,7 @@ impl SubsamplerConv {
         let out_bins = conv_output_length(bins, 3, 2, 1);
         let mut out = vec![0.0; out_time * out_bins * self.outputs];
         let inputs = self.inputs;
-        im2col_gelu(
+        im2col_product(
             &mut out,
             &self.weight,
             &self.bias,
@@ -247,6 +226,7 @@ impl SubsamplerConv {
                     }
                 }
             },
+            Activation::Gelu,
         );
         (out, out_time, out_bins)
     }
@@ -257,16 +237,6 @@ impl SubsamplerConv {
 pub(crate) enum Activation {
     Gelu,
     Relu,
-}
-
-fn im2col_gelu(
-    out: &mut [f32],
-    weights: &[f32],
-    bias: &[f32],
-    k: usize,
-    fill: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    im2col_product(out, weights, bias, k, fill, Activation::Gelu);
 }
 
 /// `out` (`[rows, outputs]`) = act(im2col(x) · `weights` + `bias`), `weights` being
@@ -333,29 +303,14 @@ impl GroupedConv {
             width,
             "a depth-preserving grouped convolution"
         );
-        let w = param(&conv.weight);
-        let weights = (0..groups)
-            .map(|g| {
-                let mut m = vec![0.0; kernel * per_group * per_group];
-                for o in 0..per_group {
-                    for i in 0..per_group {
-                        for k in 0..kernel {
-                            m[(k * per_group + i) * per_group + o] =
-                                w[((g * per_group + o) * per_group + i) * kernel + k];
-                        }
-                    }
-                }
-                m
-            })
+        // Group `g`'s output channels are a dense `[per_group, per_group, kernel]` convolution.
+        let weights = param(&conv.weight)
+            .chunks_exact(per_group * per_group * kernel)
+            .map(|w| im2col_weight(w, per_group, per_group))
             .collect();
-        let bias = conv
-            .bias
-            .as_ref()
-            .map(param)
-            .unwrap_or_else(|| vec![0.0; width]);
         Self {
             weights,
-            bias,
+            bias: bias_or_zeros(conv.bias.as_ref(), width),
             width,
             kernel,
         }
@@ -936,23 +891,9 @@ impl Conv1dGelu {
     fn from_conv(conv: &Conv1d, padding: usize) -> Self {
         let [outputs, inputs, kernel] = conv.weight.dims();
         assert_eq!(conv.groups, 1, "a dense convolution");
-        let w = param(&conv.weight);
-        let mut weight = vec![0.0; kernel * inputs * outputs];
-        for co in 0..outputs {
-            for ci in 0..inputs {
-                for j in 0..kernel {
-                    weight[(j * inputs + ci) * outputs + co] = w[(co * inputs + ci) * kernel + j];
-                }
-            }
-        }
-        let bias = conv
-            .bias
-            .as_ref()
-            .map(param)
-            .unwrap_or_else(|| vec![0.0; outputs]);
         Self {
-            weight,
-            bias,
+            weight: im2col_weight(&param(&conv.weight), outputs, inputs),
+            bias: bias_or_zeros(conv.bias.as_ref(), outputs),
             inputs,
             outputs,
             kernel,
@@ -971,7 +912,7 @@ impl Conv1dGelu {
         let mut out = vec![0.0f32; out_time * self.outputs];
         let inputs = self.inputs;
         let k = self.kernel * inputs;
-        im2col_gelu(&mut out, &self.weight, &self.bias, k, |t, col| {
+        let fill = |t: usize, col: &mut [f32]| {
             for j in 0..self.kernel {
                 let ti = (t * self.stride + j) as isize - self.padding as isize;
                 if ti >= 0 && (ti as usize) < time {
@@ -979,7 +920,15 @@ impl Conv1dGelu {
                     col[j * inputs..][..inputs].copy_from_slice(&x[src..src + inputs]);
                 }
             }
-        });
+        };
+        im2col_product(
+            &mut out,
+            &self.weight,
+            &self.bias,
+            k,
+            fill,
+            Activation::Gelu,
+        );
         (out, out_time)
     }
 }

@@ -187,6 +187,37 @@ pub fn matmul(
     }
 }
 
+/// A convolution's weight in PyTorch / burn layout, `[c_out, c_in, taps]` (the kernel's taps
+/// flattened, row-major), as an im2col product's right operand `[(tap, c_in), c_out]`.
+pub fn im2col_weight(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let taps = w.len() / (c_out * c_in).max(1);
+    assert_eq!(w.len(), c_out * c_in * taps, "im2col_weight: shape");
+    let mut m = vec![0.0f32; w.len()];
+    for o in 0..c_out {
+        for i in 0..c_in {
+            for t in 0..taps {
+                m[(t * c_in + i) * c_out + o] = w[(o * c_in + i) * taps + t];
+            }
+        }
+    }
+    m
+}
+
+/// The inverse of [`im2col_weight`].
+pub fn from_im2col_weight(m: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
+    let taps = m.len() / (c_out * c_in).max(1);
+    assert_eq!(m.len(), c_out * c_in * taps, "from_im2col_weight: shape");
+    let mut w = vec![0.0f32; m.len()];
+    for o in 0..c_out {
+        for i in 0..c_in {
+            for t in 0..taps {
+                w[(o * c_in + i) * taps + t] = m[(t * c_in + i) * c_out + o];
+            }
+        }
+    }
+    w
+}
+
 /// Rows of this many elements or more are processed in parallel chunks.
 const PARALLEL_MIN: usize = 1 << 14;
 
@@ -959,6 +990,26 @@ mod tests {
         assert!(
             max_diff(&sums, &vec![1.0; width]) > 1e-2,
             "negative control"
+        );
+    }
+
+    #[test]
+    fn im2col_weight_layout_and_inverse() {
+        // [c_out 3, c_in 2, taps 4]: element (o, i, t) = 100 o + 10 i + t.
+        let w: Vec<f32> = (0..3)
+            .flat_map(|o| {
+                (0..2).flat_map(move |i| (0..4).map(move |t| (100 * o + 10 * i + t) as f32))
+            })
+            .collect();
+        let m = im2col_weight(&w, 3, 2);
+        // Row (t, i), column o.
+        assert_eq!(m[(3 * 2 + 1) * 3 + 2], 213.0);
+        assert_eq!(m[0], 0.0);
+        assert_eq!(from_im2col_weight(&m, 3, 2), w);
+        assert_ne!(
+            from_im2col_weight(&m, 2, 3),
+            w,
+            "negative control: other shapes differ"
         );
     }
 }

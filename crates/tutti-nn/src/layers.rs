@@ -27,6 +27,11 @@ pub fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .expect("f32 data after conversion")
 }
 
+/// An optional bias's values, or `n` zeros where the layer has none.
+pub fn bias_or_zeros(bias: Option<&burn::module::Param<Tensor<1>>>, n: usize) -> Vec<f32> {
+    bias.map(param_values).unwrap_or_else(|| vec![0.0; n])
+}
+
 /// A parameter's values as f32, row-major.
 pub fn param_values<const D: usize>(p: &burn::module::Param<Tensor<D>>) -> Vec<f32> {
     values(p.val())

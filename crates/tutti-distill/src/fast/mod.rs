@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use tutti_models::tutti::TuttiConfig;
 use tutti_nn::kernels::layer_norm_rows_backward;
 use tutti_nn::kernels::layer_norm_rows_train;
+use tutti_nn::kernels::{from_im2col_weight, im2col_weight};
 use tutti_nn::layers::relu;
 use tutti_nn::mask::conv_output_length;
 
@@ -367,16 +368,7 @@ impl FastDistillStep {
             if [kh, kw] != [3, 3] {
                 return Err("subsampler kernels other than 3x3".into());
             }
-            let w = param(&conv.weight);
-            let mut weight = vec![0.0; 9 * inputs * outputs];
-            for co in 0..outputs {
-                for ci in 0..inputs {
-                    for tap in 0..9 {
-                        weight[(tap * inputs + ci) * outputs + co] =
-                            w[(co * inputs + ci) * 9 + tap];
-                    }
-                }
-            }
+            let weight = im2col_weight(&param(&conv.weight), outputs, inputs);
             let bias = conv.bias.as_ref().ok_or("a subsampler conv without bias")?;
             convs.push(SubsamplerConv {
                 w: Weight::new(weight),
@@ -1101,15 +1093,7 @@ impl FastDistillStep {
         let encoder = &mut model.student;
         for (conv, fast) in encoder.subsampler.conv.iter_mut().zip(&net.convs) {
             let (inputs, outputs) = (fast.inputs, fast.outputs);
-            let m = fast.w.buffer(which);
-            let mut w = vec![0.0; m.len()];
-            for co in 0..outputs {
-                for ci in 0..inputs {
-                    for tap in 0..9 {
-                        w[(co * inputs + ci) * 9 + tap] = m[(tap * inputs + ci) * outputs + co];
-                    }
-                }
-            }
+            let w = from_im2col_weight(fast.w.buffer(which), outputs, inputs);
             conv.weight = replaced(&conv.weight, w);
             conv.bias = conv
                 .bias
@@ -1205,39 +1189,20 @@ fn permutation(channels: usize, bins: usize) -> Vec<usize> {
         .collect()
 }
 
-/// burn's grouped Conv1d weight `[width, per_group, kernel]` -> per group `[(k, c_in), c_out]`.
+/// burn's grouped Conv1d weight `[width, per_group, kernel]` -> per group `[(k, c_in), c_out]`
+/// (each group's output channels are a dense `[per_group, per_group, kernel]` convolution).
 fn grouped_to_fast(w: &[f32], conv: GroupedConv) -> Vec<f32> {
-    let (groups, kernel) = (conv.groups, conv.kernel);
-    let pg = conv.width / groups;
-    let mut m = vec![0.0; w.len()];
-    for g in 0..groups {
-        for o in 0..pg {
-            for i in 0..pg {
-                for k in 0..kernel {
-                    m[g * kernel * pg * pg + (k * pg + i) * pg + o] =
-                        w[((g * pg + o) * pg + i) * kernel + k];
-                }
-            }
-        }
-    }
-    m
+    let pg = conv.width / conv.groups;
+    w.chunks_exact(pg * pg * conv.kernel)
+        .flat_map(|g| im2col_weight(g, pg, pg))
+        .collect()
 }
 
 fn grouped_from_fast(m: &[f32], conv: GroupedConv) -> Vec<f32> {
-    let (groups, kernel) = (conv.groups, conv.kernel);
-    let pg = conv.width / groups;
-    let mut w = vec![0.0; m.len()];
-    for g in 0..groups {
-        for o in 0..pg {
-            for i in 0..pg {
-                for k in 0..kernel {
-                    w[((g * pg + o) * pg + i) * kernel + k] =
-                        m[g * kernel * pg * pg + (k * pg + i) * pg + o];
-                }
-            }
-        }
-    }
-    w
+    let pg = conv.width / conv.groups;
+    m.chunks_exact(pg * pg * conv.kernel)
+        .flat_map(|g| from_im2col_weight(g, pg, pg))
+        .collect()
 }
 
 /// Q, K and V as one layer `[inputs, 3 outputs]`.
