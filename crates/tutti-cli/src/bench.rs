@@ -337,15 +337,21 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
     let (features, lengths) = plain.features(&batch)?;
     let features = Tensor::from_data(features.into_data(), &device);
     let frames = config.frames_for_fbank(lengths[0]);
-    // The step's FLOPs, estimated as 3 x the forward pass (backward ~ 2 x forward): the student
-    // (every block: the benchmark distils the last) and the heads (`D -> 2D -> 768`, one per
-    // distilled layer).
-    let heads = config.num_hidden_layers.min(4) as f64;
-    let d = config.hidden_size as f64;
-    let head_flops = heads * frames as f64 * 2.0 * (d * 2.0 * d + 2.0 * d * 768.0);
-    let step_flops = 3.0 * (config.forward_flops(lengths[0]) + head_flops) * args.batch as f64;
     let (mut step, targets) =
         tutti_distill::step::benchmark_step(student, &config, args.batch, frames, &device);
+    // The step's FLOPs, estimated as 3 x the forward pass (backward ~ 2 x forward): the student
+    // (every block: the benchmark distils the last) and one `D -> 2D -> teacher` head per
+    // teacher and distilled layer.
+    let d = config.hidden_size as f64;
+    let head_flops: f64 = step
+        .teachers
+        .iter()
+        .map(|t| {
+            let per_head = 2.0 * frames as f64 * (d * 2.0 * d + 2.0 * d * t.dim as f64);
+            per_head * t.student_layers.len() as f64
+        })
+        .sum();
+    let step_flops = 3.0 * (config.forward_flops(lengths[0]) + head_flops) * args.batch as f64;
     let mut fast = match args.engine {
         Engine::Fast => Some((
             tutti_distill::FastDistillStep::new(
