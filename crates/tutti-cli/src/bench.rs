@@ -38,7 +38,7 @@ pub struct SpeedArgs {
     /// with --train the step burn's autodiff differentiates).
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     engine: Engine,
-    /// Arithmetic of the fast engine's linear layers: `f32` or `int8`; with `int8` the report
+    /// Arithmetic of the fast engine's linear layers: `f32`, `int8` or `bf16`; with `int8` or `bf16` the report
     /// also gives its accuracy cost against f32 on the same input (per-layer relative error and
     /// the last layer's mean cosine similarity).
     #[arg(long, default_value = "f32")]
@@ -143,6 +143,9 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
             "--precision {} is an inference mode of the fast engine (not with --train or --engine burn)",
             args.precision
         );
+    }
+    if let Some(reason) = args.precision.unavailable() {
+        anyhow::bail!("--precision {} cannot run here: {reason}", args.precision);
     }
     if args.train {
         return train_speed(args, threads);
@@ -309,6 +312,12 @@ pub fn machine_facts(threads: Option<usize>) -> serde_json::Value {
         "backend": "burn 0.22.1 flex (CPU)",
         "features": if cfg!(feature = "cuda") { vec!["cuda"] } else { Vec::<&str>::new() },
         "build": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "cpu_features": tutti_cpu::features().names(),
+        "cpu_cap": std::env::var("TUTTI_CPU").unwrap_or_else(|_| "native".into()),
+        "kernel_paths": tutti_cpu::kernel_paths()
+            .into_iter()
+            .map(|(op, path)| (op.to_string(), serde_json::Value::from(path)))
+            .collect::<serde_json::Map<_, _>>(),
         "tutti_version": env!("CARGO_PKG_VERSION"),
     })
 }

@@ -344,6 +344,7 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
             match args.precision {
                 tutti_models::Precision::F32 => "",
                 tutti_models::Precision::Int8 => "[int8]",
+                tutti_models::Precision::Bf16 => "[bf16]",
             }
         );
         Subject::Encoder {

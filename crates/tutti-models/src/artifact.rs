@@ -174,6 +174,12 @@ pub fn load_encoder_with(
     if reduced && !matches!(model_type, "tutti" | "whisper") {
         return Err(unsupported_precision(path, precision));
     }
+    if let Some(reason) = precision.unavailable() {
+        return Err(artifact_error(
+            path,
+            format!("--precision {precision} cannot run here: {reason}"),
+        ));
+    }
     match model_type {
         "tutti" => {
             let model = load_model(path, device)?;

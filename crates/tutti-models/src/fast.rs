@@ -31,15 +31,23 @@ use crate::tutti::{TuttiConfig, TuttiModel};
 use tutti_nn::kernels::im2col_weight;
 use tutti_nn::layers::{bias_or_zeros, param_values as param};
 
-/// A linear layer as `[in, out]` row-major weights and a bias, with an optional int8 copy of
-/// the weights that its products then use ([`Precision::Int8`]).
+/// A linear layer as `[in, out]` row-major weights and a bias, with an optional reduced-precision
+/// copy of the weights that its products then use ([`Precision::Int8`], [`Precision::Bf16`]).
 #[derive(Debug, Clone)]
 struct Dense {
     weight: Vec<f32>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
-    int8: Option<tutti_nn::quant::QuantizedMatrix>,
+    reduced: Reduced,
+}
+
+/// The weights a [`Dense`] layer's products read when not f32.
+#[derive(Debug, Clone)]
+enum Reduced {
+    None,
+    Int8(tutti_nn::quant::QuantizedMatrix),
+    Bf16(tutti_nn::bf16::Bf16Matrix),
 }
 
 /// The arithmetic of the fast engine's linear layers (the projections and FFNs, which hold most of
@@ -53,6 +61,20 @@ pub enum Precision {
     /// Weights quantised per output channel to int8, activations per row to 7 bits at each call,
     /// integer products ([`tutti_nn::quant`]).
     Int8,
+    /// Weights and activations rounded to bf16, products accumulated in f32 (AMX or
+    /// AVX512-BF16; [`tutti_nn::bf16`]). Refused on CPUs without either
+    /// ([`Precision::unavailable`]).
+    Bf16,
+}
+
+impl Precision {
+    /// Why this precision cannot run on this CPU (`None` when it can).
+    pub fn unavailable(self) -> Option<String> {
+        match self {
+            Self::Bf16 => tutti_nn::bf16::unavailable(),
+            Self::F32 | Self::Int8 => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Precision {
@@ -60,6 +82,7 @@ impl std::fmt::Display for Precision {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::Int8 => "int8",
+            Self::Bf16 => "bf16",
         })
     }
 }
@@ -71,7 +94,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Self::F32),
             "int8" => Ok(Self::Int8),
-            other => Err(format!("unknown precision '{other}' (f32 or int8)")),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown precision '{other}' (f32, int8 or bf16)")),
         }
     }
 }
@@ -84,14 +108,19 @@ impl Dense {
             bias: bias_or_zeros(linear.bias.as_ref(), outputs),
             inputs,
             outputs,
-            int8: None,
+            reduced: Reduced::None,
         }
     }
 
     fn set_precision(&mut self, precision: Precision) {
-        self.int8 = match precision {
-            Precision::F32 => None,
-            Precision::Int8 => Some(tutti_nn::quant::QuantizedMatrix::new(
+        self.reduced = match precision {
+            Precision::F32 => Reduced::None,
+            Precision::Int8 => Reduced::Int8(tutti_nn::quant::QuantizedMatrix::new(
+                &self.weight,
+                self.inputs,
+                self.outputs,
+            )),
+            Precision::Bf16 => Reduced::Bf16(tutti_nn::bf16::Bf16Matrix::new(
                 &self.weight,
                 self.inputs,
                 self.outputs,
@@ -115,7 +144,7 @@ impl Dense {
             bias,
             inputs,
             outputs,
-            int8: None,
+            reduced: Reduced::None,
         }
     }
 
@@ -133,9 +162,10 @@ impl Dense {
 
     /// `out += x · W` (no bias).
     fn accumulate(&self, out: &mut [f32], x: &[f32], rows: usize) {
-        if let Some(q) = &self.int8 {
-            q.matmul(out, x, rows);
-            return;
+        match &self.reduced {
+            Reduced::Int8(q) => return q.matmul(out, x, rows),
+            Reduced::Bf16(b) => return b.matmul(out, x, rows),
+            Reduced::None => {}
         }
         matmul(
             MatMut::new(out, rows, self.outputs),
@@ -667,7 +697,7 @@ impl Transformer {
             x
         };
         let hidden = sized(hidden, time * block.intermediate.outputs);
-        if block.intermediate.int8.is_some() {
+        if !matches!(block.intermediate.reduced, Reduced::None) {
             hidden.fill(0.0);
             block.intermediate.accumulate(hidden, input, time);
         } else {

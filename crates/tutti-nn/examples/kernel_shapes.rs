@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use tutti_nn::bf16::Kernel;
 use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
 
 fn time(f: &mut dyn FnMut()) -> f64 {
@@ -18,6 +19,10 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 }
 
 fn main() {
+    println!("cpu features: {:?}", tutti_cpu::features().names());
+    for (op, path) in tutti_cpu::kernel_paths() {
+        println!("  {op}: {path}");
+    }
     for (m, k, n) in [
         (500, 384, 1536),
         (500, 1536, 384),
@@ -84,8 +89,21 @@ fn main() {
         });
         let quantised = tutti_nn::quant::QuantizedMatrix::new(&b, k, n);
         let int8 = time(&mut || quantised.matmul(&mut c, &a, m));
+        let halves = tutti_nn::bf16::Bf16Matrix::new(&b, k, n);
+        let bf16 = |kernel: Kernel, c: &mut Vec<f32>| {
+            if kernel.available() {
+                format!(
+                    "{:>6.1}",
+                    flops / time(&mut || halves.matmul_on(kernel, c, &a, m)) / 1e9
+                )
+            } else {
+                "     -".into()
+            }
+        };
+        let amx = bf16(Kernel::Amx, &mut c);
+        let avx512 = bf16(Kernel::Avx512Bf16, &mut c);
         println!(
-            "{m:>6} x {k:>5} x {n:>5}: pool {:>6.1} GFLOP/s, one thread {:>6.1}, rows split {:>6.1}, int8 {:>6.1} (equivalent)",
+            "{m:>6} x {k:>5} x {n:>5}: pool {:>6.1} GFLOP/s, one thread {:>6.1}, rows split {:>6.1}, int8 {:>6.1} (equivalent), bf16 amx {amx}, bf16 avx512 {avx512}",
             flops / pool / 1e9,
             flops / one / 1e9,
             flops / split / 1e9,

@@ -1,6 +1,7 @@
 //! tutti-nn: burn glue shared by every model: the strict safetensors loader and saver, padding
 //! masks, small functional layers, device selection.
 
+pub mod bf16;
 pub mod device;
 pub mod fixtures;
 pub mod kernels;
