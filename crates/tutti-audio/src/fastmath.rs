@@ -36,11 +36,18 @@ pub fn ln_f32(x: f32) -> f32 {
 /// `values[i] = ln(max(values[i], floor))`, with AVX2 + FMA where the CPU has them.
 pub fn ln_floor_in_place(values: &mut [f32], floor: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { ln_floor_avx2(values, floor) };
-        return;
+    match tutti_cpu::level() {
+        // SAFETY (both): the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => return unsafe { ln_floor_avx512(values, floor) },
+        tutti_cpu::Level::Avx2 => return unsafe { ln_floor_avx2(values, floor) },
+        tutti_cpu::Level::Portable => {}
     }
+    ln_floor_portable(values, floor);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn ln_floor_avx512(values: &mut [f32], floor: f32) {
     ln_floor_portable(values, floor);
 }
 

@@ -251,16 +251,32 @@ impl KaldiFbank {
         Ok(Features { data, frames, bins })
     }
 
-    /// [`KaldiFbank::frame_portable`] compiled for AVX2 + FMA where the CPU has them (the
-    /// element-wise passes and the mel products then use 8-wide vectors).
+    /// [`KaldiFbank::frame_portable`] compiled for AVX-512 or AVX2 + FMA, as [`tutti_cpu::level`]
+    /// chooses (the element-wise passes then use 16- or 8-wide vectors).
     fn frame(&self, samples: &[f32], offset: f32, buffers: &mut FrameBuffers, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { self.frame_avx2(samples, offset, buffers, out) };
-            return;
+        match tutti_cpu::level() {
+            // SAFETY (both): the CPU supports the features the function is compiled for.
+            tutti_cpu::Level::Avx512 => {
+                return unsafe { self.frame_avx512(samples, offset, buffers, out) };
+            }
+            tutti_cpu::Level::Avx2 => {
+                return unsafe { self.frame_avx2(samples, offset, buffers, out) };
+            }
+            tutti_cpu::Level::Portable => {}
         }
+        self.frame_portable(samples, offset, buffers, out);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+    unsafe fn frame_avx512(
+        &self,
+        samples: &[f32],
+        offset: f32,
+        buffers: &mut FrameBuffers,
+        out: &mut [f32],
+    ) {
         self.frame_portable(samples, offset, buffers, out);
     }
 

@@ -119,9 +119,7 @@ impl MelBanks {
     pub fn apply_f32(&self, power: &[f32], out: &mut [f32]) {
         if !self.groups.is_empty() && power.len() >= self.num_fft_bins {
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
+            if tutti_cpu::level() >= tutti_cpu::Level::Avx2 {
                 // SAFETY: the CPU supports the features the function is compiled for.
                 unsafe { self.apply_groups_avx2(power, out) };
                 return;

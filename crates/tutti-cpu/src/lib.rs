@@ -319,7 +319,14 @@ pub fn kernel_paths() -> Vec<(&'static str, String)> {
         ("gelu", vector.clone()),
         ("layer_norm", vector.clone()),
         ("fbank_frames", vector.clone()),
-        ("mel_products", vector.clone()),
+        (
+            "mel_products",
+            if c.level >= Level::Avx2 {
+                "avx2+fma (8 banks a group)".to_string()
+            } else {
+                "portable".to_string()
+            },
+        ),
         ("int8_products", c.int8.name().to_string()),
         (
             "bf16_products",

@@ -308,6 +308,7 @@ pub fn layer_norm_rows(
 }
 
 /// A row's mean and `1 / sqrt(var + eps)`, two-pass (the variance of the centred values).
+#[inline(always)]
 fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = sum_f32(row) / n;
@@ -329,6 +330,41 @@ fn row_statistics(row: &[f32], eps: f32) -> (f32, f32) {
 }
 
 fn layer_norm_row(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) {
+    match tutti_cpu::level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => unsafe { layer_norm_row_avx512(row, gamma, beta, eps) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        tutti_cpu::Level::Avx2 => unsafe { layer_norm_row_avx2(row, gamma, beta, eps) },
+        _ => layer_norm_row_portable(row, gamma, beta, eps),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn layer_norm_row_avx512(
+    row: &mut [f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+) {
+    layer_norm_row_portable(row, gamma, beta, eps);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_row_avx2(
+    row: &mut [f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f32,
+) {
+    layer_norm_row_portable(row, gamma, beta, eps);
+}
+
+#[inline(always)]
+fn layer_norm_row_portable(row: &mut [f32], gamma: Option<&[f32]>, beta: Option<&[f32]>, eps: f32) {
     let (mean, inv) = row_statistics(row, eps);
     match (gamma, beta) {
         (Some(g), Some(b)) => {
@@ -532,6 +568,7 @@ pub fn add_column_sums(dst: &mut [f32], x: &[f32]) {
 }
 
 /// Sum with eight partial sums (vectorises, and is closer to a pairwise sum than a serial one).
+#[inline(always)]
 fn sum_f32(values: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let mut chunks = values.chunks_exact(8);
@@ -546,12 +583,72 @@ fn sum_f32(values: &[f32]) -> f32 {
 /// `row[i] = exp(row[i] - max(row))` in place; returns the sum (a softmax without its division,
 /// for callers that divide a smaller product instead).
 pub fn exp_shifted_row(row: &mut [f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    match tutti_cpu::level() {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { exp_shifted_row_avx2(row) };
+        tutti_cpu::Level::Avx512 => unsafe { exp_shifted_row_avx512(row) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        tutti_cpu::Level::Avx2 => unsafe { exp_shifted_row_avx2(row) },
+        _ => exp_shifted_row_portable(row),
     }
-    exp_shifted_row_portable(row)
+}
+
+/// [`exp_shifted_row`] on 16 lanes (AVX-512): the same range reduction and polynomial, the
+/// row's tail through a masked load and store.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn exp_shifted_row_avx512(row: &mut [f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let max = max_f32(row);
+    let shift = _mm512_set1_ps(max);
+    let mut sum = _mm512_setzero_ps();
+    let n16 = row.len() / 16 * 16;
+    for i in (0..n16).step_by(16) {
+        // SAFETY: `i + 16 <= row.len()`.
+        let x = unsafe { _mm512_loadu_ps(row.as_ptr().add(i)) };
+        let e = exp_avx512(_mm512_sub_ps(x, shift));
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(i), e) };
+        sum = _mm512_add_ps(sum, e);
+    }
+    let tail = row.len() - n16;
+    if tail > 0 {
+        let mask: __mmask16 = (1u16 << tail) - 1;
+        // SAFETY: the mask covers `row[n16..]` only.
+        let x = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(n16)) };
+        let e = _mm512_maskz_mov_ps(mask, exp_avx512(_mm512_sub_ps(x, shift)));
+        // SAFETY: as above.
+        unsafe { _mm512_mask_storeu_ps(row.as_mut_ptr().add(n16), mask, e) };
+        sum = _mm512_add_ps(sum, e);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// [`exp_f32`] on sixteen lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+fn exp_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = _mm512_set1_ps;
+    // The bound first, as in the AVX2 version: a NaN input stays NaN.
+    let x = _mm512_min_ps(c(88.0), _mm512_max_ps(c(-87.0), x));
+    // floor: round toward negative infinity, exceptions suppressed.
+    let n = _mm512_roundscale_ps::<0x09>(_mm512_fmadd_ps(x, c(std::f32::consts::LOG2_E), c(0.5)));
+    let r = _mm512_fmadd_ps(n, c(-0.693_359_4), x);
+    let r = _mm512_fmadd_ps(n, c(2.121_944_4e-4), r);
+    let mut p = c(1.987_569_1e-4);
+    p = _mm512_fmadd_ps(p, r, c(1.398_199_9e-3));
+    p = _mm512_fmadd_ps(p, r, c(8.333_452e-3));
+    p = _mm512_fmadd_ps(p, r, c(4.166_579_6e-2));
+    p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
+    p = _mm512_fmadd_ps(p, r, c(0.5));
+    let p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), c(1.0));
+    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvttps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
 }
 
 /// [`exp_shifted_row`] in AVX2 intrinsics (the compiler's own vectorisation of [`exp_f32`]
@@ -783,6 +880,50 @@ mod tests {
         let mut row = [0.5f32, f32::NAN, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0];
         exp_shifted_row(&mut row);
         assert!(row[1].is_nan());
+    }
+
+    #[test]
+    fn every_exp_path_agrees_with_the_scalar_one() {
+        // Lengths with and without a tail past the vector width.
+        for len in [1003usize, 1024, 5] {
+            let row: Vec<f32> = lcg(8, len).iter().map(|v| v * 60.0).collect();
+            let mut scalar = row.clone();
+            let scalar_sum = exp_shifted_row_portable(&mut scalar);
+            type ExpPath = Box<dyn Fn(&mut [f32]) -> f32>;
+            let mut paths: Vec<(&str, ExpPath)> = Vec::new();
+            #[cfg(target_arch = "x86_64")]
+            {
+                let f = tutti_cpu::features();
+                if f.best_level() >= tutti_cpu::Level::Avx2 {
+                    // SAFETY: the CPU has AVX2 + FMA.
+                    paths.push(("avx2", Box::new(|r| unsafe { exp_shifted_row_avx2(r) })));
+                } else {
+                    println!("skipped: the avx2 exp path (this CPU lacks AVX2 + FMA)");
+                }
+                if f.best_level() >= tutti_cpu::Level::Avx512 {
+                    // SAFETY: the CPU has AVX-512.
+                    paths.push(("avx512", Box::new(|r| unsafe { exp_shifted_row_avx512(r) })));
+                } else {
+                    println!("skipped: the avx512 exp path (this CPU lacks AVX-512)");
+                }
+            }
+            for (name, path) in &paths {
+                let mut fast = row.clone();
+                let sum = path(&mut fast);
+                for (a, b) in fast.iter().zip(&scalar) {
+                    assert!(
+                        (a - b).abs() <= 2.0 * f32::EPSILON * b.abs(),
+                        "{name}: {a} {b}"
+                    );
+                }
+                assert!((sum - scalar_sum).abs() < 1e-5 * scalar_sum, "{name}");
+                // NaN propagates on every path.
+                let mut with_nan = row.clone();
+                with_nan[len / 2] = f32::NAN;
+                path(&mut with_nan);
+                assert!(with_nan[len / 2].is_nan(), "{name}: NaN lost");
+            }
+        }
     }
 
     #[test]

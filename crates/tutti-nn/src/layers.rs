@@ -118,11 +118,18 @@ fn gelu_autodiff<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// `g = Phi(x) + x phi(x)` and `c = x^2 phi(x)` (see [`gelu_autodiff`]).
 fn gelu_parts(x: &[f32], g: &mut [f32], c: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { gelu_parts_avx2(x, g, c) };
-        return;
+    match tutti_cpu::level() {
+        // SAFETY (both): the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => return unsafe { gelu_parts_avx512(x, g, c) },
+        tutti_cpu::Level::Avx2 => return unsafe { gelu_parts_avx2(x, g, c) },
+        tutti_cpu::Level::Portable => {}
     }
+    gelu_parts_portable(x, g, c);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn gelu_parts_avx512(x: &[f32], g: &mut [f32], c: &mut [f32]) {
     gelu_parts_portable(x, g, c);
 }
 
@@ -148,11 +155,18 @@ fn gelu_parts_portable(x: &[f32], g: &mut [f32], c: &mut [f32]) {
 pub fn gelu_backward_in_place(x: &[f32], dy: &mut [f32]) {
     assert_eq!(x.len(), dy.len(), "gelu_backward_in_place: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { gelu_backward_avx2(x, dy) };
-        return;
+    match tutti_cpu::level() {
+        // SAFETY (both): the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => return unsafe { gelu_backward_avx512(x, dy) },
+        tutti_cpu::Level::Avx2 => return unsafe { gelu_backward_avx2(x, dy) },
+        tutti_cpu::Level::Portable => {}
     }
+    gelu_backward_portable(x, dy);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn gelu_backward_avx512(x: &[f32], dy: &mut [f32]) {
     gelu_backward_portable(x, dy);
 }
 
@@ -175,11 +189,18 @@ fn gelu_backward_portable(x: &[f32], dy: &mut [f32]) {
 /// GELU over a slice, with the widest instructions the CPU has.
 pub fn gelu_in_place(values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { gelu_avx2(values) };
-        return;
+    match tutti_cpu::level() {
+        // SAFETY (both): the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => return unsafe { gelu_avx512(values) },
+        tutti_cpu::Level::Avx2 => return unsafe { gelu_avx2(values) },
+        tutti_cpu::Level::Portable => {}
     }
+    gelu_portable(values);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn gelu_avx512(values: &mut [f32]) {
     gelu_portable(values);
 }
 

@@ -15,21 +15,32 @@
 //! rounding).
 
 use rayon::prelude::*;
+pub use tutti_cpu::Int8Path;
 
 /// Largest activation code (7 bits).
 const A_MAX: f32 = 127.0;
 /// Rows per kernel step (x 16 columns: 2 x TILE accumulator registers, two weight registers,
 /// the broadcast codes and the ones: 16 with 6 rows, all of AVX2's).
 const TILE: usize = 6;
+/// Columns per kernel step: two blocks of 16.
+const STEP: usize = 32;
 
 /// Quantise one activation row to 7-bit codes, asymmetric: the row's range (widened to hold 0)
 /// maps onto `[0, 127]`, `u = round(a / s) + z`; returns the scale `s` and the zero point `z`.
 fn quantise_row(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { quantise_row_avx2(row, codes) };
+    match tutti_cpu::level() {
+        // SAFETY (both): the CPU supports the features the function is compiled for.
+        tutti_cpu::Level::Avx512 => return unsafe { quantise_row_avx512(row, codes) },
+        tutti_cpu::Level::Avx2 => return unsafe { quantise_row_avx2(row, codes) },
+        tutti_cpu::Level::Portable => {}
     }
+    quantise_row_portable(row, codes)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,fma")]
+unsafe fn quantise_row_avx512(row: &[f32], codes: &mut [u8]) -> (f32, i32) {
     quantise_row_portable(row, codes)
 }
 
@@ -88,6 +99,8 @@ pub struct QuantizedMatrix {
     pub n: usize,
     /// `k` rounded up to a multiple of 4.
     k4: usize,
+    /// Column blocks of 16 (an even count).
+    blocks: usize,
     /// Column blocks of 16; per block and per group of 4 `k`: 64 bytes (columns 0..8, then 8..16,
     /// 4 consecutive `k` each).
     packed: Vec<i8>,
@@ -115,7 +128,8 @@ impl QuantizedMatrix {
                 .clamp(-127.0, 127.0) as i8
         };
         let k4 = k.div_ceil(4) * 4;
-        let blocks = n.div_ceil(16);
+        // An even number of blocks: the kernels step two at a time (the last may be zeros).
+        let blocks = n.div_ceil(32).max(1) * 2;
         let mut packed = vec![0i8; blocks * k4 * 16];
         for b in 0..blocks {
             for g in 0..k4 / 4 {
@@ -137,6 +151,7 @@ impl QuantizedMatrix {
             k,
             n,
             k4,
+            blocks,
             packed,
             scales,
             column_sums,
@@ -157,8 +172,19 @@ impl QuantizedMatrix {
         out
     }
 
-    /// `out[rows, n] += x[rows, k] · W` with `x` quantised per row on the fly.
+    /// `out[rows, n] += x[rows, k] · W` with `x` quantised per row on the fly, on this process's
+    /// kernel ([`tutti_cpu::choice`]'s `int8`).
     pub fn matmul(&self, out: &mut [f32], x: &[f32], rows: usize) {
+        self.matmul_on(tutti_cpu::choice().int8, out, x, rows);
+    }
+
+    /// [`QuantizedMatrix::matmul`] on a given kernel (every kernel computes the same integers).
+    /// Panics where the CPU cannot run it ([`int8_available`]).
+    pub fn matmul_on(&self, kernel: Int8Path, out: &mut [f32], x: &[f32], rows: usize) {
+        assert!(
+            int8_available(kernel),
+            "the {kernel:?} int8 kernel is not available on this CPU"
+        );
         assert_eq!(
             x.len(),
             rows * self.k,
@@ -185,15 +211,18 @@ impl QuantizedMatrix {
                     (row_scales[r], row_zeros[r]) =
                         quantise_row(row, &mut codes[r * self.k4..][..self.k]);
                 }
-                let mut acc = vec![0i32; TILE * 16];
-                // Column blocks outside, row tiles inside: a block's weights (16 x k bytes) stay
-                // in L1 across the task's tiles, the task's codes in L2.
-                for block in 0..self.n.div_ceil(16) {
+                let mut acc = [0i32; TILE * STEP];
+                // Column pairs of blocks outside, row tiles inside: a pair's weights (32 x k
+                // bytes) stay in L1 across the task's tiles, the task's codes in L2.
+                for pair in 0..self.blocks / 2 {
                     for tile in 0..padded / TILE {
                         let a = &codes[tile * TILE * self.k4..][..TILE * self.k4];
-                        self.kernel(a, block, &mut acc);
-                        let c0 = block * 16;
-                        let width = 16.min(self.n - c0);
+                        self.kernel(kernel, a, pair, &mut acc);
+                        let c0 = pair * STEP;
+                        if c0 >= self.n {
+                            continue;
+                        }
+                        let width = STEP.min(self.n - c0);
                         let (sums, scales) = (
                             &self.column_sums[c0..c0 + width],
                             &self.scales[c0..c0 + width],
@@ -203,7 +232,7 @@ impl QuantizedMatrix {
                             let row = &mut out[r * self.n + c0..][..width];
                             let (rs, rz) = (row_scales[r], row_zeros[r]);
                             for (((o, a), z), s) in
-                                row.iter_mut().zip(&acc[i * 16..]).zip(sums).zip(scales)
+                                row.iter_mut().zip(&acc[i * STEP..]).zip(sums).zip(scales)
                             {
                                 *o += (a - rz * z) as f32 * rs * s;
                             }
@@ -213,67 +242,180 @@ impl QuantizedMatrix {
             });
     }
 
-    /// `acc[i, j] = sum_k a[i, k] q[k, 16 block + j]` for a tile of `TILE` code rows (`a`: `TILE` rows of
-    /// `k4` codes).
-    fn kernel(&self, a: &[u8], block: usize, acc: &mut [i32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2; the slices' sizes are checked inside.
-            unsafe { self.kernel_avx2(a, block, acc) };
-            return;
+    /// `acc[i, j] = sum_k a[i, k] q[k, 32 pair + j]` for a tile of `TILE` code rows (`a`: `TILE`
+    /// rows of `k4` codes) and the two column blocks `2 pair`, `2 pair + 1`.
+    fn kernel(&self, kernel: Int8Path, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
+        assert!(a.len() >= TILE * self.k4);
+        assert!((2 * pair + 2) * (self.k4 / 4) * 64 <= self.packed.len());
+        match kernel {
+            Int8Path::Portable => self.kernel_portable(a, pair, acc),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY (all three): the caller checked the CPU has the kernel's features; the
+            // slices' sizes are asserted above.
+            Int8Path::Avx2 => unsafe { self.kernel_avx2(a, pair, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Int8Path::AvxVnni => unsafe { self.kernel_avx_vnni(a, pair, acc) },
+            #[cfg(target_arch = "x86_64")]
+            Int8Path::Avx512Vnni => unsafe { self.kernel_avx512_vnni(a, pair, acc) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("x86 kernels are never available elsewhere"),
         }
-        self.kernel_portable(a, block, acc);
     }
 
-    fn kernel_portable(&self, a: &[u8], block: usize, acc: &mut [i32]) {
+    fn kernel_portable(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
         let groups = self.k4 / 4;
         acc.fill(0);
-        for g in 0..groups {
-            let panel = &self.packed[(block * groups + g) * 64..][..64];
-            for i in 0..TILE {
-                let codes = &a[i * self.k4 + 4 * g..][..4];
-                for j in 0..16 {
-                    let w = &panel[(j / 8) * 32 + (j % 8) * 4..][..4];
-                    acc[i * 16 + j] += (0..4).map(|t| codes[t] as i32 * w[t] as i32).sum::<i32>();
+        for half in 0..2 {
+            let block = 2 * pair + half;
+            for g in 0..groups {
+                let panel = &self.packed[(block * groups + g) * 64..][..64];
+                for i in 0..TILE {
+                    let codes = &a[i * self.k4 + 4 * g..][..4];
+                    for j in 0..16 {
+                        let w = &panel[(j / 8) * 32 + (j % 8) * 4..][..4];
+                        acc[i * STEP + 16 * half + j] +=
+                            (0..4).map(|t| codes[t] as i32 * w[t] as i32).sum::<i32>();
+                    }
                 }
             }
         }
     }
 
+    /// `vpmaddubsw` + `vpmaddwd` (AVX2): 6 rows x 16 columns per pass, two passes.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn kernel_avx2(&self, a: &[u8], block: usize, acc: &mut [i32]) {
+    unsafe fn kernel_avx2(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
         use std::arch::x86_64::*;
         let groups = self.k4 / 4;
-        assert!(a.len() >= TILE * self.k4 && acc.len() >= TILE * 16);
-        assert!((block + 1) * groups * 64 <= self.packed.len());
         let ones = _mm256_set1_epi16(1);
-        let mut sums = [_mm256_setzero_si256(); 2 * TILE];
-        let panel = self.packed.as_ptr().wrapping_add(block * groups * 64);
+        for half in 0..2 {
+            let mut sums = [_mm256_setzero_si256(); 2 * TILE];
+            let panel = self
+                .packed
+                .as_ptr()
+                .wrapping_add((2 * pair + half) * groups * 64);
+            for g in 0..groups {
+                // SAFETY: inside the pair's panels (asserted by the caller).
+                let (w0, w1) = unsafe {
+                    (
+                        _mm256_loadu_si256(panel.add(g * 64).cast()),
+                        _mm256_loadu_si256(panel.add(g * 64 + 32).cast()),
+                    )
+                };
+                for i in 0..TILE {
+                    // SAFETY: `i k4 + 4 g + 4 <= TILE k4 <= a.len()`; an unaligned 4-byte read.
+                    let quad = unsafe {
+                        std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
+                    };
+                    let codes = _mm256_set1_epi32(quad);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w0), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w1), ones);
+                    sums[2 * i] = _mm256_add_epi32(sums[2 * i], p0);
+                    sums[2 * i + 1] = _mm256_add_epi32(sums[2 * i + 1], p1);
+                }
+            }
+            for (t, s) in sums.iter().enumerate() {
+                let (i, part) = (t / 2, t % 2);
+                // SAFETY: `i STEP + 16 half + 8 part + 8 <= TILE STEP`.
+                unsafe {
+                    _mm256_storeu_si256(
+                        acc.as_mut_ptr().add(i * STEP + 16 * half + 8 * part).cast(),
+                        *s,
+                    )
+                };
+            }
+        }
+    }
+
+    /// `vpdpbusd` on 256-bit vectors (AVX-VNNI): one instruction per 8 columns x 4 k.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn kernel_avx_vnni(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
+        use std::arch::x86_64::*;
+        let groups = self.k4 / 4;
+        for half in 0..2 {
+            let mut sums = [_mm256_setzero_si256(); 2 * TILE];
+            let panel = self
+                .packed
+                .as_ptr()
+                .wrapping_add((2 * pair + half) * groups * 64);
+            for g in 0..groups {
+                // SAFETY: inside the pair's panels (asserted by the caller).
+                let (w0, w1) = unsafe {
+                    (
+                        _mm256_loadu_si256(panel.add(g * 64).cast()),
+                        _mm256_loadu_si256(panel.add(g * 64 + 32).cast()),
+                    )
+                };
+                for i in 0..TILE {
+                    // SAFETY: as in the AVX2 kernel.
+                    let quad = unsafe {
+                        std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
+                    };
+                    let codes = _mm256_set1_epi32(quad);
+                    sums[2 * i] = _mm256_dpbusd_avx_epi32(sums[2 * i], codes, w0);
+                    sums[2 * i + 1] = _mm256_dpbusd_avx_epi32(sums[2 * i + 1], codes, w1);
+                }
+            }
+            for (t, s) in sums.iter().enumerate() {
+                let (i, part) = (t / 2, t % 2);
+                // SAFETY: as in the AVX2 kernel.
+                unsafe {
+                    _mm256_storeu_si256(
+                        acc.as_mut_ptr().add(i * STEP + 16 * half + 8 * part).cast(),
+                        *s,
+                    )
+                };
+            }
+        }
+    }
+
+    /// `vpdpbusd` on 512-bit vectors (AVX-512 VNNI): 6 rows x 32 columns, one instruction per
+    /// 16 columns x 4 k (a block's 64-byte panel is one register, columns in order).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn kernel_avx512_vnni(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
+        use std::arch::x86_64::*;
+        let groups = self.k4 / 4;
+        let mut sums = [_mm512_setzero_si512(); 2 * TILE];
+        let p0 = self.packed.as_ptr().wrapping_add(2 * pair * groups * 64);
+        let p1 = self
+            .packed
+            .as_ptr()
+            .wrapping_add((2 * pair + 1) * groups * 64);
         for g in 0..groups {
-            // SAFETY: `(block * groups + g) * 64 + 64 <= packed.len()` (asserted above).
+            // SAFETY: inside the pair's panels (asserted by the caller).
             let (w0, w1) = unsafe {
                 (
-                    _mm256_loadu_si256(panel.add(g * 64).cast()),
-                    _mm256_loadu_si256(panel.add(g * 64 + 32).cast()),
+                    _mm512_loadu_si512(p0.add(g * 64).cast()),
+                    _mm512_loadu_si512(p1.add(g * 64).cast()),
                 )
             };
             for i in 0..TILE {
-                // SAFETY: `i * k4 + 4 g + 4 <= TILE k4 <= a.len()`; an unaligned 4-byte read.
+                // SAFETY: as in the AVX2 kernel.
                 let quad = unsafe {
                     std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
                 };
-                let codes = _mm256_set1_epi32(quad);
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w0), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w1), ones);
-                sums[2 * i] = _mm256_add_epi32(sums[2 * i], p0);
-                sums[2 * i + 1] = _mm256_add_epi32(sums[2 * i + 1], p1);
+                let codes = _mm512_set1_epi32(quad);
+                sums[2 * i] = _mm512_dpbusd_epi32(sums[2 * i], codes, w0);
+                sums[2 * i + 1] = _mm512_dpbusd_epi32(sums[2 * i + 1], codes, w1);
             }
         }
         for (t, s) in sums.iter().enumerate() {
-            // SAFETY: `acc` holds 16 TILE i32 (asserted); `t * 8 + 8 <= 16 TILE`.
-            unsafe { _mm256_storeu_si256(acc.as_mut_ptr().add(t * 8).cast(), *s) };
+            // SAFETY: `16 t + 16 <= 2 TILE 16 = TILE STEP`.
+            unsafe { _mm512_storeu_si512(acc.as_mut_ptr().add(16 * t).cast(), *s) };
         }
+    }
+}
+
+/// Whether this CPU can run an int8 kernel.
+pub fn int8_available(kernel: Int8Path) -> bool {
+    let f = tutti_cpu::features();
+    match kernel {
+        Int8Path::Portable => true,
+        Int8Path::Avx2 => f.avx2,
+        Int8Path::AvxVnni => f.avx2 && f.avxvnni,
+        Int8Path::Avx512Vnni => f.avx512f && f.avx512bw && f.avx512vnni,
     }
 }
 
@@ -327,12 +469,22 @@ mod tests {
                 .zip(&expected)
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-4, "{rows}x{k}x{n}: {worst}");
-            // The portable kernel gives the same integers.
+            // Every kernel the CPU has gives the portable kernel's integers, and the same output.
             let codes: Vec<u8> = (0..TILE * q.k4).map(|i| (i * 37 % 127 + 1) as u8).collect();
-            let (mut a, mut b) = (vec![0i32; 16 * TILE], vec![0i32; 16 * TILE]);
-            q.kernel(&codes, 0, &mut a);
-            q.kernel_portable(&codes, 0, &mut b);
-            assert_eq!(a, b);
+            let mut expected_acc = [0i32; TILE * STEP];
+            q.kernel(Int8Path::Portable, &codes, 0, &mut expected_acc);
+            for kernel in [Int8Path::Avx2, Int8Path::AvxVnni, Int8Path::Avx512Vnni] {
+                if !int8_available(kernel) {
+                    println!("skipped: the {kernel:?} int8 kernel (this CPU lacks it)");
+                    continue;
+                }
+                let mut acc = [0i32; TILE * STEP];
+                q.kernel(kernel, &codes, 0, &mut acc);
+                assert_eq!(acc, expected_acc, "{kernel:?}");
+                let mut other = vec![0.5f32; rows * n];
+                q.matmul_on(kernel, &mut other, &x, rows);
+                assert_eq!(other, out, "{kernel:?}: {rows}x{k}x{n}");
+            }
             // And it approximates the f32 product (the mode's accuracy cost, bounded here loosely).
             let exact: Vec<f32> = (0..rows * n)
                 .map(|i| (0..k).map(|t| x[(i / n) * k + t] * w[t * n + i % n]).sum())
