@@ -66,8 +66,10 @@ pub struct EmbedArgs {
     /// Recompute outputs that already exist (default: skip them, which resumes a run).
     #[arg(long)]
     overwrite: bool,
-    /// Arithmetic of the encoder's linear layers: `f32`, or `int8` (tutti and Whisper encoders on
-    /// the CPU; faster, with the accuracy cost `tutti bench speed --precision int8` reports).
+    /// Arithmetic of the encoder's products: `f32`, `int8` (linear layers) or `bf16` (linear
+    /// layers, attention and convolutions; CPUs with AMX or AVX512-BF16), for tutti and Whisper
+    /// encoders on the CPU; faster, with the accuracy cost `tutti bench speed --precision P`
+    /// reports.
     #[arg(long, default_value = "f32")]
     pub precision: tutti_models::Precision,
 }

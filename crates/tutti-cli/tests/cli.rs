@@ -767,3 +767,39 @@ fn a_folder_per_class_dataset_becomes_a_task() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 classes"), "{}", text(&out));
 }
+
+#[test]
+fn bf16_runs_where_the_cpu_has_it_and_is_refused_clearly_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("out");
+    let clip = fixture("speech_16k.wav");
+    let run = |cap: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tutti"))
+            .args(["embed", s(&clip), "-o", s(&out), "--model", s(&model)])
+            .args(["--precision", "bf16", "--overwrite"])
+            .env("NO_COLOR", "1")
+            .env("TUTTI_CPU", cap)
+            .output()
+            .expect("the binary runs")
+    };
+    // Capped below AVX-512 (as on a CPU without AMX or AVX512-BF16): refused, naming why and the
+    // model, nothing written.
+    let refused = run("avx2");
+    assert!(!refused.status.success());
+    let message = text(&refused);
+    assert!(
+        message.contains("bf16") && message.contains("avx2"),
+        "{message}"
+    );
+    assert!(!out.join("speech_16k.npy").exists());
+    // At the CPU's own level it runs where the CPU has a bf16 path.
+    match tutti_nn::bf16::unavailable() {
+        Some(reason) => println!("skipped: bf16 embedding on this CPU ({reason})"),
+        None => {
+            let ran = run("native");
+            assert!(ran.status.success(), "{}", text(&ran));
+            assert!(out.join("speech_16k.npy").exists());
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Where the fast engine's forward pass spends its time, stage by stage, summed over the blocks
-//! (not a test; `cargo run --release -p tutti-models --example profile_fast -- small 10 [runs]`).
+//! (not a test; `cargo run --release -p tutti-models --example profile_fast -- small 10 [runs]
+//! [f32|int8|bf16]`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -18,7 +19,14 @@ fn main() {
     let encoder = config.init(&device).unwrap();
     let flops = config.forward_flops(config.fbank.num_frames((secs * 16000.0) as usize));
     let model = TuttiModel::new(config, encoder, device, name).unwrap();
-    let fast = FastTutti::from_model(&model).unwrap();
+    let mut fast = FastTutti::from_model(&model).unwrap();
+    if let Some(precision) = args.next() {
+        let precision: tutti_models::Precision = precision.parse().unwrap();
+        if let Some(reason) = precision.unavailable() {
+            panic!("{precision}: {reason}");
+        }
+        fast.set_precision(precision);
+    }
     let wave: Vec<f32> = (0..(secs * 16000.0) as usize)
         .map(|i| (i as f32 * 0.01).sin() * 0.3)
         .collect();

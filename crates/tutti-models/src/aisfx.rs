@@ -334,6 +334,7 @@ impl FastConvBn {
         crate::fast::im2col_product(
             &mut out,
             &self.weight,
+            None,
             &self.bias,
             9 * c,
             |row, col| {

@@ -208,6 +208,9 @@ impl Norm {
 #[derive(Debug, Clone)]
 struct SubsamplerConv {
     weight: Vec<f32>,
+    /// The weights in bf16 ([`Precision::Bf16`], for convolutions with 64 or more inputs a
+    /// product).
+    bf16: Option<tutti_nn::bf16::Bf16Matrix>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
@@ -220,11 +223,18 @@ impl SubsamplerConv {
         assert_eq!([kh, kw], [3, 3], "the subsampler's kernels are 3x3");
         Self {
             weight: im2col_weight(&param(&conv.weight), outputs, inputs),
+            bf16: None,
             bias: bias_or_zeros(conv.bias.as_ref(), outputs),
             inputs,
             outputs,
             stride: conv.stride[0],
         }
+    }
+
+    fn set_precision(&mut self, precision: Precision) {
+        let k = 9 * self.inputs;
+        self.bf16 = (precision == Precision::Bf16 && k >= 64)
+            .then(|| tutti_nn::bf16::Bf16Matrix::new(&self.weight, k, self.outputs));
     }
 
     /// `[time, bins, inputs]` -> GELU(conv) `[time', bins', outputs]`.
@@ -236,6 +246,7 @@ impl SubsamplerConv {
         im2col_product(
             &mut out,
             &self.weight,
+            self.bf16.as_ref(),
             &self.bias,
             9 * inputs,
             |row, col| {
@@ -262,6 +273,12 @@ impl SubsamplerConv {
     }
 }
 
+thread_local! {
+    /// Each thread's attention scores block, kept between calls (a fresh block of this size
+    /// would be new pages, and page faults, every time).
+    static SCORES: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// The activation an [`im2col_product`] applies after its bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activation {
@@ -270,12 +287,14 @@ pub(crate) enum Activation {
 }
 
 /// `out` (`[rows, outputs]`) = act(im2col(x) · `weights` + `bias`), `weights` being
-/// `[k, outputs]`: in parallel chunks of output rows whose im2col block stays near the L2 cache
+/// `[k, outputs]` (or their bf16 copy `reduced`, whose products then run in bf16): in parallel chunks of output rows whose im2col block stays near the L2 cache
 /// (~1 MiB). `fill(row, col)` writes output row `row`'s `k` im2col values into `col`, which
 /// arrives zeroed (so padding is skipped, not written).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn im2col_product(
     out: &mut [f32],
     weights: &[f32],
+    reduced: Option<&tutti_nn::bf16::Bf16Matrix>,
     bias: &[f32],
     k: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync,
@@ -293,14 +312,26 @@ pub(crate) fn im2col_product(
             for (r, col) in cols.chunks_exact_mut(k).enumerate() {
                 fill(chunk * chunk_rows + r, col);
             }
-            matmul(
-                MatMut::new(out, rows, outputs),
-                MatRef::new(&cols, rows, k),
-                weights,
-                1.0,
-                false,
-                Threads::One,
-            );
+            match reduced {
+                Some(b) => b.product(
+                    tutti_nn::bf16::Kernel::chosen(),
+                    out,
+                    outputs,
+                    &cols,
+                    k,
+                    rows,
+                    false,
+                    Threads::One,
+                ),
+                None => matmul(
+                    MatMut::new(out, rows, outputs),
+                    MatRef::new(&cols, rows, k),
+                    weights,
+                    1.0,
+                    false,
+                    Threads::One,
+                ),
+            }
             match activation {
                 Activation::Gelu => bias_gelu_rows(out, bias),
                 Activation::Relu => {
@@ -319,6 +350,8 @@ pub(crate) fn im2col_product(
 #[derive(Debug, Clone)]
 struct GroupedConv {
     weights: Vec<Vec<f32>>,
+    /// Each group's weights in bf16 ([`Precision::Bf16`]).
+    bf16: Option<Vec<tutti_nn::bf16::Bf16Matrix>>,
     bias: Vec<f32>,
     width: usize,
     kernel: usize,
@@ -340,10 +373,22 @@ impl GroupedConv {
             .collect();
         Self {
             weights,
+            bf16: None,
             bias: bias_or_zeros(conv.bias.as_ref(), width),
             width,
             kernel,
         }
+    }
+
+    fn set_precision(&mut self, precision: Precision) {
+        let per_group = self.width / self.weights.len();
+        let k = self.kernel * per_group;
+        self.bf16 = (precision == Precision::Bf16).then(|| {
+            self.weights
+                .iter()
+                .map(|w| tutti_nn::bf16::Bf16Matrix::new(w, k, per_group))
+                .collect()
+        });
     }
 
     fn forward(&self, x: &[f32], time: usize) -> Vec<f32> {
@@ -368,14 +413,26 @@ impl GroupedConv {
                     }
                 }
                 let mut out = vec![0.0f32; time * per_group];
-                matmul(
-                    MatMut::new(&mut out, time, per_group),
-                    MatRef::new(&cols, time, k),
-                    MatRef::new(weight, k, per_group),
-                    1.0,
-                    false,
-                    Threads::One,
-                );
+                match &self.bf16 {
+                    Some(reduced) => reduced[g].product(
+                        tutti_nn::bf16::Kernel::chosen(),
+                        &mut out,
+                        per_group,
+                        &cols,
+                        k,
+                        time,
+                        false,
+                        Threads::One,
+                    ),
+                    None => matmul(
+                        MatMut::new(&mut out, time, per_group),
+                        MatRef::new(&cols, time, k),
+                        MatRef::new(weight, k, per_group),
+                        1.0,
+                        false,
+                        Threads::One,
+                    ),
+                }
                 out
             })
             .collect();
@@ -412,6 +469,8 @@ pub struct Transformer {
     width: usize,
     eps: f32,
     layer_norm_first: bool,
+    /// The linear layers' precision; with bf16 the attention products are bf16 too.
+    precision: Precision,
     /// Kept between calls; a call that finds it taken (another thread) uses its own.
     scratch: std::sync::Mutex<Scratch>,
 }
@@ -425,6 +484,7 @@ impl Clone for Transformer {
             width: self.width,
             eps: self.eps,
             layer_norm_first: self.layer_norm_first,
+            precision: self.precision,
             scratch: Default::default(),
         }
     }
@@ -517,6 +577,12 @@ impl FastTuttiEncoder {
     pub fn set_precision(&mut self, precision: Precision) {
         self.projection.set_precision(precision);
         self.transformer.set_precision(precision);
+        for conv in &mut self.convs {
+            conv.set_precision(precision);
+        }
+        for conv in &mut self.positional {
+            conv.set_precision(precision);
+        }
     }
 
     /// One item's fbank `[frames, bins]` -> its hidden states and FFN outputs.
@@ -591,6 +657,7 @@ impl Block {
 impl Transformer {
     /// Switch the blocks' linear layers to `precision`.
     pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
         for block in &mut self.blocks {
             for dense in [
                 &mut block.qkv,
@@ -612,6 +679,7 @@ impl Transformer {
             width,
             eps,
             layer_norm_first,
+            precision: Precision::F32,
             scratch: Default::default(),
         }
     }
@@ -728,6 +796,9 @@ impl Transformer {
     /// head's Q, K and V in place; the softmax's division is applied to the `[rows, head_dim]`
     /// product instead of the `[rows, time]` probabilities.
     fn attention(&self, qkv: &[f32], context: &mut [f32], time: usize) {
+        if self.precision == Precision::Bf16 {
+            return self.attention_bf16(qkv, context, time);
+        }
         let width = self.width;
         let head_dim = width / self.heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
@@ -747,14 +818,16 @@ impl Transformer {
             .for_each(|(b, out)| {
                 let q0 = b * block_rows;
                 let rows = out.len() / width;
-                let mut scores = vec![0.0f32; rows * time];
+                let mut buffer = SCORES.take();
+                buffer.resize(rows * time, 0.0);
+                let scores = &mut buffer[..];
                 let mut sums = vec![0.0f32; rows];
                 for h in 0..self.heads {
                     let q = all.rows(q0, rows).columns(h * head_dim, head_dim);
                     let k = all.columns(width + h * head_dim, head_dim);
                     let v = all.columns(2 * width + h * head_dim, head_dim);
                     matmul(
-                        MatMut::new(&mut scores, rows, time),
+                        MatMut::new(scores, rows, time),
                         q,
                         k.t(),
                         scale,
@@ -766,7 +839,7 @@ impl Transformer {
                     }
                     matmul(
                         MatMut::new(out, rows, width).columns(h * head_dim, head_dim),
-                        MatRef::new(&scores, rows, time),
+                        MatRef::new(scores, rows, time),
                         v,
                         1.0,
                         false,
@@ -779,6 +852,74 @@ impl Transformer {
                         }
                     }
                 }
+                SCORES.set(buffer);
+            });
+    }
+
+    /// [`Transformer::attention`] with both products in bf16 (f32 accumulation; the scores'
+    /// softmax in f32): each head's `K^T` (scaled) and `V` rounded and packed once, then for each
+    /// block of queries `Q K^T`, the exponentials, and `P V` on the bf16 kernels.
+    fn attention_bf16(&self, qkv: &[f32], context: &mut [f32], time: usize) {
+        use tutti_nn::bf16::{Bf16Matrix, Kernel};
+        let width = self.width;
+        let head_dim = width / self.heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let kernel = Kernel::chosen();
+        let stride = 3 * width;
+        let packed: Vec<(Bf16Matrix, Bf16Matrix)> = (0..self.heads)
+            .into_par_iter()
+            .map(|h| {
+                let (k0, v0) = (width + h * head_dim, 2 * width + h * head_dim);
+                (
+                    Bf16Matrix::from_fn(head_dim, time, |d, t| qkv[t * stride + k0 + d] * scale),
+                    Bf16Matrix::from_fn(time, head_dim, |t, d| qkv[t * stride + v0 + d]),
+                )
+            })
+            .collect();
+        let threads = rayon::current_num_threads().max(1);
+        let block_rows = time.div_ceil(threads).clamp(16, 256).min(time.max(1));
+        context
+            .par_chunks_mut(block_rows * width)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let q0 = b * block_rows;
+                let rows = out.len() / width;
+                let mut buffer = SCORES.take();
+                buffer.resize(rows * time, 0.0);
+                let scores = &mut buffer[..];
+                let mut sums = vec![0.0f32; rows];
+                for (h, (keys, values)) in packed.iter().enumerate() {
+                    keys.product(
+                        kernel,
+                        scores,
+                        time,
+                        &qkv[q0 * stride + h * head_dim..],
+                        stride,
+                        rows,
+                        false,
+                        Threads::One,
+                    );
+                    for (row, sum) in scores.chunks_exact_mut(time).zip(sums.iter_mut()) {
+                        *sum = exp_shifted_row(row);
+                    }
+                    values.product(
+                        kernel,
+                        &mut out[h * head_dim..],
+                        width,
+                        scores,
+                        time,
+                        rows,
+                        false,
+                        Threads::One,
+                    );
+                    for (row, sum) in out.chunks_exact_mut(width).zip(&sums) {
+                        let inv = 1.0 / sum;
+                        for value in &mut row[h * head_dim..(h + 1) * head_dim] {
+                            *value *= inv;
+                        }
+                    }
+                }
+                SCORES.set(buffer);
             });
     }
 }
@@ -909,6 +1050,8 @@ impl AudioEncoder for FastTutti {
 #[derive(Debug, Clone)]
 struct Conv1dGelu {
     weight: Vec<f32>,
+    /// The weights in bf16 ([`Precision::Bf16`]).
+    bf16: Option<tutti_nn::bf16::Bf16Matrix>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
@@ -923,6 +1066,7 @@ impl Conv1dGelu {
         assert_eq!(conv.groups, 1, "a dense convolution");
         Self {
             weight: im2col_weight(&param(&conv.weight), outputs, inputs),
+            bf16: None,
             bias: bias_or_zeros(conv.bias.as_ref(), outputs),
             inputs,
             outputs,
@@ -930,6 +1074,12 @@ impl Conv1dGelu {
             stride: conv.stride,
             padding,
         }
+    }
+
+    fn set_precision(&mut self, precision: Precision) {
+        let k = self.kernel * self.inputs;
+        self.bf16 = (precision == Precision::Bf16 && k >= 64)
+            .then(|| tutti_nn::bf16::Bf16Matrix::new(&self.weight, k, self.outputs));
     }
 
     fn forward(&self, x: &[f32], time: usize) -> (Vec<f32>, usize) {
@@ -954,6 +1104,7 @@ impl Conv1dGelu {
         im2col_product(
             &mut out,
             &self.weight,
+            self.bf16.as_ref(),
             &self.bias,
             k,
             fill,
@@ -1006,6 +1157,8 @@ impl FastWhisperEncoder {
     /// Switch the blocks' linear layers to `precision`.
     pub fn set_precision(&mut self, precision: Precision) {
         self.transformer.set_precision(precision);
+        self.conv1.set_precision(precision);
+        self.conv2.set_precision(precision);
     }
 
     /// One window's log-mel `[frames, bins]` (row-major) -> its states at half the frame rate.

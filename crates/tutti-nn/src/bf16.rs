@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use crate::kernels::Threads;
+
 /// Columns per tile.
 const TILE_COLS: usize = 16;
 /// k values per tile (16 pairs).
@@ -119,12 +121,29 @@ impl Bf16Matrix {
     /// Round and pack a row-major `[k, n]` f32 matrix.
     pub fn new(weights: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(weights.len(), k * n, "Bf16Matrix::new: shape");
+        Self::from_fn(k, n, |r, c| weights[r * n + c])
+    }
+
+    /// Round and pack the `[k, n]` matrix whose element `(r, c)` is `value(r, c)` (a transposed
+    /// or strided source without a copy: attention's keys as `K^T`).
+    pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32) -> Self {
         let kb = k.div_ceil(TILE_K).max(1);
         let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
         let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
-        for r in 0..k {
-            for c in 0..n {
-                packed[Self::index(kb, r, c)] = to_bf16(weights[r * n + c]);
+        // In packed order: written once, sequentially (the source is read where it lies).
+        for (tile, block) in packed.chunks_exact_mut(TILE_LEN).enumerate() {
+            let (j, t) = (tile / kb, tile % kb);
+            let columns = TILE_COLS.min(n.saturating_sub(j * TILE_COLS));
+            for p in 0..16 {
+                for e in 0..2 {
+                    let r = t * TILE_K + 2 * p + e;
+                    if r >= k {
+                        continue;
+                    }
+                    for c in 0..columns {
+                        block[p * 32 + 2 * c + e] = to_bf16(value(r, j * TILE_COLS + c));
+                    }
+                }
             }
         }
         Self {
@@ -166,46 +185,97 @@ impl Bf16Matrix {
     /// [`Bf16Matrix::matmul`] on a given kernel. Panics where the CPU cannot run it
     /// ([`Kernel::available`]).
     pub fn matmul_on(&self, kernel: Kernel, out: &mut [f32], x: &[f32], rows: usize) {
+        assert_eq!(x.len(), rows * self.k, "Bf16Matrix::matmul: input shape");
+        assert_eq!(out.len(), rows * self.n, "Bf16Matrix::matmul: output shape");
+        self.product(kernel, out, self.n, x, self.k, rows, true, Threads::Pool);
+    }
+
+    /// `out[r, ..n] (+)= x[r, ..k] · W` for `rows` rows (added to `out` with `accumulate`, else
+    /// written over it), row `r` of `out` starting at `r out_stride` and of `x` at `r x_stride`
+    /// (strided views: a head's columns); in parallel tasks of 64 rows, or on the calling thread
+    /// only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        kernel: Kernel,
+        out: &mut [f32],
+        out_stride: usize,
+        x: &[f32],
+        x_stride: usize,
+        rows: usize,
+        accumulate: bool,
+        threads: Threads,
+    ) {
         assert!(
             kernel.available(),
             "the {kernel:?} bf16 kernel is not available on this CPU"
         );
-        assert_eq!(x.len(), rows * self.k, "Bf16Matrix::matmul: input shape");
-        assert_eq!(out.len(), rows * self.n, "Bf16Matrix::matmul: output shape");
         if rows == 0 || self.n == 0 {
             return;
         }
+        assert!(
+            out_stride >= self.n && x_stride >= self.k,
+            "Bf16Matrix: strides"
+        );
+        assert!(
+            out.len() >= (rows - 1) * out_stride + self.n,
+            "Bf16Matrix: output view exceeds its buffer"
+        );
+        assert!(
+            x.len() >= (rows - 1) * x_stride + self.k,
+            "Bf16Matrix: input view exceeds its buffer"
+        );
         let k_pad = self.k_pad();
-        out.par_chunks_mut(ROWS_PER_TASK * self.n)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * ROWS_PER_TASK;
-                let count = out.len() / self.n;
-                let padded = count.div_ceil(32) * 32;
-                // The task's activations in bf16, zero-padded to whole tiles (rows and k).
-                let mut a = vec![0u16; padded * k_pad];
-                for r in 0..count {
-                    round_slice(
-                        &x[(first + r) * self.k..][..self.k],
-                        &mut a[r * k_pad..][..self.k],
-                    );
-                }
-                match kernel {
-                    Kernel::Portable => self.task_portable(&a, out, count),
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: availability asserted above; `a` holds `padded` rows of `k_pad`.
-                    Kernel::Avx512Bf16 => unsafe { self.task_avx512(&a, out, count) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Kernel::Amx => unsafe { self.task_amx(&a, out, count) },
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("x86 kernels are never available elsewhere"),
-                }
-            });
+        let out = &mut out[..(rows - 1) * out_stride + self.n];
+        let task = |task: usize, out: &mut [f32]| {
+            let first = task * ROWS_PER_TASK;
+            let count = ROWS_PER_TASK.min(rows - first);
+            let padded = count.div_ceil(32) * 32;
+            // The task's activations in bf16, zero-padded to whole tiles (rows and k).
+            let mut a = vec![0u16; padded * k_pad];
+            for r in 0..count {
+                round_slice(
+                    &x[(first + r) * x_stride..][..self.k],
+                    &mut a[r * k_pad..][..self.k],
+                );
+            }
+            match kernel {
+                Kernel::Portable => self.task_portable(&a, out, out_stride, count, accumulate),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: availability asserted above; `a` holds `padded` rows of `k_pad`.
+                Kernel::Avx512Bf16 => unsafe {
+                    self.task_avx512(&a, out, out_stride, count, accumulate)
+                },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Kernel::Amx => unsafe { self.task_amx(&a, out, out_stride, count, accumulate) },
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("x86 kernels are never available elsewhere"),
+            }
+        };
+        let chunk = ROWS_PER_TASK * out_stride;
+        match threads {
+            Threads::Pool => out
+                .par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(t, out)| task(t, out)),
+            Threads::One => out
+                .chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(t, out)| task(t, out)),
+        }
     }
 
-    /// `out[count, n] += a · W` with `a` `[count rounded up to 32, k_pad]` bf16.
-    fn task_portable(&self, a: &[u16], out: &mut [f32], count: usize) {
+    /// `out[count, n] += a · W` with `a` `[count rounded up to 32, k_pad]` bf16 and `out`'s rows
+    /// `stride` apart.
+    fn task_portable(
+        &self,
+        a: &[u16],
+        out: &mut [f32],
+        stride: usize,
+        count: usize,
+        accumulate: bool,
+    ) {
         let k_pad = self.k_pad();
         let mut acc = [0.0f32; TILE_COLS];
         for r in 0..count {
@@ -227,8 +297,8 @@ impl Bf16Matrix {
                 }
                 let c0 = j * TILE_COLS;
                 let width = TILE_COLS.min(self.n - c0);
-                for (o, v) in out[r * self.n + c0..][..width].iter_mut().zip(&acc) {
-                    *o += v;
+                for (o, v) in out[r * stride + c0..][..width].iter_mut().zip(&acc) {
+                    *o = if accumulate { *o + v } else { *v };
                 }
             }
         }
@@ -238,12 +308,19 @@ impl Bf16Matrix {
     /// column vector per k pair.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
-    unsafe fn task_avx512(&self, a: &[u16], out: &mut [f32], count: usize) {
+    unsafe fn task_avx512(
+        &self,
+        a: &[u16],
+        out: &mut [f32],
+        stride: usize,
+        count: usize,
+        accumulate: bool,
+    ) {
         use std::arch::x86_64::*;
         const R: usize = 8;
         let (k_pad, kb, n) = (self.k_pad(), self.kb, self.n);
         let padded = count.div_ceil(32) * 32;
-        assert!(a.len() >= padded * k_pad && out.len() >= count * n);
+        assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * stride + n);
         assert!(self.packed.len() >= self.col_tiles * kb * TILE_LEN);
         for pair in 0..self.col_tiles / 2 {
             let b0 = self.packed.as_ptr().wrapping_add(2 * pair * kb * TILE_LEN);
@@ -303,9 +380,13 @@ impl Bf16Matrix {
                         };
                         // SAFETY: row `r0 + i < count`, columns `c0..c0 + width <= n` (masked).
                         unsafe {
-                            let p = out.as_mut_ptr().add((r0 + i) * n + c0);
-                            let o = _mm512_maskz_loadu_ps(mask, p);
-                            _mm512_mask_storeu_ps(p, mask, _mm512_add_ps(o, *v));
+                            let p = out.as_mut_ptr().add((r0 + i) * stride + c0);
+                            let sum = if accumulate {
+                                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, p), *v)
+                            } else {
+                                *v
+                            };
+                            _mm512_mask_storeu_ps(p, mask, sum);
                         }
                     }
                 }
@@ -316,18 +397,25 @@ impl Bf16Matrix {
     /// AMX: 32 rows x 32 columns per step in four 16 x 16 f32 tiles (tmm0-3), two activation
     /// tiles (tmm4-5, 16 rows x 32 k) and two weight tiles (tmm6-7, 32 k x 16 columns).
     #[cfg(target_arch = "x86_64")]
-    unsafe fn task_amx(&self, a: &[u16], out: &mut [f32], count: usize) {
+    unsafe fn task_amx(
+        &self,
+        a: &[u16],
+        out: &mut [f32],
+        stride: usize,
+        count: usize,
+        accumulate: bool,
+    ) {
         use std::arch::asm;
         let (k_pad, kb, n) = (self.k_pad(), self.kb, self.n);
         let padded = count.div_ceil(32) * 32;
-        assert!(a.len() >= padded * k_pad && out.len() >= count * n);
+        assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * stride + n);
         assert!(self.packed.len() >= self.col_tiles * kb * TILE_LEN);
         let config = TileConfig::uniform();
         // SAFETY: the configuration is a valid palette-1 layout (8 tiles of 16 rows x 64 bytes);
         // AMX is available (asserted by the caller) and permitted for this process.
         unsafe { asm!("ldtilecfg [{0}]", in(reg) config.0.as_ptr(), options(nostack)) };
         let a_stride = k_pad * 2;
-        let out_stride = n * 4;
+        let out_stride = stride * 4;
         let mut scratch = [[0.0f32; 256]; 4];
         for pair in 0..self.col_tiles / 2 {
             let b0 = self.packed.as_ptr().wrapping_add(2 * pair * kb * TILE_LEN);
@@ -343,14 +431,19 @@ impl Bf16Matrix {
                     (r, c, r + 16 <= count && c + 16 <= n)
                 });
                 for (t, &(r, c, whole)) in tiles.iter().enumerate() {
+                    if !accumulate {
+                        // SAFETY: zeroes a configured tile register.
+                        unsafe { zero_c(t) };
+                        continue;
+                    }
                     let src: *const f32 = if whole {
-                        out.as_ptr().wrapping_add(r * n + c)
+                        out.as_ptr().wrapping_add(r * stride + c)
                     } else {
                         let s = &mut scratch[t];
                         s.fill(0.0);
                         for i in 0..16usize.min(count.saturating_sub(r)) {
                             for j in 0..16usize.min(n.saturating_sub(c)) {
-                                s[i * 16 + j] = out[(r + i) * n + c + j];
+                                s[i * 16 + j] = out[(r + i) * stride + c + j];
                             }
                         }
                         s.as_ptr()
@@ -391,14 +484,14 @@ impl Bf16Matrix {
                 for (t, &(r, c, whole)) in tiles.iter().enumerate() {
                     if whole {
                         // SAFETY: a whole tile inside `out`, as loaded.
-                        unsafe { store_c(t, out.as_mut_ptr().add(r * n + c), out_stride) };
+                        unsafe { store_c(t, out.as_mut_ptr().add(r * stride + c), out_stride) };
                     } else {
                         let s = &mut scratch[t];
                         // SAFETY: `scratch[t]` holds 16 x 16 f32, 64 bytes a row.
                         unsafe { store_c(t, s.as_mut_ptr(), 64) };
                         for i in 0..16usize.min(count.saturating_sub(r)) {
                             for j in 0..16usize.min(n.saturating_sub(c)) {
-                                out[(r + i) * n + c + j] = s[i * 16 + j];
+                                out[(r + i) * stride + c + j] = s[i * 16 + j];
                             }
                         }
                     }
@@ -448,6 +541,21 @@ unsafe fn load_c(index: usize, src: *const f32, stride: usize) {
             _ => {
                 asm!("tileloadd tmm3, [{0} + {1}]", in(reg) src, in(reg) stride, options(nostack, readonly))
             }
+        }
+    }
+}
+
+/// `tilezero tmm{index}`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn zero_c(index: usize) {
+    use std::arch::asm;
+    // SAFETY: touches only the tile register (configured by the caller).
+    unsafe {
+        match index {
+            0 => asm!("tilezero tmm0", options(nostack, nomem)),
+            1 => asm!("tilezero tmm1", options(nostack, nomem)),
+            2 => asm!("tilezero tmm2", options(nostack, nomem)),
+            _ => asm!("tilezero tmm3", options(nostack, nomem)),
         }
     }
 }
@@ -575,6 +683,69 @@ mod tests {
                         .zip(&expected)
                         .any(|(a, b)| (a - b).abs() > 1e-2)
                 );
+            }
+        }
+        // Strided views on one thread: a 20-column block of a wider input and output, transposed
+        // weights built by from_fn.
+        let (rows, k, n, xs, os) = (45, 20, 33, 50, 70);
+        let x = lcg(41, rows * xs);
+        let wt = lcg(42, n * k); // [n, k]: the weights' transpose
+        let m = Bf16Matrix::from_fn(k, n, |r, c| wt[c * k + r]);
+        for &kernel in &ran {
+            let mut out = vec![1.0f32; rows * os];
+            m.product(
+                kernel,
+                &mut out[5..],
+                os,
+                &x[7..],
+                xs,
+                rows,
+                true,
+                Threads::One,
+            );
+            // Written over (not added): the same view from a garbage start, minus the ones.
+            let mut over = vec![1.0f32; rows * os];
+            for r in 0..rows {
+                for c in 5..5 + n {
+                    over[r * os + c] = 1e6;
+                }
+            }
+            m.product(
+                kernel,
+                &mut over[5..],
+                os,
+                &x[7..],
+                xs,
+                rows,
+                false,
+                Threads::One,
+            );
+            for r in 0..rows {
+                for c in 5..5 + n {
+                    let (a, b) = (over[r * os + c] + 1.0, out[r * os + c]);
+                    assert!((a - b).abs() < 1e-5, "{kernel:?}: overwrite {a} vs {b}");
+                }
+            }
+            for r in 0..rows {
+                for c in 0..os {
+                    let v = out[r * os + c];
+                    if c < 5 || c >= 5 + n {
+                        assert_eq!(v, 1.0, "{kernel:?}: outside the view");
+                        continue;
+                    }
+                    let j = c - 5;
+                    let e: f64 = 1.0
+                        + (0..k)
+                            .map(|t| {
+                                from_bf16(to_bf16(x[7 + r * xs + t])) as f64
+                                    * from_bf16(to_bf16(wt[j * k + t])) as f64
+                            })
+                            .sum::<f64>();
+                    assert!(
+                        (v as f64 - e).abs() < 1e-4,
+                        "{kernel:?} ({r}, {c}): {v} {e}"
+                    );
+                }
             }
         }
         println!("bf16 kernels tested: {ran:?}");
