@@ -871,8 +871,8 @@ impl Transformer {
             .map(|h| {
                 let (k0, v0) = (width + h * head_dim, 2 * width + h * head_dim);
                 (
-                    Bf16Matrix::from_fn(head_dim, time, |d, t| qkv[t * stride + k0 + d] * scale),
-                    Bf16Matrix::from_fn(time, head_dim, |t, d| qkv[t * stride + v0 + d]),
+                    Bf16Matrix::from_transposed(&qkv[k0..], stride, time, head_dim, scale),
+                    Bf16Matrix::from_rows(&qkv[v0..], stride, time, head_dim),
                 )
             })
             .collect();

@@ -165,6 +165,31 @@ fn main() {
             Threads::One,
         )
     });
+    if tutti_nn::bf16::Kernel::chosen() != Kernel::Portable {
+        use tutti_nn::bf16::Bf16Matrix;
+        let kernel = Kernel::chosen();
+        let pack = time(&mut || {
+            std::hint::black_box((
+                Bf16Matrix::from_transposed(&qkv[384..], w3, t, hd, 0.125),
+                Bf16Matrix::from_rows(&qkv[768..], w3, t, hd),
+            ));
+        });
+        let keys = Bf16Matrix::from_fn(hd, t, |d, j| qkv[j * w3 + 384 + d] * 0.125);
+        let values = Bf16Matrix::from_fn(t, hd, |j, d| qkv[j * w3 + 768 + d]);
+        let qk =
+            time(&mut || keys.product(kernel, &mut scores, t, &qkv, w3, rows, false, Threads::One));
+        let pv = time(&mut || {
+            values.product(kernel, &mut out, 384, &scores, t, rows, false, Threads::One)
+        });
+        println!(
+            "attention in bf16 ({kernel:?}), one thread: K^T and V packed {:.0} us, QK^T {:.1} GFLOP/s ({:.0} us), PV {:.1} GFLOP/s ({:.0} us)",
+            pack * 1e6,
+            flops / qk / 1e9,
+            qk * 1e6,
+            flops / pv / 1e9,
+            pv * 1e6
+        );
+    }
     println!(
         "attention, one thread: QK^T {:.1} GFLOP/s ({:.0} us; K copied first: {:.1} GFLOP/s), exp rows {:.0} us, PV {:.1} GFLOP/s ({:.0} us)",
         flops / qk / 1e9,

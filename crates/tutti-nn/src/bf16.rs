@@ -155,6 +155,72 @@ impl Bf16Matrix {
         }
     }
 
+    /// The `[k, n]` matrix `scale * src^T`, where `src` holds `n` rows of `k` values, row `j` at
+    /// `src[j stride..]` (attention's keys: `K^T`, one key a row of a fused QKV buffer). Each
+    /// source row is rounded once and written as the pairs the tiles hold.
+    pub fn from_transposed(src: &[f32], stride: usize, n: usize, k: usize, scale: f32) -> Self {
+        assert!(
+            n == 0 || src.len() >= (n - 1) * stride + k,
+            "Bf16Matrix: source view"
+        );
+        let kb = k.div_ceil(TILE_K).max(1);
+        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
+        let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
+        let mut row = vec![0.0f32; kb * TILE_K];
+        let mut rounded = vec![0u16; kb * TILE_K];
+        for j in 0..n {
+            for (r, v) in row.iter_mut().zip(&src[j * stride..][..k]) {
+                *r = v * scale;
+            }
+            round_slice(&row, &mut rounded);
+            let (tile, c) = (j / TILE_COLS, j % TILE_COLS);
+            for t in 0..kb {
+                let block = &mut packed[(tile * kb + t) * TILE_LEN..][..TILE_LEN];
+                for p in 0..16 {
+                    block[p * 32 + 2 * c] = rounded[t * TILE_K + 2 * p];
+                    block[p * 32 + 2 * c + 1] = rounded[t * TILE_K + 2 * p + 1];
+                }
+            }
+        }
+        Self {
+            k,
+            n,
+            kb,
+            col_tiles,
+            packed,
+        }
+    }
+
+    /// The `[k, n]` matrix whose row `r` is `src[r stride..][..n]` (attention's values: `V`,
+    /// one row a time step of a fused QKV buffer), rounded row by row.
+    pub fn from_rows(src: &[f32], stride: usize, k: usize, n: usize) -> Self {
+        assert!(
+            k == 0 || src.len() >= (k - 1) * stride + n,
+            "Bf16Matrix: source view"
+        );
+        let kb = k.div_ceil(TILE_K).max(1);
+        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
+        let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
+        let mut rounded = vec![0u16; n];
+        for r in 0..k {
+            round_slice(&src[r * stride..][..n], &mut rounded);
+            let (t, p, e) = (r / TILE_K, (r % TILE_K) / 2, r % 2);
+            for (tile, values) in rounded.chunks(TILE_COLS).enumerate() {
+                let block = &mut packed[(tile * kb + t) * TILE_LEN + p * 32..][..32];
+                for (c, v) in values.iter().enumerate() {
+                    block[2 * c + e] = *v;
+                }
+            }
+        }
+        Self {
+            k,
+            n,
+            kb,
+            col_tiles,
+            packed,
+        }
+    }
+
     #[inline(always)]
     fn index(kb: usize, r: usize, c: usize) -> usize {
         ((c / TILE_COLS * kb + r / TILE_K) * 16 + (r % TILE_K) / 2) * 32
@@ -748,6 +814,19 @@ mod tests {
                 }
             }
         }
+        // The row-wise packers give from_fn's packing.
+        let (stride, n, k) = (50, 37, 45);
+        let src = lcg(51, 40 * stride);
+        let t = Bf16Matrix::from_transposed(&src[3..], stride, n, k, 0.5);
+        let f = Bf16Matrix::from_fn(k, n, |r, c| src[3 + c * stride + r] * 0.5);
+        assert_eq!(t.packed, f.packed);
+        let v = Bf16Matrix::from_rows(&src[2..], stride, 39, n);
+        let f = Bf16Matrix::from_fn(39, n, |r, c| src[2 + r * stride + c]);
+        assert_eq!(v.packed, f.packed);
+        assert_ne!(
+            t.packed,
+            Bf16Matrix::from_transposed(&src[4..], stride, n, k, 0.5).packed
+        );
         println!("bf16 kernels tested: {ran:?}");
         assert!(ran.contains(&Kernel::Portable));
     }
