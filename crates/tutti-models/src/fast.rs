@@ -809,51 +809,33 @@ impl Transformer {
             row_stride: 3 * width,
             col_stride: 1,
         };
-        // One block per thread when that keeps the scores block near the L2 cache, else more.
-        let threads = rayon::current_num_threads().max(1);
-        let block_rows = time.div_ceil(threads).clamp(16, 256).min(time.max(1));
-        context
-            .par_chunks_mut(block_rows * width)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let q0 = b * block_rows;
-                let rows = out.len() / width;
-                let mut buffer = SCORES.take();
-                buffer.resize(rows * time, 0.0);
-                let scores = &mut buffer[..];
-                let mut sums = vec![0.0f32; rows];
-                for h in 0..self.heads {
-                    let q = all.rows(q0, rows).columns(h * head_dim, head_dim);
-                    let k = all.columns(width + h * head_dim, head_dim);
-                    let v = all.columns(2 * width + h * head_dim, head_dim);
-                    matmul(
-                        MatMut::new(scores, rows, time),
-                        q,
-                        k.t(),
-                        scale,
-                        false,
-                        Threads::One,
-                    );
-                    for (row, sum) in scores.chunks_exact_mut(time).zip(sums.iter_mut()) {
-                        *sum = exp_shifted_row(row);
-                    }
-                    matmul(
-                        MatMut::new(out, rows, width).columns(h * head_dim, head_dim),
-                        MatRef::new(scores, rows, time),
-                        v,
-                        1.0,
-                        false,
-                        Threads::One,
-                    );
-                    for (row, sum) in out.chunks_exact_mut(width).zip(&sums) {
-                        let inv = 1.0 / sum;
-                        for value in &mut row[h * head_dim..(h + 1) * head_dim] {
-                            *value *= inv;
-                        }
-                    }
-                }
-                SCORES.set(buffer);
-            });
+        self.attention_blocks(
+            context,
+            time,
+            |h, q0, rows, scores| {
+                let q = all.rows(q0, rows).columns(h * head_dim, head_dim);
+                let k = all.columns(width + h * head_dim, head_dim);
+                matmul(
+                    MatMut::new(scores, rows, time),
+                    q,
+                    k.t(),
+                    scale,
+                    false,
+                    Threads::One,
+                );
+            },
+            |h, rows, scores, out| {
+                let v = all.columns(2 * width + h * head_dim, head_dim);
+                matmul(
+                    MatMut::new(out, rows, width).columns(h * head_dim, head_dim),
+                    MatRef::new(scores, rows, time),
+                    v,
+                    1.0,
+                    false,
+                    Threads::One,
+                );
+            },
+        );
     }
 
     /// [`Transformer::attention`] with both products in bf16 (f32 accumulation; the scores'
@@ -876,6 +858,38 @@ impl Transformer {
                 )
             })
             .collect();
+        self.attention_blocks(
+            context,
+            time,
+            |h, q0, rows, scores| {
+                let q = &qkv[q0 * stride + h * head_dim..];
+                packed[h]
+                    .0
+                    .product(kernel, scores, time, q, stride, rows, false, Threads::One);
+            },
+            |h, rows, scores, out| {
+                let out = &mut out[h * head_dim..];
+                packed[h]
+                    .1
+                    .product(kernel, out, width, scores, time, rows, false, Threads::One);
+            },
+        );
+    }
+
+    /// The attention core's loop: blocks of queries in parallel, each head in turn: `scores(h,
+    /// first query, rows, scores)` writes the block's scaled scores `[rows, time]`, which become
+    /// their exponentials; `context(h, rows, weights, out)` writes the weighted values into head
+    /// `h`'s columns of the block's `out` rows; the division by the rows' sums comes last.
+    fn attention_blocks(
+        &self,
+        context: &mut [f32],
+        time: usize,
+        scores_of: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+        context_of: impl Fn(usize, usize, &[f32], &mut [f32]) + Sync,
+    ) {
+        let width = self.width;
+        let head_dim = width / self.heads;
+        // One block per thread when that keeps the scores block near the L2 cache, else more.
         let threads = rayon::current_num_threads().max(1);
         let block_rows = time.div_ceil(threads).clamp(16, 256).min(time.max(1));
         context
@@ -888,30 +902,12 @@ impl Transformer {
                 buffer.resize(rows * time, 0.0);
                 let scores = &mut buffer[..];
                 let mut sums = vec![0.0f32; rows];
-                for (h, (keys, values)) in packed.iter().enumerate() {
-                    keys.product(
-                        kernel,
-                        scores,
-                        time,
-                        &qkv[q0 * stride + h * head_dim..],
-                        stride,
-                        rows,
-                        false,
-                        Threads::One,
-                    );
+                for h in 0..self.heads {
+                    scores_of(h, q0, rows, scores);
                     for (row, sum) in scores.chunks_exact_mut(time).zip(sums.iter_mut()) {
                         *sum = exp_shifted_row(row);
                     }
-                    values.product(
-                        kernel,
-                        &mut out[h * head_dim..],
-                        width,
-                        scores,
-                        time,
-                        rows,
-                        false,
-                        Threads::One,
-                    );
+                    context_of(h, rows, scores, out);
                     for (row, sum) in out.chunks_exact_mut(width).zip(&sums) {
                         let inv = 1.0 / sum;
                         for value in &mut row[h * head_dim..(h + 1) * head_dim] {

@@ -127,11 +127,10 @@ impl Bf16Matrix {
     /// Round and pack the `[k, n]` matrix whose element `(r, c)` is `value(r, c)` (a transposed
     /// or strided source without a copy: attention's keys as `K^T`).
     pub fn from_fn(k: usize, n: usize, value: impl Fn(usize, usize) -> f32) -> Self {
-        let kb = k.div_ceil(TILE_K).max(1);
-        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
-        let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
+        let mut m = Self::zeroed(k, n);
+        let kb = m.kb;
         // In packed order: written once, sequentially (the source is read where it lies).
-        for (tile, block) in packed.chunks_exact_mut(TILE_LEN).enumerate() {
+        for (tile, block) in m.packed.chunks_exact_mut(TILE_LEN).enumerate() {
             let (j, t) = (tile / kb, tile % kb);
             let columns = TILE_COLS.min(n.saturating_sub(j * TILE_COLS));
             for p in 0..16 {
@@ -146,13 +145,7 @@ impl Bf16Matrix {
                 }
             }
         }
-        Self {
-            k,
-            n,
-            kb,
-            col_tiles,
-            packed,
-        }
+        m
     }
 
     /// The `[k, n]` matrix `scale * src^T`, where `src` holds `n` rows of `k` values, row `j` at
@@ -163,9 +156,8 @@ impl Bf16Matrix {
             n == 0 || src.len() >= (n - 1) * stride + k,
             "Bf16Matrix: source view"
         );
-        let kb = k.div_ceil(TILE_K).max(1);
-        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
-        let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
+        let mut m = Self::zeroed(k, n);
+        let kb = m.kb;
         let mut row = vec![0.0f32; kb * TILE_K];
         let mut rounded = vec![0u16; kb * TILE_K];
         for j in 0..n {
@@ -175,20 +167,14 @@ impl Bf16Matrix {
             round_slice(&row, &mut rounded);
             let (tile, c) = (j / TILE_COLS, j % TILE_COLS);
             for t in 0..kb {
-                let block = &mut packed[(tile * kb + t) * TILE_LEN..][..TILE_LEN];
+                let block = &mut m.packed[(tile * kb + t) * TILE_LEN..][..TILE_LEN];
                 for p in 0..16 {
                     block[p * 32 + 2 * c] = rounded[t * TILE_K + 2 * p];
                     block[p * 32 + 2 * c + 1] = rounded[t * TILE_K + 2 * p + 1];
                 }
             }
         }
-        Self {
-            k,
-            n,
-            kb,
-            col_tiles,
-            packed,
-        }
+        m
     }
 
     /// The `[k, n]` matrix whose row `r` is `src[r stride..][..n]` (attention's values: `V`,
@@ -198,26 +184,32 @@ impl Bf16Matrix {
             k == 0 || src.len() >= (k - 1) * stride + n,
             "Bf16Matrix: source view"
         );
-        let kb = k.div_ceil(TILE_K).max(1);
-        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
-        let mut packed = vec![0u16; col_tiles * kb * TILE_LEN];
+        let mut m = Self::zeroed(k, n);
+        let kb = m.kb;
         let mut rounded = vec![0u16; n];
         for r in 0..k {
             round_slice(&src[r * stride..][..n], &mut rounded);
             let (t, p, e) = (r / TILE_K, (r % TILE_K) / 2, r % 2);
             for (tile, values) in rounded.chunks(TILE_COLS).enumerate() {
-                let block = &mut packed[(tile * kb + t) * TILE_LEN + p * 32..][..32];
+                let block = &mut m.packed[(tile * kb + t) * TILE_LEN + p * 32..][..32];
                 for (c, v) in values.iter().enumerate() {
                     block[2 * c + e] = *v;
                 }
             }
         }
+        m
+    }
+
+    /// An all-zero `[k, n]` matrix, padded to whole tiles.
+    fn zeroed(k: usize, n: usize) -> Self {
+        let kb = k.div_ceil(TILE_K).max(1);
+        let col_tiles = n.div_ceil(2 * TILE_COLS).max(1) * 2;
         Self {
             k,
             n,
             kb,
             col_tiles,
-            packed,
+            packed: vec![0u16; col_tiles * kb * TILE_LEN],
         }
     }
 

@@ -286,10 +286,51 @@ impl QuantizedMatrix {
     #[target_feature(enable = "avx2")]
     unsafe fn kernel_avx2(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
         use std::arch::x86_64::*;
-        let groups = self.k4 / 4;
         let ones = _mm256_set1_epi16(1);
+        // SAFETY: as the caller's; the step is AVX2 only, as this function.
+        unsafe {
+            self.kernel_256(a, pair, acc, |sum, codes, w| {
+                _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w), ones))
+            })
+        }
+    }
+
+    /// `vpdpbusd` on 256-bit vectors (AVX-VNNI): one instruction per 8 columns x 4 k.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avxvnni")]
+    unsafe fn kernel_avx_vnni(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
+        use std::arch::x86_64::*;
+        // SAFETY: as the caller's; the step is AVX-VNNI, as this function.
+        unsafe {
+            self.kernel_256(a, pair, acc, |sum, codes, w| {
+                _mm256_dpbusd_avx_epi32(sum, codes, w)
+            })
+        }
+    }
+
+    /// The 256-bit kernels' loop: 6 rows x 16 columns per pass (two registers a row), two passes
+    /// for the pair of blocks; `step(sum, codes, weights)` adds the four-term dot products of the
+    /// broadcast codes and 8 columns' weights to `sum`. Inlined into each caller, so that the
+    /// step compiles with the caller's features.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn kernel_256(
+        &self,
+        a: &[u8],
+        pair: usize,
+        acc: &mut [i32; TILE * STEP],
+        step: impl Fn(
+            std::arch::x86_64::__m256i,
+            std::arch::x86_64::__m256i,
+            std::arch::x86_64::__m256i,
+        ) -> std::arch::x86_64::__m256i,
+    ) {
+        use std::arch::x86_64::*;
+        let groups = self.k4 / 4;
         for half in 0..2 {
-            let mut sums = [_mm256_setzero_si256(); 2 * TILE];
+            // SAFETY (all in this loop): the caller checked the features; zeroing and stores
+            // touch only registers and `acc`.
+            let mut sums = [unsafe { _mm256_setzero_si256() }; 2 * TILE];
             let panel = self
                 .packed
                 .as_ptr()
@@ -307,59 +348,15 @@ impl QuantizedMatrix {
                     let quad = unsafe {
                         std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
                     };
-                    let codes = _mm256_set1_epi32(quad);
-                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w0), ones);
-                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, w1), ones);
-                    sums[2 * i] = _mm256_add_epi32(sums[2 * i], p0);
-                    sums[2 * i + 1] = _mm256_add_epi32(sums[2 * i + 1], p1);
+                    // SAFETY: a register broadcast.
+                    let codes = unsafe { _mm256_set1_epi32(quad) };
+                    sums[2 * i] = step(sums[2 * i], codes, w0);
+                    sums[2 * i + 1] = step(sums[2 * i + 1], codes, w1);
                 }
             }
             for (t, s) in sums.iter().enumerate() {
                 let (i, part) = (t / 2, t % 2);
                 // SAFETY: `i STEP + 16 half + 8 part + 8 <= TILE STEP`.
-                unsafe {
-                    _mm256_storeu_si256(
-                        acc.as_mut_ptr().add(i * STEP + 16 * half + 8 * part).cast(),
-                        *s,
-                    )
-                };
-            }
-        }
-    }
-
-    /// `vpdpbusd` on 256-bit vectors (AVX-VNNI): one instruction per 8 columns x 4 k.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,avxvnni")]
-    unsafe fn kernel_avx_vnni(&self, a: &[u8], pair: usize, acc: &mut [i32; TILE * STEP]) {
-        use std::arch::x86_64::*;
-        let groups = self.k4 / 4;
-        for half in 0..2 {
-            let mut sums = [_mm256_setzero_si256(); 2 * TILE];
-            let panel = self
-                .packed
-                .as_ptr()
-                .wrapping_add((2 * pair + half) * groups * 64);
-            for g in 0..groups {
-                // SAFETY: inside the pair's panels (asserted by the caller).
-                let (w0, w1) = unsafe {
-                    (
-                        _mm256_loadu_si256(panel.add(g * 64).cast()),
-                        _mm256_loadu_si256(panel.add(g * 64 + 32).cast()),
-                    )
-                };
-                for i in 0..TILE {
-                    // SAFETY: as in the AVX2 kernel.
-                    let quad = unsafe {
-                        std::ptr::read_unaligned(a.as_ptr().add(i * self.k4 + 4 * g).cast::<i32>())
-                    };
-                    let codes = _mm256_set1_epi32(quad);
-                    sums[2 * i] = _mm256_dpbusd_avx_epi32(sums[2 * i], codes, w0);
-                    sums[2 * i + 1] = _mm256_dpbusd_avx_epi32(sums[2 * i + 1], codes, w1);
-                }
-            }
-            for (t, s) in sums.iter().enumerate() {
-                let (i, part) = (t / 2, t % 2);
-                // SAFETY: as in the AVX2 kernel.
                 unsafe {
                     _mm256_storeu_si256(
                         acc.as_mut_ptr().add(i * STEP + 16 * half + 8 * part).cast(),
