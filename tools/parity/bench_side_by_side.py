@@ -131,6 +131,7 @@ def main() -> None:
     int8_rows = []
     bf16_rows = []
     machine = {}
+    cpu_flags = cpu_facts()[1]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         wav = tmp / "clip.wav"
@@ -159,7 +160,7 @@ def main() -> None:
             burn_report = tutti_speed("burn")
             reference_last = hidden[-1].numpy()
             tutti_bf16 = machine.get("kernel_paths", {}).get("bf16_products", "unavailable") != "unavailable"
-            cpu_bf16 = any(f in cpu_facts()[1] for f in ("avx512_bf16", "amx_bf16"))
+            cpu_bf16 = any(f in cpu_flags for f in ("avx512_bf16", "amx_bf16"))
             if cpu_bf16:
                 def autocast_forward():
                     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

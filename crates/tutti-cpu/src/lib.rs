@@ -132,11 +132,6 @@ impl Features {
     pub fn amx_bf16_usable(&self) -> bool {
         self.amx_tile && self.amx_bf16 && self.amx_permitted && self.best_level() == Level::Avx512
     }
-
-    /// AMX int8 tiles usable by this process.
-    pub fn amx_int8_usable(&self) -> bool {
-        self.amx_tile && self.amx_int8 && self.amx_permitted && self.best_level() == Level::Avx512
-    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]

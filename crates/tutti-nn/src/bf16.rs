@@ -231,6 +231,11 @@ impl Bf16Matrix {
         out
     }
 
+    /// The start of column tile `tile`'s panel (`kb` packed tiles).
+    fn panel(&self, tile: usize) -> *const u16 {
+        self.packed.as_ptr().wrapping_add(tile * self.kb * TILE_LEN)
+    }
+
     fn k_pad(&self) -> usize {
         self.kb * TILE_K
     }
@@ -297,6 +302,10 @@ impl Bf16Matrix {
                     &mut a[r * k_pad..][..self.k],
                 );
             }
+            // What the x86 kernels read and write, checked once: the task's padded rows, its
+            // output rows, every column tile's panel.
+            assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * out_stride + self.n);
+            assert!(self.packed.len() >= self.col_tiles * self.kb * TILE_LEN);
             match kernel {
                 Kernel::Portable => self.task_portable(&a, out, out_stride, count, accumulate),
                 #[cfg(target_arch = "x86_64")]
@@ -377,22 +386,15 @@ impl Bf16Matrix {
         use std::arch::x86_64::*;
         const R: usize = 8;
         let (k_pad, kb, n) = (self.k_pad(), self.kb, self.n);
-        let padded = count.div_ceil(32) * 32;
-        assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * stride + n);
-        assert!(self.packed.len() >= self.col_tiles * kb * TILE_LEN);
         for pair in 0..self.col_tiles / 2 {
-            let b0 = self.packed.as_ptr().wrapping_add(2 * pair * kb * TILE_LEN);
-            let b1 = self
-                .packed
-                .as_ptr()
-                .wrapping_add((2 * pair + 1) * kb * TILE_LEN);
+            let (b0, b1) = (self.panel(2 * pair), self.panel(2 * pair + 1));
             for r0 in (0..count).step_by(R) {
                 let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for t in 0..kb {
                     for p in 0..16 {
                         let offset = t * TILE_LEN + p * 32;
                         // SAFETY: `offset + 32 <= kb TILE_LEN`, inside each column tile's panel
-                        // (asserted above); `__m512bh` is 32 bf16 in the 64 bytes read.
+                        // (checked by `product`); `__m512bh` is 32 bf16 in the 64 bytes read.
                         let (w0, w1): (__m512bh, __m512bh) = unsafe {
                             (
                                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
@@ -466,8 +468,6 @@ impl Bf16Matrix {
         use std::arch::asm;
         let (k_pad, kb, n) = (self.k_pad(), self.kb, self.n);
         let padded = count.div_ceil(32) * 32;
-        assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * stride + n);
-        assert!(self.packed.len() >= self.col_tiles * kb * TILE_LEN);
         let config = TileConfig::uniform();
         // SAFETY: the configuration is a valid palette-1 layout (8 tiles of 16 rows x 64 bytes);
         // AMX is available (asserted by the caller) and permitted for this process.
@@ -476,11 +476,7 @@ impl Bf16Matrix {
         let out_stride = stride * 4;
         let mut scratch = [[0.0f32; 256]; 4];
         for pair in 0..self.col_tiles / 2 {
-            let b0 = self.packed.as_ptr().wrapping_add(2 * pair * kb * TILE_LEN);
-            let b1 = self
-                .packed
-                .as_ptr()
-                .wrapping_add((2 * pair + 1) * kb * TILE_LEN);
+            let (b0, b1) = (self.panel(2 * pair), self.panel(2 * pair + 1));
             for r0 in (0..padded).step_by(32) {
                 // The four output tiles: (row offset, column offset); a tile wholly inside the
                 // output is loaded and stored in place, any other goes through `scratch`.
