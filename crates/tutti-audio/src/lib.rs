@@ -20,6 +20,7 @@ pub mod fbank;
 pub mod mel;
 pub mod resample;
 pub mod whisper_mel;
+pub mod yamnet_mel;
 
 pub use chunk::{ChunkPlan, Segment};
 pub use decode::{Audio, LoadOptions, load_audio};

@@ -336,6 +336,35 @@ pub fn htk_mel_filters_unit_sum(
     MelBanks::from_dense(weights, num_mel, num_fft_bins)
 }
 
+/// TensorFlow's `tf.signal.linear_to_mel_weight_matrix` (HTK scale `1127 ln(1 + f/700)`,
+/// triangles drawn in the mel domain, the DC bin zeroed), as YAMNet's front end uses it; the rows
+/// are mel bands (TensorFlow's matrix transposed).
+pub fn tf_mel_filters(
+    num_mel: usize,
+    num_fft_bins: usize,
+    sample_rate_hz: f64,
+    min_hz: f64,
+    max_hz: f64,
+) -> MelBanks {
+    let to_mel = |hz: f64| 1127.0 * (1.0 + hz / 700.0).ln();
+    let nyquist = sample_rate_hz / 2.0;
+    let (mel_min, mel_max) = (to_mel(min_hz), to_mel(max_hz));
+    let edges: Vec<f64> = (0..num_mel + 2)
+        .map(|i| mel_min + (mel_max - mel_min) * i as f64 / (num_mel + 1) as f64)
+        .collect();
+    let mut weights = vec![0.0; num_mel * num_fft_bins];
+    for k in 1..num_fft_bins {
+        let mel = to_mel(nyquist * k as f64 / (num_fft_bins - 1) as f64);
+        for m in 0..num_mel {
+            let (lower, center, upper) = (edges[m], edges[m + 1], edges[m + 2]);
+            let down = (mel - lower) / (center - lower);
+            let up = (upper - mel) / (upper - center);
+            weights[m * num_fft_bins + k] = down.min(up).max(0.0);
+        }
+    }
+    MelBanks::from_dense(weights, num_mel, num_fft_bins)
+}
+
 /// Triangles with corners at `filter_freqs[m..m + 3]` over FFT bins spread on `[0, rate/2]`.
 fn triangles(filter_freqs: &[f64], num_fft_bins: usize, sample_rate_hz: f64) -> Vec<f64> {
     let num_mel = filter_freqs.len() - 2;

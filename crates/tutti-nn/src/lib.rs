@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod layers;
 pub mod loader;
 pub mod mask;
+pub mod onnx;
 pub mod quant;
 pub mod torch_zip;
 
