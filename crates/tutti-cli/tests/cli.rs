@@ -832,6 +832,21 @@ fn tag_prints_the_top_classes_and_refuses_bad_input() {
         assert!(tags[0]["label"].as_str().unwrap().starts_with("Class "));
     }
     assert_eq!(lines[0]["patches"], 2);
+    // A musicnn folder tags with its own labels (config.json), one patch per 3 s.
+    let musicnn = tutti_nn::fixtures::repo_root().join("fixtures/parity/musicnn_tiny");
+    let out = tutti(&[
+        "tag",
+        s(&fixture("music_16k.wav")),
+        "--model",
+        s(&musicnn),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(line["patches"], 1);
+    assert_eq!(line["tags"].as_array().unwrap().len(), 5);
+    assert!(line["tags"][0]["label"].as_str().unwrap().starts_with("tag "));
     // Not audio: a clear error naming the file, nothing on stdout.
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.wav");

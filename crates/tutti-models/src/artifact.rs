@@ -225,10 +225,13 @@ pub fn load_encoder_with(
             )?))
         }
         "yamnet" => Ok(Box::new(crate::yamnet::YamnetEncoder::load(path, device)?)),
+        "musicnn" => Ok(Box::new(crate::musicnn::MusicnnEncoder::load(
+            path, &value, device,
+        )?)),
         other => Err(artifact_error(
             &config_path,
             format!(
-                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe, aisfx, yamnet)"
+                "model_type '{other}' is not supported (supported: tutti, wav2vec2, hubert, wavlm, whisper, crepe, aisfx, yamnet, musicnn)"
             ),
         )),
     }

@@ -18,6 +18,8 @@ pub enum InputKind {
     AisfxMel,
     /// YAMNet's log-mel patches (16 kHz, 64 bands).
     YamnetMel,
+    /// musicnn's float16-rounded log-mel patches (16 kHz, 96 bands).
+    MusicnnMel,
 }
 
 /// Static facts about an encoder.
