@@ -846,7 +846,12 @@ fn tag_prints_the_top_classes_and_refuses_bad_input() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
     assert_eq!(line["patches"], 1);
     assert_eq!(line["tags"].as_array().unwrap().len(), 5);
-    assert!(line["tags"][0]["label"].as_str().unwrap().starts_with("tag "));
+    assert!(
+        line["tags"][0]["label"]
+            .as_str()
+            .unwrap()
+            .starts_with("tag ")
+    );
     // Not audio: a clear error naming the file, nothing on stdout.
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.wav");

@@ -32,23 +32,60 @@ pub fn neighbours(
     let items = train.len() / dim.max(1);
     let k = k.min(items).max(1);
     use rayon::prelude::*;
-    test.par_chunks_exact(dim)
-        .map(|query| {
-            let mut similarities: Vec<(f64, usize)> = train
-                .chunks_exact(dim)
-                .enumerate()
-                .map(|(i, row)| (row.iter().zip(query).map(|(a, b)| a * b).sum::<f64>(), i))
-                .collect();
-            // Highest similarity first; ties broken by training order (stable sort).
-            similarities.sort_by(|a, b| b.0.total_cmp(&a.0));
-            // Weights relative to the best neighbour (the same ratios, no overflow).
-            let top = similarities.first().map_or(0.0, |s| s.0);
-            let votes: Vec<(usize, f64)> = similarities[..k.min(similarities.len())]
-                .iter()
-                .map(|&(s, i)| (i, ((s - top) / temperature).exp()))
-                .collect();
-            let total: f64 = votes.iter().map(|v| v.1).sum();
-            votes.into_iter().map(|(i, w)| (i, w / total)).collect()
+    // Similarities come from f64 matrix products over blocks of test rows (each block's
+    // `[rows, items]` scores stay a few MiB), blocks in parallel.
+    const BLOCK: usize = 32;
+    let by_rank = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    test.par_chunks(BLOCK * dim)
+        .flat_map_iter(|queries| {
+            let rows = queries.len() / dim;
+            let mut scores = vec![0.0f64; rows * items];
+            // SAFETY: the slices hold `rows x dim`, `items x dim` and `rows x items` values with
+            // the row-major strides given.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    items,
+                    dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    items as isize,
+                    false,
+                    queries.as_ptr(),
+                    1,
+                    dim as isize,
+                    train.as_ptr(),
+                    dim as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            scores
+                .chunks_exact(items.max(1))
+                .map(|row| {
+                    let mut similarities: Vec<(f64, usize)> =
+                        row.iter().copied().zip(0..).collect();
+                    // The k highest similarities, ties broken by training order.
+                    if k < similarities.len() {
+                        similarities.select_nth_unstable_by(k - 1, by_rank);
+                        similarities.truncate(k);
+                    }
+                    similarities.sort_by(by_rank);
+                    // Weights relative to the best neighbour (the same ratios, no overflow).
+                    let top = similarities.first().map_or(0.0, |s| s.0);
+                    let votes: Vec<(usize, f64)> = similarities
+                        .iter()
+                        .map(|&(s, i)| (i, ((s - top) / temperature).exp()))
+                        .collect();
+                    let total: f64 = votes.iter().map(|v| v.1).sum();
+                    votes.into_iter().map(|(i, w)| (i, w / total)).collect()
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
