@@ -26,7 +26,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use tutti_audio::musicnn_mel::{self, MusicnnMel};
 use tutti_nn::tf_checkpoint::TfCheckpoint;
 
@@ -473,22 +473,10 @@ impl AudioEncoder for MusicnnEncoder {
                     .collect::<Vec<_>>(),
             );
         }
-        let longest = *lengths.iter().max().expect("non-empty");
-        let hidden_states = (0..=depth)
-            .map(|layer| {
-                let mut padded = vec![0.0f32; waveforms.len() * longest * width];
-                for (item, patches) in per_item.iter().enumerate() {
-                    for (p, states) in patches.iter().enumerate() {
-                        padded[(item * longest + p) * width..][..width]
-                            .copy_from_slice(&states[layer]);
-                    }
-                }
-                Tensor::from_data(
-                    TensorData::new(padded, [waveforms.len(), longest, width]),
-                    &self.device,
-                )
-            })
-            .collect();
+        let hidden_states =
+            crate::yamnet::patch_states(&lengths, depth + 1, width, &self.device, |i, p, l| {
+                &per_item[i][p][l]
+            });
         Ok(EncoderOutput {
             hidden_states,
             ffn_outputs: Vec::new(),

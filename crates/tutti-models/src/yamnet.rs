@@ -352,6 +352,33 @@ impl YamnetNet {
     }
 }
 
+/// Patch-level encoders' hidden states: `layers` tensors `[batch, longest, width]`, item `i`'s
+/// patch `p` of layer `l` being `state(i, p, l)` and the rest zero padding.
+pub(crate) fn patch_states<'a>(
+    lengths: &[usize],
+    layers: usize,
+    width: usize,
+    device: &Device,
+    state: impl Fn(usize, usize, usize) -> &'a [f32],
+) -> Vec<Tensor<3>> {
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    (0..layers)
+        .map(|layer| {
+            let mut padded = vec![0.0f32; lengths.len() * longest * width];
+            for (item, &count) in lengths.iter().enumerate() {
+                for p in 0..count {
+                    padded[(item * longest + p) * width..][..width]
+                        .copy_from_slice(state(item, p, layer));
+                }
+            }
+            Tensor::from_data(
+                TensorData::new(padded, [lengths.len(), longest, width]),
+                device,
+            )
+        })
+        .collect()
+}
+
 /// One patch's embedding and its sigmoid class scores.
 pub type PatchScores = (Vec<f32>, Vec<f32>);
 
@@ -515,22 +542,9 @@ impl AudioEncoder for YamnetEncoder {
                     .collect(),
             );
         }
-        let longest = *lengths.iter().max().expect("non-empty");
-        let hidden_states = (0..=depth)
-            .map(|layer| {
-                let mut padded = vec![0.0f32; waveforms.len() * longest * width];
-                for (item, patches) in per_item.iter().enumerate() {
-                    for (p, values) in patches.iter().enumerate() {
-                        padded[(item * longest + p) * width..][..width]
-                            .copy_from_slice(&values[layer * width..][..width]);
-                    }
-                }
-                Tensor::from_data(
-                    TensorData::new(padded, [waveforms.len(), longest, width]),
-                    &self.device,
-                )
-            })
-            .collect();
+        let hidden_states = patch_states(&lengths, depth + 1, width, &self.device, |i, p, l| {
+            &per_item[i][p][l * width..][..width]
+        });
         Ok(EncoderOutput {
             hidden_states,
             ffn_outputs: Vec::new(),

@@ -221,7 +221,7 @@ impl TfCheckpoint {
                     .collect(),
                 _ => raw
                     .chunks_exact(2)
-                    .map(|b| half_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .map(|b| crate::torch_zip::half_to_f32(u16::from_le_bytes([b[0], b[1]])))
                     .collect(),
             };
             variables.insert(name, (shape, values));
@@ -251,19 +251,6 @@ impl TfCheckpoint {
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.variables.get(name).map(|(s, _)| s.as_slice())
     }
-}
-
-fn half_to_f32(bits: u16) -> f32 {
-    let sign = ((bits >> 15) as u32) << 31;
-    let exponent = ((bits >> 10) & 0x1f) as u32;
-    let mantissa = (bits & 0x3ff) as u32;
-    let magnitude = match exponent {
-        0 => (mantissa as f32) * 2f32.powi(-24),
-        31 if mantissa == 0 => f32::INFINITY,
-        31 => f32::NAN,
-        _ => f32::from_bits(((exponent + 112) << 23) | (mantissa << 13)),
-    };
-    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 #[cfg(test)]

@@ -91,7 +91,8 @@ impl TorchTensor {
     }
 }
 
-fn half_to_f32(h: u16) -> f32 {
+/// An IEEE binary16 value widened to f32.
+pub fn half_to_f32(h: u16) -> f32 {
     let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
     let exponent = ((h >> 10) & 0x1f) as i32;
     let mantissa = (h & 0x3ff) as f32;
