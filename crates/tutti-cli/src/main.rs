@@ -3,12 +3,14 @@
 
 mod bench;
 mod convert;
+mod distill;
 mod embed;
 mod features;
 mod info;
 mod init;
 mod inputs;
 mod output;
+mod pool;
 mod suite;
 mod tag;
 mod teachers;
@@ -42,6 +44,12 @@ enum Command {
     /// Convert a checkpoint from another format into one tutti loads.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
+    /// Distil a student from teachers on a training pool (a recipe in, a run directory out).
+    Distill(distill::DistillArgs),
+    /// Write a run's student as a model directory (heads dropped; f16 or f32 weights).
+    Export(distill::ExportArgs),
+    /// A deeper model: stack copies of a model's trained blocks (depth up-scaling).
+    Upscale(distill::UpscaleArgs),
     /// Embed audio files, folders or JSONL manifests with an encoder.
     Embed(embed::EmbedArgs),
     /// Dump a front end's features (fbank or Whisper log-mel) of one file as .npy.
@@ -50,6 +58,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// The distillation training pool: `build`, `check` against a suite, `check-packages`.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Draw the HTML report of a results.json.
     Report(suite::ReportArgs),
     /// Build benchmark suites (`build --quick`) or import a folder-per-class dataset.
@@ -114,6 +125,10 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Convert(command) => convert::run(command),
         Command::Tag(args) => tag::run(args),
+        Command::Pool(command) => pool::run(command),
+        Command::Distill(args) => distill::distill(args),
+        Command::Export(args) => distill::export(args),
+        Command::Upscale(args) => distill::upscale(args),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

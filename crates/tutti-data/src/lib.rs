@@ -10,9 +10,12 @@
 
 pub mod import;
 pub mod manifest;
+pub mod pool;
 pub mod quick;
 mod rng;
+pub mod sources;
 pub mod standard;
+pub mod target_cache;
 pub mod task;
 
 pub use manifest::{Event, ManifestEntry, read_manifest};

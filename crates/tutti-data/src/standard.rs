@@ -16,18 +16,41 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rayon::prelude::*;
-use tutti_audio::{LoadOptions, load_audio};
 
 use crate::manifest::{Event, ManifestEntry, write_manifest};
 use crate::rng::Rng;
+use crate::sources::soundfont::{Font, Note, render};
+use crate::sources::{SR, asterisk, family, files, hash, load, normalise, rms, stem, write_wav};
 use crate::task::{Domain, Level, Metric, Splits, Target, TaskSpec, write_spec};
 use crate::{DataError, file_error};
 
-pub const SAMPLE_RATE: u32 = 16_000;
-const SR: f64 = SAMPLE_RATE as f64;
+pub use crate::sources::SAMPLE_RATE;
+
+/// The packages the standard suite reads (`scripts/build_suite.sh` fetches exactly these).
+pub const PACKAGES: &[&str] = &[
+    "asterisk-core-sounds-en-wav",
+    "asterisk-core-sounds-es-wav",
+    "asterisk-core-sounds-fr-wav",
+    "asterisk-core-sounds-it-wav",
+    "asterisk-core-sounds-ru-wav",
+    "tuxpaint-stamps-default",
+    "klettres-data",
+    "hedgewars-data",
+    "wesnoth-1.16-data",
+    "frozen-bubble-data",
+    "fluid-soundfont-gm",
+    "timgm6mb-soundfont",
+    "0ad-data",
+    "espeak-ng",
+    "libespeak-ng1",
+    "espeak-ng-data",
+    "libpcaudio0",
+    "libsonic0",
+    "flite",
+    "libflite1",
+];
 
 /// Every task of the standard suite, in build order.
 pub const TASKS: &[&str] = &[
@@ -70,16 +93,6 @@ pub struct TaskSummary {
     pub counts: [usize; 3],
     pub seconds_of_audio: f64,
     pub skipped: usize,
-}
-
-/// A stable 64-bit hash of a string and the seed (FNV-1a, then mixed).
-fn hash(seed: u64, s: &str) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x100_0000_01b3);
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    Rng::new(h).next()
 }
 
 enum ItemTarget {
@@ -151,79 +164,6 @@ fn spec(
     }
 }
 
-/// All files under `dir` (recursively) whose extension is one of `exts`, sorted.
-fn files(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p
-                .extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| exts.contains(&x.to_ascii_lowercase().as_str()))
-            {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn stem(p: &Path) -> String {
-    p.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// `name` without trailing digits, separators and numbering (`magic-holy-3` -> `magic-holy`).
-fn family(name: &str) -> String {
-    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == '_')
-        .to_string()
-}
-
-/// Decode at 16 kHz, trim leading and trailing quiet (below -40 dB of the peak), keep at most
-/// `max_secs` from `offset_secs`. `None` for undecodable or silent audio.
-fn load(path: &Path, offset_secs: f64, max_secs: f64, trim: bool) -> Option<Vec<f32>> {
-    let audio = load_audio(
-        path,
-        &LoadOptions {
-            target_rate_hz: Some(SAMPLE_RATE),
-            start_secs: 0.0,
-            duration_secs: None,
-            max_duration_secs: 3600.0,
-        },
-    )
-    .ok()?;
-    let mut x = audio.samples;
-    if x.iter().any(|v| !v.is_finite()) {
-        return None;
-    }
-    let peak = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if peak < 1e-4 {
-        return None;
-    }
-    if trim {
-        let floor = peak * 0.01;
-        let first = x.iter().position(|v| v.abs() > floor).unwrap_or(0);
-        let last = x
-            .iter()
-            .rposition(|v| v.abs() > floor)
-            .unwrap_or(x.len() - 1);
-        x = x[first..=last].to_vec();
-    }
-    let start = ((offset_secs * SR) as usize).min(x.len().saturating_sub(1));
-    let end = (start + (max_secs * SR) as usize).min(x.len());
-    let x = x[start..end].to_vec();
-    (x.len() >= (0.1 * SR) as usize).then_some(x)
-}
-
 /// A file to load: path, offset and maximum length (s), trim quiet ends, and what it is.
 type Job<T> = (PathBuf, f64, f64, bool, T);
 /// ... whose target is (label, source).
@@ -237,20 +177,6 @@ fn load_all<T: Send + Sync + Clone>(jobs: &[Job<T>]) -> (Vec<(Vec<f32>, T)>, usi
         .collect();
     let skipped = loaded.iter().filter(|x| x.is_none()).count();
     (loaded.into_iter().flatten().collect(), skipped)
-}
-
-fn rms(x: &[f32]) -> f64 {
-    (x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt()
-}
-
-/// Scale to a peak of 0.9 (clips are compared by content, not level).
-fn normalise(mut x: Vec<f32>) -> Vec<f32> {
-    let peak = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if peak > 0.0 {
-        let g = 0.9 / peak;
-        x.iter_mut().for_each(|v| *v *= g);
-    }
-    x
 }
 
 /// Take at most `cap` items per key, chosen by seeded hash of `name`.
@@ -279,40 +205,6 @@ fn cap_per<K: Ord + Clone, T>(
 // ---------------------------------------------------------------------------------------------
 // Speech
 
-const ASTERISK: [&str; 5] = ["en", "es", "fr", "it", "ru"];
-
-/// `(voice folder, language)` of each asterisk package.
-fn asterisk_voices(ctx: &Ctx) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    for lang in ASTERISK {
-        let base = ctx
-            .pkg(&format!("asterisk-core-sounds-{lang}-wav"))
-            .join("usr/share/asterisk/sounds");
-        if let Ok(entries) = std::fs::read_dir(&base) {
-            let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            dirs.sort();
-            for d in dirs.into_iter().filter(|d| d.is_dir()) {
-                out.push((d, lang.to_string()));
-            }
-        }
-    }
-    out
-}
-
-/// Top-level prompts of an asterisk voice (not digits, letters, ...).
-fn asterisk_prompts(voice: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(voice)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "wav"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 fn tuxpaint(ctx: &Ctx) -> PathBuf {
     ctx.pkg("tuxpaint-stamps-default")
         .join("usr/share/tuxpaint/stamps")
@@ -339,7 +231,7 @@ fn sp_digits(ctx: &Ctx) -> Result<Built, DataError> {
             ));
         }
     }
-    for (voice, _) in asterisk_voices(ctx) {
+    for (voice, _) in asterisk::voices(&ctx.root, &asterisk::LANGUAGES) {
         for d in 0..10 {
             let f = voice.join(format!("digits/{d}.wav"));
             if f.is_file() {
@@ -392,7 +284,7 @@ fn sp_kws(ctx: &Ctx) -> Result<Built, DataError> {
     }
     // Real recordings: asterisk's English voice, klettres' English letters, tuxpaint's digits
     // and letters (en, en_GB).
-    for (voice, lang) in asterisk_voices(ctx) {
+    for (voice, lang) in asterisk::voices(&ctx.root, &asterisk::LANGUAGES) {
         if lang != "en" {
             continue;
         }
@@ -582,7 +474,7 @@ fn sp_speaker(ctx: &Ctx) -> Result<Built, DataError> {
 
 fn sp_gender(ctx: &Ctx) -> Result<Built, DataError> {
     let mut jobs = Vec::new();
-    for (voice, _) in asterisk_voices(ctx) {
+    for (voice, _) in asterisk::voices(&ctx.root, &asterisk::LANGUAGES) {
         let name = voice_name(&voice);
         let gender = if name.contains("_m_") {
             "male"
@@ -592,7 +484,7 @@ fn sp_gender(ctx: &Ctx) -> Result<Built, DataError> {
             continue;
         };
         let prompts = cap_per(
-            asterisk_prompts(&voice),
+            asterisk::prompts(&voice),
             |_| 0,
             |p| p.display().to_string(),
             40,
@@ -668,10 +560,10 @@ fn sp_snr(ctx: &Ctx) -> Result<Built, DataError> {
         return Err(file_error(&ctx.pkg("0ad-data"), "no ambient recordings"));
     }
     let mut jobs = Vec::new();
-    for (voice, _) in asterisk_voices(ctx) {
+    for (voice, _) in asterisk::voices(&ctx.root, &asterisk::LANGUAGES) {
         let name = voice_name(&voice);
         for p in cap_per(
-            asterisk_prompts(&voice),
+            asterisk::prompts(&voice),
             |_| 0,
             |p| p.display().to_string(),
             60,
@@ -1071,9 +963,9 @@ fn snd_domain(ctx: &Ctx) -> Result<Built, DataError> {
     let mut push = |f: PathBuf, class: &str, source: String, offset: f64| {
         jobs.push((f, offset, 4.0, offset == 0.0, (class.to_string(), source)));
     };
-    for (voice, lang) in asterisk_voices(ctx) {
+    for (voice, lang) in asterisk::voices(&ctx.root, &asterisk::LANGUAGES) {
         for p in cap_per(
-            asterisk_prompts(&voice),
+            asterisk::prompts(&voice),
             |_| 0,
             |p| p.display().to_string(),
             20,
@@ -1211,82 +1103,19 @@ fn snd_activity(ctx: &Ctx) -> Result<Built, DataError> {
 // ---------------------------------------------------------------------------------------------
 // Music, rendered from soundfonts
 
-struct Font {
-    name: &'static str,
-    font: Arc<rustysynth::SoundFont>,
-}
-
 fn fonts(ctx: &Ctx) -> Result<Vec<Font>, DataError> {
-    let list = [
-        (
+    Ok(vec![
+        Font::open(
             "fluidr3",
-            ctx.pkg("fluid-soundfont-gm")
+            &ctx.pkg("fluid-soundfont-gm")
                 .join("usr/share/sounds/sf2/FluidR3_GM.sf2"),
-        ),
-        (
+        )?,
+        Font::open(
             "timgm6mb",
-            ctx.pkg("timgm6mb-soundfont")
+            &ctx.pkg("timgm6mb-soundfont")
                 .join("usr/share/sounds/sf2/TimGM6mb.sf2"),
-        ),
-    ];
-    let mut out = Vec::new();
-    for (name, path) in list {
-        let mut file = std::fs::File::open(&path).map_err(|e| file_error(&path, e))?;
-        let font = rustysynth::SoundFont::new(&mut file).map_err(|e| file_error(&path, e))?;
-        out.push(Font {
-            name,
-            font: Arc::new(font),
-        });
-    }
-    Ok(out)
-}
-
-/// A note: start and length in seconds, MIDI key, velocity.
-#[derive(Clone, Copy)]
-struct Note {
-    start: f64,
-    length: f64,
-    key: i32,
-    velocity: i32,
-}
-
-/// Render `notes` with `program` (melodic) or drum `kit` (channel 10) for `secs`, mono.
-fn render(font: &Font, program: i32, drums: bool, notes: &[Note], secs: f64) -> Vec<f32> {
-    let mut settings = rustysynth::SynthesizerSettings::new(SAMPLE_RATE as i32);
-    settings.enable_reverb_and_chorus = false;
-    let mut synth =
-        rustysynth::Synthesizer::new(&font.font, &settings).expect("valid synthesizer settings");
-    let channel = if drums { 9 } else { 0 };
-    synth.process_midi_message(channel, 0xC0, program, 0);
-    let mut events: Vec<(usize, bool, i32, i32)> = Vec::new();
-    for n in notes {
-        events.push(((n.start * SR) as usize, true, n.key, n.velocity));
-        events.push((((n.start + n.length) * SR) as usize, false, n.key, 0));
-    }
-    // Note-offs before note-ons at the same sample.
-    events.sort_by_key(|e| (e.0, e.1));
-    let total = (secs * SR) as usize;
-    let (mut left, mut right) = (vec![0.0f32; total], vec![0.0f32; total]);
-    let mut at = 0usize;
-    for (time, on, key, velocity) in events {
-        let time = time.min(total);
-        if time > at {
-            synth.render(&mut left[at..time], &mut right[at..time]);
-            at = time;
-        }
-        if on {
-            synth.note_on(channel, key, velocity);
-        } else {
-            synth.note_off(channel, key);
-        }
-    }
-    if at < total {
-        synth.render(&mut left[at..], &mut right[at..]);
-    }
-    left.iter()
-        .zip(&right)
-        .map(|(l, r)| 0.5 * (l + r))
-        .collect()
+        )?,
+    ])
 }
 
 /// GM families 0..12 (piano .. synth pad); the rest (effects, ethnic, percussive) are left out.
@@ -1362,19 +1191,11 @@ fn source_of(font: &Font, program: i32) -> String {
     format!("{}:{program}", font.name)
 }
 
-/// Does the font have a preset for this bank and program.
-fn has_preset(font: &Font, bank: i32, program: i32) -> bool {
-    font.font
-        .get_presets()
-        .iter()
-        .any(|p| p.get_bank_number() == bank && p.get_patch_number() == program)
-}
-
 fn mu_family(ctx: &Ctx, fonts: &[Font]) -> Result<Built, DataError> {
     let mut jobs = Vec::new();
     for (f, font) in fonts.iter().enumerate() {
         for program in 0..96 {
-            if !has_preset(font, 0, program) {
+            if !font.has_preset(0, program) {
                 continue;
             }
             let fam = (program / 8) as usize;
@@ -1422,7 +1243,7 @@ fn melodic_programs(font: &Font) -> Vec<i32> {
     MELODIC
         .iter()
         .flat_map(|&fam| fam * 8..fam * 8 + 8)
-        .filter(|&p| has_preset(font, 0, p))
+        .filter(|&p| font.has_preset(0, p))
         .collect()
 }
 
@@ -1483,7 +1304,7 @@ const DRUMS: [(i32, &str); 12] = [
 ];
 
 fn drum_kits(font: &Font) -> Vec<i32> {
-    (0..128).filter(|&k| has_preset(font, 128, k)).collect()
+    (0..128).filter(|&k| font.has_preset(128, k)).collect()
 }
 
 fn mu_drum(ctx: &Ctx, fonts: &[Font]) -> Result<Built, DataError> {
@@ -1892,24 +1713,6 @@ fn assign(items: &[Item], rule: &SplitRule, seed: u64) -> BTreeMap<String, usize
     out
 }
 
-fn write_wav(path: &Path, samples: &[f32]) -> Result<(), DataError> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: SAMPLE_RATE,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let tmp = path.with_extension("wav.part");
-    let mut writer = hound::WavWriter::create(&tmp, spec).map_err(|e| file_error(&tmp, e))?;
-    for &s in samples {
-        writer
-            .write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
-            .map_err(|e| file_error(&tmp, e))?;
-    }
-    writer.finalize().map_err(|e| file_error(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_error(path, e))
-}
-
 fn write_task(dir: &Path, built: Built, seed: u64) -> Result<TaskSummary, DataError> {
     let Built {
         spec,
@@ -1993,6 +1796,7 @@ pub fn build_standard(
             "not found: run scripts/build_suite.sh, which fetches and unpacks the packages",
         ));
     }
+    crate::sources::check_root(&ctx.root)?;
     for name in &options.only {
         if !TASKS.contains(&name.as_str()) {
             return Err(file_error(

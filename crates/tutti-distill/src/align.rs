@@ -68,6 +68,52 @@ pub fn align_frames(
     })
 }
 
+/// A patch-level teacher's geometry: each of its frames summarises `window_secs` of audio, one
+/// every `hop_secs` (YAMNet 0.975 / 0.48 s, musicnn 2.99 / 2.99 s, aiSFX 2.32 / 1.16 s).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Patch {
+    pub window_secs: f64,
+    pub hop_secs: f64,
+}
+
+/// The student frames `(first, count)` pooled into patch `j` of an item of `frames` student
+/// frames at `student_rate_hz`: the frames whose start lies in the patch's span
+/// `[j * hop, j * hop + window)`, rounded to the nearest frame, at least one, clipped to the
+/// item (a patch past the item's end pools its last frame).
+pub fn patch_span(j: usize, frames: usize, student_rate_hz: f64, patch: Patch) -> (usize, usize) {
+    let start = j as f64 * patch.hop_secs * student_rate_hz;
+    let first = (start.round() as usize).min(frames.saturating_sub(1));
+    let end = ((start + patch.window_secs * student_rate_hz).round() as usize)
+        .min(frames)
+        .max(first + 1);
+    (first, end - first)
+}
+
+/// Pool student frames `[B, T_s, D]` into `teacher_frames` patches (mean over each
+/// [`patch_span`] of the batch's `T_s` frames).
+pub fn align_patches(
+    student: Tensor<3>,
+    student_rate_hz: f64,
+    patch: Patch,
+    teacher_frames: usize,
+) -> Tensor<3> {
+    let [batch, frames, _] = student.dims();
+    let mut weights = vec![0.0f32; teacher_frames * frames];
+    for j in 0..teacher_frames {
+        let (first, count) = patch_span(j, frames, student_rate_hz, patch);
+        for f in first..first + count {
+            weights[j * frames + f] = 1.0 / count as f32;
+        }
+    }
+    let pooling = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(weights, [teacher_frames, frames]),
+        &student.device(),
+    )
+    .unsqueeze_dim::<3>(0)
+    .repeat_dim(0, batch);
+    pooling.matmul(student)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +153,40 @@ mod tests {
             [1.0, 1.0, 3.0, 3.0]
         );
         assert!(align_frames(x, 50.0, 75.0, 3).is_err());
+    }
+
+    #[test]
+    fn patches_pool_the_student_frames_inside_their_span() {
+        let yamnet = Patch {
+            window_secs: 0.975,
+            hop_secs: 0.48,
+        };
+        // 50 Hz: patch j starts at frame 24 j and spans 48.75 -> 49 frames.
+        assert_eq!(patch_span(0, 500, 50.0, yamnet), (0, 49));
+        assert_eq!(patch_span(1, 500, 50.0, yamnet), (24, 49));
+        assert_eq!(patch_span(2, 500, 50.0, yamnet), (48, 49));
+        // Clipped at the item's end; a patch past it pools the last frame.
+        assert_eq!(patch_span(2, 60, 50.0, yamnet), (48, 12));
+        assert_eq!(patch_span(9, 60, 50.0, yamnet), (59, 1));
+        let musicnn = Patch {
+            window_secs: 2.992,
+            hop_secs: 2.992,
+        };
+        assert_eq!(patch_span(1, 500, 50.0, musicnn), (150, 149));
+        let device = tutti_nn::device::cpu();
+        let x = Tensor::<3>::from_data(
+            TensorData::new((0..10).map(|v| v as f32).collect::<Vec<_>>(), [1, 10, 1]),
+            &device,
+        );
+        let half = Patch {
+            window_secs: 0.08,
+            hop_secs: 0.04,
+        };
+        // 50 Hz, 4-frame windows every 2 frames: means of 0..4, 2..6, 4..8, 6..10.
+        let y = align_patches(x, 50.0, half, 4);
+        assert_eq!(
+            y.into_data().try_to_vec::<f32>().unwrap(),
+            vec![1.5, 3.5, 5.5, 7.5]
+        );
     }
 }

@@ -9,10 +9,13 @@ pub mod align;
 pub mod fast;
 pub mod heads;
 pub mod loss;
+pub mod recipe;
 pub mod step;
+pub mod teacher;
+pub mod train;
 pub mod weights;
 
-pub use fast::{FastDistillStep, FastTargets, NonFiniteStep, StateError};
+pub use fast::{FastDistillStep, FastTargets, NonFiniteStep, StateError, StepReport};
 pub use heads::PredictionHead;
 pub use loss::distillation_loss;
 pub use step::{DistillModel, DistillStep, StepTargets};

@@ -27,6 +27,9 @@ pub struct TeacherSlot {
     pub dim: usize,
     /// Student blocks (1-based) whose FFN outputs predict this teacher's targets, in order.
     pub student_layers: Vec<usize>,
+    /// Patch-level teachers: each target frame is compared with the mean of the student frames
+    /// inside its patch ([`crate::align::patch_span`]); `frame_rate_hz` is then ignored.
+    pub patch: Option<crate::align::Patch>,
 }
 
 /// The student and its heads, trained together (`heads[t][k]`: teacher `t`, distilled layer `k`).
@@ -34,6 +37,45 @@ pub struct TeacherSlot {
 pub struct DistillModel {
     pub student: TuttiEncoder,
     pub heads: Vec<Vec<PredictionHead>>,
+}
+
+impl DistillModel {
+    /// `student` with fresh heads for `teachers` (FC-ReLU-FC of width `head_hidden`), each head
+    /// initialised from `seed`, its teacher and its layer (the student arrives initialised or
+    /// trained).
+    pub fn new(
+        student: TuttiEncoder,
+        teachers: &[TeacherSlot],
+        head_hidden: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Self {
+        let width = student.layers[0].feed_forward.output_dense.weight.dims()[1];
+        let heads: Vec<Vec<PredictionHead>> = teachers
+            .iter()
+            .enumerate()
+            .map(|(t, teacher)| {
+                teacher
+                    .student_layers
+                    .iter()
+                    .enumerate()
+                    .map(|(k, _)| {
+                        let head_seed = seed.wrapping_add((t * 1000 + k) as u64);
+                        tutti_nn::device::seeded(device, head_seed, || {
+                            Ok::<_, std::convert::Infallible>(PredictionHead::new(
+                                width,
+                                head_hidden,
+                                teacher.dim,
+                                device,
+                            ))
+                        })
+                        .expect("infallible")
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { student, heads }
+    }
 }
 
 /// Teacher targets for one batch: `targets[t][k]` is `[batch, teacher_frames, teacher_dim]`,
@@ -63,33 +105,9 @@ impl DistillStep {
         seed: u64,
         device: &Device,
     ) -> Self {
-        let width = student.layers[0].feed_forward.output_dense.weight.dims()[1];
-        // The heads are initialised from `seed` (the student arrives initialised or trained).
-        let heads: Vec<Vec<PredictionHead>> = teachers
-            .iter()
-            .enumerate()
-            .map(|(t, teacher)| {
-                teacher
-                    .student_layers
-                    .iter()
-                    .enumerate()
-                    .map(|(k, _)| {
-                        let head_seed = seed.wrapping_add((t * 1000 + k) as u64);
-                        tutti_nn::device::seeded(device, head_seed, || {
-                            Ok::<_, std::convert::Infallible>(PredictionHead::new(
-                                width,
-                                head_hidden,
-                                teacher.dim,
-                                device,
-                            ))
-                        })
-                        .expect("infallible")
-                    })
-                    .collect()
-            })
-            .collect();
+        let model = DistillModel::new(student, &teachers, head_hidden, seed, device);
         Self {
-            model: Some(DistillModel { student, heads }),
+            model: Some(model),
             teachers,
             student_rate_hz,
             optimizer: AdamWConfig::new()
@@ -137,13 +155,18 @@ impl DistillStep {
                     self.model().heads[t][k].forward(out.ffn_outputs[layer - 1].clone());
                 let target = batch.targets[t][k].clone();
                 let frames = target.dims()[1];
-                let prediction = align_frames(
-                    prediction,
-                    self.student_rate_hz,
-                    teacher.frame_rate_hz,
-                    frames,
-                )
-                .expect("teacher rates are checked when the trainer is built");
+                let prediction = match teacher.patch {
+                    Some(patch) => {
+                        crate::align::align_patches(prediction, self.student_rate_hz, patch, frames)
+                    }
+                    None => align_frames(
+                        prediction,
+                        self.student_rate_hz,
+                        teacher.frame_rate_hz,
+                        frames,
+                    )
+                    .expect("teacher rates are checked when the trainer is built"),
+                };
                 let padding = padding_mask(&batch.teacher_lengths[t], frames, &device);
                 let term =
                     distillation_loss(prediction, target, &padding) * (batch.weights[t] / layers);
@@ -195,6 +218,7 @@ pub fn benchmark_step(
         frame_rate_hz: rate,
         dim: 768,
         student_layers: pairs.iter().map(|p| p.0).collect(),
+        patch: None,
     };
     let targets = StepTargets {
         targets: vec![

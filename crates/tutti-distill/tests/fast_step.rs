@@ -44,8 +44,16 @@ impl Case {
     }
 }
 
+/// A patch-level teacher: 0.12 s patches every 0.08 s (6 frames every 4 at 50 Hz, 3 every 2
+/// at 25 Hz), pooled from the student's frames inside each.
+const PATCH: tutti_distill::align::Patch = tutti_distill::align::Patch {
+    window_secs: 0.12,
+    hop_secs: 0.08,
+};
+
 /// A 3-block student (`layer_norm_first`, `strides`) with three teachers: at the student's rate
-/// (layers 1 and 3), at half of it (layer 2) and at twice it (layer 3). Items of 40, 33 and 27
+/// (layers 1 and 3), at half of it (layer 2), at twice it (layer 3), and patch-level (layers 2 and
+/// 3). Items of 40, 33 and 27
 /// fbank frames; every teacher's valid frames lie inside the item's own aligned frames.
 fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
     let device = tutti_nn::device::cpu().autodiff();
@@ -75,20 +83,42 @@ fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
             frame_rate_hz: rate,
             dim: 12,
             student_layers: vec![1, 3],
+            patch: None,
         },
         TeacherSlot {
             name: "half".into(),
             frame_rate_hz: rate / 2.0,
             dim: 8,
             student_layers: vec![2],
+            patch: None,
         },
         TeacherSlot {
             name: "double".into(),
             frame_rate_hz: rate * 2.0,
             dim: 6,
             student_layers: vec![3],
+            patch: None,
+        },
+        TeacherSlot {
+            name: "patches".into(),
+            frame_rate_hz: 0.0,
+            dim: 5,
+            student_layers: vec![2, 3],
+            patch: Some(PATCH),
         },
     ];
+    // Patches that lie whole inside each item (as the trainer's patch teachers' do).
+    let patches: Vec<usize> = frames
+        .iter()
+        .map(|&f| {
+            (0..)
+                .take_while(|&j| {
+                    ((j as f64 * PATCH.hop_secs + PATCH.window_secs) * rate).round() as usize <= f
+                })
+                .count()
+        })
+        .collect();
+    assert!(patches.iter().all(|&p| p >= 2), "{patches:?}");
     let tensor = |dims: [usize; 3], seed| {
         Tensor::from_data(
             TensorData::new(lcg(seed, dims.iter().product()), dims),
@@ -102,13 +132,15 @@ fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
             vec![tensor([b, f0, 12], 1), tensor([b, f0, 12], 2)],
             vec![tensor([b, f1, 8], 3)],
             vec![tensor([b, f2, 6], 4)],
+            vec![tensor([b, patches[0], 5], 5), tensor([b, patches[0], 5], 6)],
         ],
         teacher_lengths: vec![
             frames.clone(),
             frames.iter().map(|f| f / 2).collect(),
             frames.iter().map(|f| f * 2).collect(),
+            patches.clone(),
         ],
-        weights: vec![0.5, 0.3, 0.2],
+        weights: vec![0.4, 0.3, 0.2, 0.1],
     };
     let burn = DistillStep::new(student, rate, teachers, 16, 1e-3, 7, &device);
     Case {

@@ -48,12 +48,14 @@ fn setup() -> (DistillStep, Tensor<3>, Vec<usize>, StepTargets) {
             frame_rate_hz: 50.0,
             dim: 24,
             student_layers: vec![1, 2],
+            patch: None,
         },
         TeacherSlot {
             name: "music".into(),
             frame_rate_hz: 25.0,
             dim: 12,
             student_layers: vec![2],
+            patch: None,
         },
     ];
     let targets = StepTargets {

@@ -43,6 +43,147 @@ pub struct Manifest {
     pub parameters: usize,
     pub device: String,
     pub files: BTreeMap<String, FileEntry>,
+    /// How a trained model was made (`tutti export`: the recipe, the pool's and the teachers'
+    /// sha256, steps, audio hours seen), or how it was derived (`tutti upscale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+}
+
+/// How [`write_model`] stores the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsDtype {
+    F32,
+    /// Half the size; loaded back into f32.
+    F16,
+}
+
+/// What [`write_model`] records in the manifest besides the files.
+#[derive(Debug, Clone)]
+pub struct ModelProvenance {
+    pub created_by: String,
+    pub preset: Option<String>,
+    pub seed: Option<u64>,
+    pub trained: bool,
+    pub training: Option<serde_json::Value>,
+}
+
+/// Write `encoder` (of `config`) as a model directory at `out`, atomically (a staging folder
+/// renamed into place); `out` must not exist or be empty.
+pub fn write_model(
+    out: &Path,
+    config: &TuttiConfig,
+    encoder: &crate::tutti::TuttiEncoder,
+    provenance: ModelProvenance,
+    dtype: WeightsDtype,
+    device: &Device,
+) -> Result<Manifest, ModelError> {
+    if out.exists() {
+        let empty = out.is_dir()
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
+        if !empty {
+            return Err(artifact_error(
+                out,
+                "already exists and is not empty; choose another directory or remove it",
+            ));
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| artifact_error(parent, e.to_string()))?;
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| artifact_error(&staging, e.to_string()))?;
+    let result = (|| {
+        let weights = staging.join(WEIGHTS_FILE);
+        tutti_nn::save_safetensors(encoder, &weights, &[("format", "pt")])?;
+        if dtype == WeightsDtype::F16 {
+            to_f16(&weights)?;
+        }
+        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
+        std::fs::write(staging.join(CONFIG_FILE), config_json + "\n")
+            .map_err(|e| artifact_error(&staging, e.to_string()))?;
+        let mut files = BTreeMap::new();
+        files.insert(WEIGHTS_FILE.to_string(), sha256_file(&weights)?);
+        files.insert(
+            CONFIG_FILE.to_string(),
+            sha256_file(&staging.join(CONFIG_FILE))?,
+        );
+        let manifest = Manifest {
+            format: "tutti-model/1".into(),
+            tutti_version: env!("CARGO_PKG_VERSION").into(),
+            created_by: provenance.created_by,
+            preset: provenance.preset,
+            seed: provenance.seed,
+            trained: provenance.trained,
+            parameters: burn::module::Module::num_params(encoder),
+            device: format!("{device:?}"),
+            files,
+            training: provenance.training,
+        };
+        let manifest_json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        std::fs::write(staging.join(MANIFEST_FILE), manifest_json + "\n")
+            .map_err(|e| artifact_error(&staging, e.to_string()))?;
+        if out.exists() {
+            std::fs::remove_dir(out).map_err(|e| artifact_error(out, e.to_string()))?;
+        }
+        std::fs::rename(&staging, out).map_err(|e| artifact_error(out, e.to_string()))?;
+        Ok(manifest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Rewrite a safetensors file's f32 tensors as f16 (round to nearest), keeping its metadata.
+fn to_f16(path: &Path) -> Result<(), ModelError> {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bytes = std::fs::read(path).map_err(|e| artifact_error(path, e.to_string()))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| artifact_error(path, e.to_string()))?;
+    let metadata = header.metadata().clone();
+    let tensors =
+        SafeTensors::deserialize(&bytes).map_err(|e| artifact_error(path, e.to_string()))?;
+    let mut converted: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in tensors.tensors() {
+        let data = if view.dtype() == Dtype::F32 {
+            view.data()
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes()
+                })
+                .collect()
+        } else {
+            view.data().to_vec()
+        };
+        let dtype = if view.dtype() == Dtype::F32 {
+            Dtype::F16
+        } else {
+            view.dtype()
+        };
+        converted.push((name, dtype, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, TensorView)> = converted
+        .iter()
+        .map(|(n, d, s, b)| {
+            TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| artifact_error(path, e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let out =
+        safetensors::serialize(views, metadata).map_err(|e| artifact_error(path, e.to_string()))?;
+    std::fs::write(path, out).map_err(|e| artifact_error(path, e.to_string()))
 }
 
 /// A model directory on disk, read but not yet built.
@@ -250,69 +391,21 @@ pub fn write_initialised_model(
     seed: u64,
     device: &Device,
 ) -> Result<Manifest, ModelError> {
-    if out.exists() {
-        let empty = out.is_dir()
-            && std::fs::read_dir(out)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-        if !empty {
-            return Err(artifact_error(
-                out,
-                "already exists and is not empty; choose another directory or remove it",
-            ));
-        }
-    }
     let encoder = tutti_nn::device::seeded(device, seed, || config.init(device))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| artifact_error(parent, e.to_string()))?;
-    let staging = parent.join(format!(
-        ".{}.partial-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(|e| artifact_error(&staging, e.to_string()))?;
-    let result = (|| {
-        let weights = staging.join(WEIGHTS_FILE);
-        tutti_nn::save_safetensors(&encoder, &weights, &[("format", "pt")])?;
-        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
-        std::fs::write(staging.join(CONFIG_FILE), config_json + "\n")
-            .map_err(|e| artifact_error(&staging, e.to_string()))?;
-        let mut files = BTreeMap::new();
-        files.insert(WEIGHTS_FILE.to_string(), sha256_file(&weights)?);
-        files.insert(
-            CONFIG_FILE.to_string(),
-            sha256_file(&staging.join(CONFIG_FILE))?,
-        );
-        let manifest = Manifest {
-            format: "tutti-model/1".into(),
-            tutti_version: env!("CARGO_PKG_VERSION").into(),
+    write_model(
+        out,
+        config,
+        &encoder,
+        ModelProvenance {
             created_by: "tutti init".into(),
             preset: preset.map(str::to_string),
             seed: Some(seed),
             trained: false,
-            parameters: burn::module::Module::num_params(&encoder),
-            device: format!("{device:?}"),
-            files,
-        };
-        let manifest_json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-        std::fs::write(staging.join(MANIFEST_FILE), manifest_json + "\n")
-            .map_err(|e| artifact_error(&staging, e.to_string()))?;
-        if out.exists() {
-            std::fs::remove_dir(out).map_err(|e| artifact_error(out, e.to_string()))?;
-        }
-        std::fs::rename(&staging, out).map_err(|e| artifact_error(out, e.to_string()))?;
-        Ok(manifest)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
+            training: None,
+        },
+        WeightsDtype::F32,
+        device,
+    )
 }
 
 fn unsupported_precision(path: &Path, precision: crate::fast::Precision) -> ModelError {

@@ -334,6 +334,20 @@ pub struct FastDistillStep {
     deepest: usize,
     alignments: Vec<Alignment>,
     profile: Profile,
+    /// The last batch's loss of each teacher and distilled layer (`[t][k]`): the mean frame loss,
+    /// before the teacher's weight.
+    terms: Vec<Vec<f64>>,
+}
+
+/// What one update did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The weighted loss before the update.
+    pub loss: f32,
+    /// The gradients' global L2 norm before clipping.
+    pub grad_norm: f64,
+    /// Whether the gradients were scaled down to the clipping norm.
+    pub clipped: bool,
 }
 
 impl FastDistillStep {
@@ -360,7 +374,13 @@ impl FastDistillStep {
         }
         let alignments = teachers
             .iter()
-            .map(|t| Alignment::new(student_rate_hz, t.frame_rate_hz))
+            .map(|t| match t.patch {
+                Some(patch) => Ok(Alignment::Patch {
+                    rate_hz: student_rate_hz,
+                    patch,
+                }),
+                None => Alignment::new(student_rate_hz, t.frame_rate_hz),
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let mut convs = Vec::new();
         for conv in &encoder.subsampler.conv {
@@ -490,6 +510,7 @@ impl FastDistillStep {
             deepest,
             alignments,
             profile: Profile::default(),
+            terms: Vec::new(),
         })
     }
 
@@ -519,6 +540,68 @@ impl FastDistillStep {
         self.adamw();
         self.profile.mark("AdamW");
         Ok(loss)
+    }
+
+    /// [`FastDistillStep::step`] with the gradients' global L2 norm clipped to `max_grad_norm`
+    /// (when given) before the update, as `torch.nn.utils.clip_grad_norm_` does (scale by
+    /// `max / (norm + 1e-6)` when the norm exceeds `max`). The norm is summed in a fixed order,
+    /// so a run is reproducible bit for bit.
+    pub fn step_clipped(
+        &mut self,
+        features: &[f32],
+        fbank_lengths: &[usize],
+        batch: &FastTargets,
+        max_grad_norm: Option<f64>,
+    ) -> Result<StepReport, NonFiniteStep> {
+        let loss = self.loss_and_gradients(features, fbank_lengths, batch);
+        let mut squares = 0.0f64;
+        for w in self.net.weights_mut() {
+            if !w.trained {
+                continue;
+            }
+            let parts: Vec<f64> = w
+                .grad
+                .par_chunks(1 << 14)
+                .map(|c| c.iter().map(|&g| g as f64 * g as f64).sum::<f64>())
+                .collect();
+            squares += parts.iter().sum::<f64>();
+        }
+        let grad_norm = squares.sqrt();
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(NonFiniteStep { loss });
+        }
+        let mut clipped = false;
+        if let Some(max) = max_grad_norm
+            && grad_norm > max
+        {
+            let scale = (max / (grad_norm + 1e-6)) as f32;
+            for w in self.net.weights_mut() {
+                if w.trained {
+                    w.grad
+                        .par_chunks_mut(1 << 14)
+                        .for_each(|c| c.iter_mut().for_each(|g| *g *= scale));
+                }
+            }
+            clipped = true;
+        }
+        self.adamw();
+        self.profile.mark("AdamW");
+        Ok(StepReport {
+            loss,
+            grad_norm,
+            clipped,
+        })
+    }
+
+    /// The last batch's mean frame loss per teacher and distilled layer (`[t][k]`, before the
+    /// teachers' weights).
+    pub fn terms(&self) -> &[Vec<f64>] {
+        &self.terms
+    }
+
+    /// AdamW steps taken (restored by [`FastDistillStep::load_state`]).
+    pub fn steps_taken(&self) -> i32 {
+        self.time
     }
 
     /// Write everything needed to continue training exactly from here (every parameter,
@@ -880,7 +963,9 @@ impl FastDistillStep {
             }
         }
         let mut total = 0.0f64;
+        let mut terms = Vec::with_capacity(self.teachers.len());
         for (t, teacher) in self.teachers.iter().enumerate() {
+            let mut teacher_terms = Vec::with_capacity(teacher.student_layers.len());
             let rule = self.alignments[t];
             let dim = batch.dims[t];
             let frames = batch.frames[t];
@@ -914,6 +999,7 @@ impl FastDistillStep {
                     coefficient as f32,
                 );
                 total += sum * coefficient;
+                teacher_terms.push(sum / valid.max(1) as f64);
                 let d_h = sized(&mut s.d_head, rows * hidden);
                 head.fc2.backward(h, d_pred, rows, Some(d_h), false);
                 d_h.par_chunks_mut(1 << 14)
@@ -928,7 +1014,9 @@ impl FastDistillStep {
                 head.fc1
                     .backward(ffn, d_h, rows, Some(&mut tape.d_ffn[layer - 1]), true);
             }
+            terms.push(teacher_terms);
         }
+        self.terms = terms;
         total as f32
     }
 
@@ -1428,6 +1516,11 @@ enum Alignment {
     Average(usize),
     /// The teacher is faster by this integer factor: frames are repeated.
     Repeat(usize),
+    /// A patch-level teacher: the student frames inside each patch are averaged.
+    Patch {
+        rate_hz: f64,
+        patch: crate::align::Patch,
+    },
 }
 
 impl Alignment {
@@ -1456,6 +1549,7 @@ impl Alignment {
                 (run * r, r.min(frames - run * r))
             }
             Self::Repeat(r) => ((j / r).min(frames - 1), 1),
+            Self::Patch { rate_hz, patch } => crate::align::patch_span(j, frames, rate_hz, patch),
         }
     }
 }

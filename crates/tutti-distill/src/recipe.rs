@@ -1,0 +1,427 @@
+//! Distillation recipes (`RECIPE.toml`): everything a run is made of, resolved and checked
+//! before any work starts; the resolved form is written into the run directory.
+//!
+//! ```toml
+//! seed = 0
+//! steps = 4000
+//! checkpoint_every = 100
+//!
+//! [student]
+//! preset = "small"            # or: checkpoint = "path/to/model"  (a tutti model directory)
+//!
+//! [data]
+//! pool = "~/.cache/tutti/pool"
+//! batch_secs = 80.0           # audio seconds per batch (clips of one domain, length-bucketed)
+//! domains = ["speech", "sound", "music"]
+//!
+//! [optim]
+//! lr = 5e-4
+//! warmup_steps = 400
+//! final_lr_ratio = 0.0        # linear decay to lr * this at the last step
+//! max_grad_norm = 5.0
+//!
+//! [distill]
+//! k = 4                       # layer pairs per teacher (at most the teacher's target layers)
+//! domain_weight = 10.0        # w of USAD 2.0's domain-aware weights (1 = uniform)
+//! stage = 1                   # 2: only each teacher's final layer, from a trained checkpoint
+//!
+//! [[teacher]]
+//! name = "whisper-base"       # a registered teacher (`tutti teachers list`) or: path = "DIR"
+//! domain = "speech"
+//!
+//! [cache]
+//! enabled = true              # teacher targets computed once into $TUTTI_HOME/targets
+//! ```
+//!
+//! Relative paths are relative to the recipe file; `~` is the home folder.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A recipe that cannot be used; names the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct RecipeError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default)]
+    pub seed: u64,
+    pub steps: usize,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    pub student: StudentRecipe,
+    pub data: DataRecipe,
+    #[serde(default)]
+    pub optim: OptimRecipe,
+    #[serde(default)]
+    pub distill: DistillRecipe,
+    #[serde(rename = "teacher")]
+    pub teachers: Vec<TeacherRecipe>,
+    #[serde(default)]
+    pub cache: CacheRecipe,
+}
+
+fn default_checkpoint_every() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StudentRecipe {
+    /// A preset name (`tutti init --preset`): a fresh student, initialised from `init_seed`.
+    pub preset: Option<String>,
+    /// Or a tutti model directory to continue from (stage 2, an up-scaled model, a merge).
+    pub checkpoint: Option<PathBuf>,
+    /// Seed of a fresh student's initialisation (default: the recipe's seed).
+    pub init_seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecipe {
+    /// A pool folder (`tutti pool build`) with `manifest.jsonl`.
+    pub pool: PathBuf,
+    #[serde(default = "default_batch_secs")]
+    pub batch_secs: f64,
+    /// Train on these domains' clips only (default: all three).
+    #[serde(default)]
+    pub domains: Option<Vec<String>>,
+    /// Use at most this many clips of the pool (a seeded choice; for learning curves).
+    #[serde(default)]
+    pub max_clips: Option<usize>,
+    /// A domain with fewer hours is passed over up to this many times per epoch (1: every clip
+    /// once, the domains as the pool has them).
+    #[serde(default = "default_max_domain_repeat")]
+    pub max_domain_repeat: usize,
+}
+
+fn default_max_domain_repeat() -> usize {
+    4
+}
+
+fn default_batch_secs() -> f64 {
+    80.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimRecipe {
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub final_lr_ratio: f64,
+    /// Clip the gradients' global L2 norm to this (none: no clipping).
+    pub max_grad_norm: Option<f64>,
+}
+
+impl Default for OptimRecipe {
+    fn default() -> Self {
+        Self {
+            lr: 5e-4,
+            warmup_steps: 400,
+            final_lr_ratio: 0.0,
+            max_grad_norm: Some(5.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillRecipe {
+    pub k: usize,
+    pub domain_weight: f64,
+    pub stage: u8,
+    /// Width of the heads' hidden layer (default: twice the student's width).
+    pub head_hidden: Option<usize>,
+}
+
+impl Default for DistillRecipe {
+    fn default() -> Self {
+        Self {
+            k: 4,
+            domain_weight: 10.0,
+            stage: 1,
+            head_hidden: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherRecipe {
+    /// A registered teacher (found under `$TUTTI_HOME/teachers`), or any name with `path`.
+    pub name: String,
+    /// A model directory any tutti loader reads (overrides the registry's folder).
+    pub path: Option<PathBuf>,
+    /// `speech`, `sound` or `music` (default: the registry's).
+    pub domain: Option<String>,
+    /// Target layers to distil (the teacher's numbering: FFN outputs of these blocks for
+    /// transformers, these hidden states otherwise); default: the registry's, paired with the
+    /// student by `k`.
+    pub layers: Option<Vec<usize>>,
+    /// Multiplies the teacher's (domain-aware) weight.
+    #[serde(default = "one")]
+    pub weight: f64,
+    /// Whisper: pad every clip to the 30 s window as Whisper was trained (3x the compute on
+    /// 10 s clips); default: run each clip at its own length.
+    #[serde(default)]
+    pub pad_to_window: bool,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheRecipe {
+    pub enabled: bool,
+    /// Default: `$TUTTI_HOME/targets`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheRecipe {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+pub const DOMAINS: [&str; 3] = ["speech", "sound", "music"];
+
+/// `~/x` -> the home folder's `x`; a relative path -> relative to `base`.
+pub fn resolve_path(path: &Path, base: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    if let Some(rest) = text.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    if let Some(rest) = text.strip_prefix("$TUTTI_HOME/") {
+        return tutti_models::teachers::tutti_home().join(rest);
+    }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+impl Recipe {
+    /// Parse and check a recipe file; paths come back resolved.
+    pub fn load(path: &Path) -> Result<Self, RecipeError> {
+        let fail = |reason: String| RecipeError {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let mut recipe: Recipe = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        recipe.resolve_paths(base);
+        recipe.check().map_err(fail)?;
+        Ok(recipe)
+    }
+
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.data.pool = resolve_path(&self.data.pool, base);
+        if let Some(c) = &self.student.checkpoint {
+            self.student.checkpoint = Some(resolve_path(c, base));
+        }
+        for t in &mut self.teachers {
+            if let Some(p) = &t.path {
+                t.path = Some(resolve_path(p, base));
+            }
+        }
+        if let Some(d) = &self.cache.dir {
+            self.cache.dir = Some(resolve_path(d, base));
+        }
+    }
+
+    /// The checks that need no file: numbers in range, one student, known domains.
+    pub fn check(&self) -> Result<(), String> {
+        if self.steps == 0 {
+            return Err("steps must be at least 1".into());
+        }
+        if self.checkpoint_every == 0 {
+            return Err("checkpoint_every must be at least 1".into());
+        }
+        match (&self.student.preset, &self.student.checkpoint) {
+            (Some(_), Some(_)) => {
+                return Err("[student]: give preset or checkpoint, not both".into());
+            }
+            (None, None) => return Err("[student]: give preset or checkpoint".into()),
+            _ => {}
+        }
+        if !(self.data.batch_secs.is_finite() && self.data.batch_secs > 0.0) {
+            return Err(format!(
+                "[data] batch_secs = {} must be positive",
+                self.data.batch_secs
+            ));
+        }
+        if let Some(domains) = &self.data.domains {
+            if domains.is_empty() {
+                return Err("[data] domains is empty".into());
+            }
+            for d in domains {
+                if !DOMAINS.contains(&d.as_str()) {
+                    return Err(format!(
+                        "[data] unknown domain {d:?} (speech, sound, music)"
+                    ));
+                }
+            }
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return Err(format!("[optim] lr = {} must be positive", o.lr));
+        }
+        if !(0.0..=1.0).contains(&o.final_lr_ratio) {
+            return Err(format!(
+                "[optim] final_lr_ratio = {} must be in [0, 1]",
+                o.final_lr_ratio
+            ));
+        }
+        if let Some(n) = o.max_grad_norm
+            && !(n.is_finite() && n > 0.0)
+        {
+            return Err(format!("[optim] max_grad_norm = {n} must be positive"));
+        }
+        let d = &self.distill;
+        if d.k == 0 {
+            return Err("[distill] k must be at least 1".into());
+        }
+        if !(d.domain_weight.is_finite() && d.domain_weight >= 1.0) {
+            return Err(format!(
+                "[distill] domain_weight = {} must be >= 1",
+                d.domain_weight
+            ));
+        }
+        if ![1, 2].contains(&d.stage) {
+            return Err(format!("[distill] stage = {} (1 or 2)", d.stage));
+        }
+        if d.stage == 2 && self.student.checkpoint.is_none() {
+            return Err(
+                "[distill] stage = 2 continues a trained student: give [student] checkpoint".into(),
+            );
+        }
+        if self.teachers.is_empty() {
+            return Err("no [[teacher]]".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &self.teachers {
+            if !names.insert(&t.name) {
+                return Err(format!("teacher {} is listed twice", t.name));
+            }
+            if let Some(domain) = &t.domain
+                && !DOMAINS.contains(&domain.as_str())
+            {
+                return Err(format!("teacher {}: unknown domain {domain:?}", t.name));
+            }
+            if !(t.weight.is_finite() && t.weight > 0.0) {
+                return Err(format!(
+                    "teacher {}: weight {} must be positive",
+                    t.name, t.weight
+                ));
+            }
+            if t.layers.as_ref().is_some_and(|l| l.is_empty()) {
+                return Err(format!("teacher {}: layers is empty", t.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `step` (0-based): linear warmup from lr / warmup to lr, then linear
+    /// decay to `lr * final_lr_ratio` at the last step.
+    pub fn learning_rate(&self, step: usize) -> f64 {
+        let o = &self.optim;
+        if step < o.warmup_steps {
+            return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(o.warmup_steps).max(1) as f64;
+        let progress = ((step - o.warmup_steps) as f64 / span).min(1.0);
+        o.lr * (1.0 - progress * (1.0 - o.final_lr_ratio))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+steps = 10
+[student]
+preset = "tiny"
+[data]
+pool = "pool"
+[[teacher]]
+name = "whisper-base"
+"#;
+
+    #[test]
+    fn a_minimal_recipe_gets_the_papers_defaults() {
+        let mut r: Recipe = toml::from_str(MINIMAL).unwrap();
+        r.resolve_paths(Path::new("/runs"));
+        r.check().unwrap();
+        assert_eq!(r.data.pool, PathBuf::from("/runs/pool"));
+        assert_eq!(r.distill.k, 4);
+        assert_eq!(r.distill.domain_weight, 10.0);
+        assert_eq!(r.teachers[0].weight, 1.0);
+    }
+
+    #[test]
+    fn bad_recipes_are_refused_with_the_reason() {
+        let bad = [
+            (MINIMAL.replace("steps = 10", "steps = 0"), "steps"),
+            (
+                MINIMAL.replace("preset = \"tiny\"", ""),
+                "give preset or checkpoint",
+            ),
+            (format!("{MINIMAL}\n[distill]\nstage = 2"), "stage = 2"),
+            (
+                format!("{MINIMAL}\n[optim]\nlr = -1.0\nwarmup_steps = 1\nfinal_lr_ratio = 0.0"),
+                "lr",
+            ),
+            (
+                format!("{MINIMAL}\n[[teacher]]\nname = \"whisper-base\""),
+                "twice",
+            ),
+            (
+                MINIMAL.replace(
+                    "name = \"whisper-base\"",
+                    "name = \"x\"\ndomain = \"birds\"",
+                ),
+                "unknown domain",
+            ),
+        ];
+        for (text, reason) in bad {
+            let r: Recipe = toml::from_str(&text).unwrap();
+            let err = r.check().unwrap_err();
+            assert!(err.contains(reason), "{err} (expected {reason})");
+        }
+        // Unknown keys are refused by the parser.
+        assert!(
+            toml::from_str::<Recipe>(&MINIMAL.replace("steps = 10", "steps = 10\nstesp = 3"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_schedule_warms_up_then_decays_linearly() {
+        let mut r: Recipe = toml::from_str(MINIMAL).unwrap();
+        r.steps = 110;
+        r.optim.warmup_steps = 10;
+        r.optim.lr = 1.0;
+        r.optim.final_lr_ratio = 0.1;
+        assert!((r.learning_rate(0) - 0.1).abs() < 1e-12);
+        assert!((r.learning_rate(9) - 1.0).abs() < 1e-12);
+        assert!((r.learning_rate(10) - 1.0).abs() < 1e-12);
+        assert!((r.learning_rate(60) - 0.55).abs() < 1e-12);
+        assert!((r.learning_rate(110) - 0.1).abs() < 1e-12);
+    }
+}
