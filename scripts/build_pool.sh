@@ -21,8 +21,8 @@
 #    (domain, source, package, origin file, seconds, sha256) and summary.json (hours per domain,
 #    disk, build time).
 #
-# Downloads ~1.9 GB (widelands-data and supertuxkart-data are most of it), ~2.4 GB unpacked, and
-# the pool takes ~1.5 GB. Every step is skipped when its output is already there, so an
+# Downloads ~2.1 GB (widelands-data, supertuxkart-data and supertux-data are most of it), ~3.3 GB
+# with the unpacked sources, and the pool takes ~1.4 GB (12.2 h; `tutti pool build` alone ~1 min). Every step is skipped when its output is already there, so an
 # interrupted run can simply be started again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
