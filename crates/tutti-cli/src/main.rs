@@ -9,6 +9,7 @@ mod features;
 mod info;
 mod init;
 mod inputs;
+mod merge;
 mod output;
 mod pool;
 mod suite;
@@ -58,6 +59,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// Merge models that share a base: task arithmetic, TIES or DARE (`--model DIR:LAMBDA`).
+    Merge(merge::MergeArgs),
     /// The distillation training pool: `build`, `check` against a suite, `check-packages`.
     #[command(subcommand)]
     Pool(pool::PoolCommand),
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Distill(args) => distill::distill(args),
         Command::Export(args) => distill::export(args),
         Command::Upscale(args) => distill::upscale(args),
+        Command::Merge(args) => merge::run(args),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

@@ -175,7 +175,7 @@ fn name_seed(seed: u64, model: usize, name: &str) -> u64 {
 
 /// Keep the `density` fraction of entries largest in magnitude (ties broken by position), zero
 /// the rest.
-pub fn trim(tau: &mut [f32], density: f64) {
+pub fn trim(tau: &mut [f64], density: f64) {
     let keep = ((tau.len() as f64) * density).round() as usize;
     if keep >= tau.len() {
         return;
@@ -189,9 +189,9 @@ pub fn trim(tau: &mut [f32], density: f64) {
 
 /// DARE's drop and rescale: keep each entry with probability `density` (seeded), times
 /// `1 / density`.
-pub fn dare(tau: &mut [f32], density: f64, seed: u64) {
+pub fn dare(tau: &mut [f64], density: f64, seed: u64) {
     let mut state = seed;
-    let scale = (1.0 / density) as f32;
+    let scale = 1.0 / density;
     for v in tau.iter_mut() {
         state = splitmix(state);
         let u = (state >> 11) as f64 / (1u64 << 53) as f64;
@@ -200,25 +200,25 @@ pub fn dare(tau: &mut [f32], density: f64, seed: u64) {
 }
 
 /// TIES' sign election and disjoint mean of weighted task vectors.
-pub fn elect_and_merge(taus: &[Vec<f32>], weights: &[f64]) -> Vec<f32> {
+pub fn elect_and_merge(taus: &[Vec<f64>], weights: &[f64]) -> Vec<f64> {
     let n = taus[0].len();
-    let mut out = vec![0.0f32; n];
+    let mut out = vec![0.0f64; n];
     for (j, o) in out.iter_mut().enumerate() {
-        let total: f64 = taus.iter().zip(weights).map(|(t, w)| w * t[j] as f64).sum();
+        let total: f64 = taus.iter().zip(weights).map(|(t, w)| w * t[j]).sum();
         if total == 0.0 {
             continue;
         }
         let sign = total.signum();
         let (mut sum, mut norm) = (0.0f64, 0.0f64);
         for (t, w) in taus.iter().zip(weights) {
-            let v = t[j] as f64;
+            let v = t[j];
             if v != 0.0 && v.signum() == sign {
                 sum += w * v;
                 norm += w;
             }
         }
         if norm > 0.0 {
-            *o = (sum / norm) as f32;
+            *o = sum / norm;
         }
     }
     out
@@ -232,14 +232,21 @@ pub fn merge_tensor(
     weights: &[f64],
     method: Method,
 ) -> Vec<f32> {
-    let taus: Vec<Vec<f32>> = models
+    // Task vectors in f64: the difference of two f32 values is exact there, so weight 1 gives
+    // the model back bit for bit and weight 0 the base.
+    let taus: Vec<Vec<f64>> = models
         .iter()
-        .map(|m| m.iter().zip(base).map(|(x, b)| x - b).collect())
+        .map(|m| {
+            m.iter()
+                .zip(base)
+                .map(|(x, b)| *x as f64 - *b as f64)
+                .collect()
+        })
         .collect();
     let (delta, lambda) = match method {
         Method::TaskArithmetic => (weighted_sum(&taus, weights), 1.0),
         Method::Ties { density, lambda } => {
-            let trimmed: Vec<Vec<f32>> = taus
+            let trimmed: Vec<Vec<f64>> = taus
                 .into_iter()
                 .map(|mut t| {
                     trim(&mut t, density);
@@ -263,11 +270,11 @@ pub fn merge_tensor(
     };
     base.iter()
         .zip(&delta)
-        .map(|(b, d)| (*b as f64 + lambda * *d as f64) as f32)
+        .map(|(b, d)| (*b as f64 + lambda * d) as f32)
         .collect()
 }
 
-fn drop_all(taus: Vec<Vec<f32>>, density: f64, seed: u64, name: &str) -> Vec<Vec<f32>> {
+fn drop_all(taus: Vec<Vec<f64>>, density: f64, seed: u64, name: &str) -> Vec<Vec<f64>> {
     taus.into_iter()
         .enumerate()
         .map(|(i, mut t)| {
@@ -277,15 +284,10 @@ fn drop_all(taus: Vec<Vec<f32>>, density: f64, seed: u64, name: &str) -> Vec<Vec
         .collect()
 }
 
-fn weighted_sum(taus: &[Vec<f32>], weights: &[f64]) -> Vec<f32> {
+fn weighted_sum(taus: &[Vec<f64>], weights: &[f64]) -> Vec<f64> {
     let n = taus[0].len();
     (0..n)
-        .map(|j| {
-            taus.iter()
-                .zip(weights)
-                .map(|(t, w)| w * t[j] as f64)
-                .sum::<f64>() as f32
-        })
+        .map(|j| taus.iter().zip(weights).map(|(t, w)| w * t[j]).sum::<f64>())
         .collect()
 }
 
@@ -476,22 +478,22 @@ mod tests {
 
     #[test]
     fn trimming_keeps_the_largest_magnitudes() {
-        let mut t = vec![0.1f32, -5.0, 2.0, -0.3, 4.0];
+        let mut t = vec![0.1f64, -5.0, 2.0, -0.3, 4.0];
         trim(&mut t, 0.4);
         assert_eq!(t, vec![0.0, -5.0, 0.0, 0.0, 4.0]);
     }
 
     #[test]
     fn dare_keeps_about_density_and_rescales() {
-        let mut t = vec![1.0f32; 100_000];
+        let mut t = vec![1.0f64; 100_000];
         dare(&mut t, 0.25, 42);
         let kept = t.iter().filter(|v| **v != 0.0).count() as f64 / t.len() as f64;
         assert!((kept - 0.25).abs() < 0.01, "{kept}");
         assert!(t.iter().all(|v| *v == 0.0 || *v == 4.0));
-        let mut again = vec![1.0f32; 100_000];
+        let mut again = vec![1.0f64; 100_000];
         dare(&mut again, 0.25, 42);
         assert_eq!(t, again, "seeded");
-        let mut other = vec![1.0f32; 100_000];
+        let mut other = vec![1.0f64; 100_000];
         dare(&mut other, 0.25, 43);
         assert_ne!(t, other);
     }
