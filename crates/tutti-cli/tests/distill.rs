@@ -374,6 +374,55 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+
+    // Stage 2 from the exported student: each teacher's final layer only, on the student's last
+    // block; and the up-scaled model trains on.
+    let base_recipe = std::fs::read_to_string(&r).unwrap();
+    let stage2 = base_recipe
+        .replace(
+            "preset = \"tiny\"",
+            &format!("checkpoint = \"{}\"", model.display()),
+        )
+        .replace("steps = 60", "steps = 4")
+        .replace("domain_weight = 10.0", "domain_weight = 10.0\nstage = 2");
+    let stage2_path = tmp.path().join("stage2.toml");
+    std::fs::write(&stage2_path, stage2).unwrap();
+    let stage2_run = tmp.path().join("stage2");
+    ok(tutti()
+        .args(["distill", "--config"])
+        .arg(&stage2_path)
+        .arg("-o")
+        .arg(&stage2_run));
+    let plans: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stage2_run.join("teachers.json")).unwrap())
+            .unwrap();
+    for plan in plans.as_array().unwrap() {
+        assert_eq!(plan["student_layers"], serde_json::json!([2]), "{plan}");
+        assert_eq!(plan["layers"].as_array().unwrap().len(), 1, "{plan}");
+    }
+    assert_eq!(
+        plans[0]["layers"],
+        serde_json::json!([2]),
+        "Whisper's last block"
+    );
+    let deeper_recipe = base_recipe
+        .replace(
+            "preset = \"tiny\"",
+            &format!("checkpoint = \"{}\"", deeper.display()),
+        )
+        .replace("steps = 60", "steps = 3");
+    let deeper_path = tmp.path().join("deeper.toml");
+    std::fs::write(&deeper_path, deeper_recipe).unwrap();
+    let deeper_run = tmp.path().join("deeper-run");
+    ok(tutti()
+        .args(["distill", "--config"])
+        .arg(&deeper_path)
+        .arg("-o")
+        .arg(&deeper_run));
+    let plans: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deeper_run.join("teachers.json")).unwrap())
+            .unwrap();
+    assert_eq!(plans[0]["student_layers"], serde_json::json!([1, 3]));
 }
 
 #[test]
