@@ -3,3 +3,4 @@
 //! dequantisation of the block formats the shipped SmolLM2 file uses.
 
 pub mod gguf;
+pub mod llama;

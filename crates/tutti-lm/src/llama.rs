@@ -1,0 +1,315 @@
+//! The llama architecture as SmolLM2 uses it, from a GGUF file, in f32 on tutti-nn's products:
+//! token embeddings -> blocks of (RMSNorm -> grouped-query attention with rotary embeddings ->
+//! residual; RMSNorm -> SwiGLU MLP -> residual) -> RMSNorm -> logits through the tied embedding
+//! (or `output.weight`).
+//!
+//! GGUF stores the query and key projections permuted for llama.cpp's interleaved rotary layout
+//! (convert_hf_to_gguf.py's `permute`); [`Llama::from_gguf`] undoes it, so the computation is
+//! transformers' `LlamaModel` (rotate-half rotary embeddings with `cat(freqs, freqs)`). Tested
+//! against transformers on a seeded tiny model (`tests/llama.rs`).
+//!
+//! This first part is the full-sequence forward (logits and every hidden state, transformers'
+//! `output_hidden_states` convention: `hidden[0]` the embeddings, `hidden[L]` after the final
+//! norm). The KV cache, embedding inputs, the tokenizer and the backward pass come next.
+
+use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
+
+use crate::gguf::{GgufError, GgufFile};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab: usize,
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub eps: f32,
+    pub rope_base: f64,
+    pub context: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// `[heads * head_dim, dim]`, in transformers' (rotate-half) layout.
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    wo: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+pub struct Llama {
+    pub config: LlamaConfig,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// `None`: tied to the embeddings.
+    output: Option<Vec<f32>>,
+}
+
+/// A forward pass's results: `logits` `[tokens, vocab]`, `hidden[l]` `[tokens, dim]`.
+#[derive(Debug, Clone)]
+pub struct LlamaOutput {
+    pub logits: Vec<f32>,
+    pub hidden: Vec<Vec<f32>>,
+}
+
+/// Undo llama.cpp's permutation of a query or key projection `[n_head * head_dim, cols]`: rows
+/// `(h, j, two)` of the stored layout (j < head_dim / 2) come from rows `(h, two, j)`.
+pub fn unpermute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let half = rows / n_head / 2;
+    let mut out = vec![0.0f32; w.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for two in 0..2 {
+                let stored = (h * half + j) * 2 + two;
+                let original = (h * 2 + two) * half + j;
+                out[original * cols..(original + 1) * cols]
+                    .copy_from_slice(&w[stored * cols..(stored + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+fn linear(x: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+    let mut y = vec![0.0f32; rows * outputs];
+    matmul(
+        MatMut::new(&mut y, rows, outputs),
+        MatRef::new(x, rows, inputs),
+        MatRef::new(w, outputs, inputs).t(),
+        1.0,
+        false,
+        Threads::Pool,
+    );
+    y
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let dim = weight.len();
+    let mut out = vec![0.0f32; x.len()];
+    for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+            *o = w * (v * scale);
+        }
+    }
+    out
+}
+
+impl Llama {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, GgufError> {
+        Self::load(file, true)
+    }
+
+    /// [`Llama::from_gguf`] without undoing llama.cpp's query / key permutation: wrong for a
+    /// model converted by llama.cpp (the negative control of the parity test).
+    pub fn from_gguf_keeping_rope_layout(file: &GgufFile) -> Result<Self, GgufError> {
+        Self::load(file, false)
+    }
+
+    fn load(file: &GgufFile, undo_permutation: bool) -> Result<Self, GgufError> {
+        let fix = |w: Vec<f32>, n_head: usize, cols: usize| {
+            if undo_permutation {
+                unpermute(&w, n_head, cols)
+            } else {
+                w
+            }
+        };
+        let fail = |reason: String| GgufError {
+            path: file.path.clone(),
+            reason,
+        };
+        let arch = file
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        if arch != "llama" {
+            return Err(fail(format!("architecture {arch:?}, expected llama")));
+        }
+        let int = |key: &str| -> Result<usize, GgufError> {
+            file.metadata
+                .get(&format!("llama.{key}"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| fail(format!("no llama.{key}")))
+        };
+        let float = |key: &str, default: f64| -> f64 {
+            file.metadata
+                .get(&format!("llama.{key}"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(default)
+        };
+        let dim = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let kv_heads = int("attention.head_count_kv").unwrap_or(heads);
+        if heads == 0 || dim % heads != 0 || kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(fail(format!(
+                "{heads} heads / {kv_heads} key-value heads for width {dim}"
+            )));
+        }
+        let embed_info = file
+            .tensor("token_embd.weight")
+            .ok_or_else(|| fail("no token_embd.weight".into()))?;
+        let vocab = embed_info.shape[0];
+        let config = LlamaConfig {
+            vocab,
+            dim,
+            layers: int("block_count")?,
+            heads,
+            kv_heads,
+            head_dim: dim / heads,
+            ffn: int("feed_forward_length")?,
+            eps: float("attention.layer_norm_rms_epsilon", 1e-5) as f32,
+            rope_base: float("rope.freq_base", 10_000.0),
+            context: int("context_length").unwrap_or(2048),
+        };
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, GgufError> {
+            let info = file
+                .tensor(name)
+                .ok_or_else(|| fail(format!("no tensor {name}")))?;
+            if info.shape != shape {
+                return Err(fail(format!(
+                    "tensor {name}: shape {:?}, expected {shape:?}",
+                    info.shape
+                )));
+            }
+            file.dequantize(name)
+        };
+        let (hd, c) = (config.head_dim, &config);
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = |n: &str| format!("blk.{i}.{n}.weight");
+            layers.push(Layer {
+                attn_norm: get(&p("attn_norm"), &[dim])?,
+                wq: fix(get(&p("attn_q"), &[heads * hd, dim])?, heads, dim),
+                wk: fix(get(&p("attn_k"), &[kv_heads * hd, dim])?, kv_heads, dim),
+                wv: get(&p("attn_v"), &[kv_heads * hd, dim])?,
+                wo: get(&p("attn_output"), &[dim, heads * hd])?,
+                ffn_norm: get(&p("ffn_norm"), &[dim])?,
+                gate: get(&p("ffn_gate"), &[c.ffn, dim])?,
+                up: get(&p("ffn_up"), &[c.ffn, dim])?,
+                down: get(&p("ffn_down"), &[dim, c.ffn])?,
+            });
+        }
+        let output = match file.tensor("output.weight") {
+            Some(_) => Some(get("output.weight", &[vocab, dim])?),
+            None => None,
+        };
+        Ok(Self {
+            embed: get("token_embd.weight", &[vocab, dim])?,
+            norm: get("output_norm.weight", &[dim])?,
+            layers,
+            output,
+            config,
+        })
+    }
+
+    /// Rotary embedding in place on `[tokens, n_head * head_dim]` (transformers' rotate-half).
+    fn rope(&self, x: &mut [f32], tokens: usize, n_head: usize) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        for t in 0..tokens {
+            for h in 0..n_head {
+                let v = &mut x[(t * n_head + h) * hd..][..hd];
+                for i in 0..half {
+                    let inv = self.config.rope_base.powf(-(2.0 * i as f64) / hd as f64);
+                    let angle = t as f64 * inv;
+                    let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+                    let (a, b) = (v[i], v[i + half]);
+                    v[i] = a * cos - b * sin;
+                    v[i + half] = b * cos + a * sin;
+                }
+            }
+        }
+    }
+
+    /// Logits and every hidden state for a token sequence (causal attention over it).
+    pub fn forward(&self, tokens: &[u32]) -> Result<LlamaOutput, String> {
+        let c = &self.config;
+        let n = tokens.len();
+        if n == 0 {
+            return Err("an empty sequence".into());
+        }
+        if n > c.context {
+            return Err(format!("{n} tokens exceed the context of {}", c.context));
+        }
+        let mut h = Vec::with_capacity(n * c.dim);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= c.vocab {
+                return Err(format!(
+                    "token {t} is outside the vocabulary of {}",
+                    c.vocab
+                ));
+            }
+            h.extend_from_slice(&self.embed[t * c.dim..(t + 1) * c.dim]);
+        }
+        let mut hidden = vec![h.clone()];
+        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let x = rms_norm(&h, &layer.attn_norm, c.eps);
+            let mut q = linear(&x, n, &layer.wq, c.heads * hd, c.dim);
+            let mut k = linear(&x, n, &layer.wk, c.kv_heads * hd, c.dim);
+            let v = linear(&x, n, &layer.wv, c.kv_heads * hd, c.dim);
+            self.rope(&mut q, n, c.heads);
+            self.rope(&mut k, n, c.kv_heads);
+            let mut ctx = vec![0.0f32; n * c.heads * hd];
+            let mut scores = vec![0.0f32; n];
+            for head in 0..c.heads {
+                let kv = head / group;
+                for i in 0..n {
+                    let qi = &q[(i * c.heads + head) * hd..][..hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in scores.iter_mut().enumerate().take(i + 1) {
+                        let kj = &k[(j * c.kv_heads + kv) * hd..][..hd];
+                        *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(*s);
+                    }
+                    let mut total = 0.0f32;
+                    for s in scores.iter_mut().take(i + 1) {
+                        *s = (*s - max).exp();
+                        total += *s;
+                    }
+                    let out = &mut ctx[(i * c.heads + head) * hd..][..hd];
+                    for (j, s) in scores.iter().enumerate().take(i + 1) {
+                        let vj = &v[(j * c.kv_heads + kv) * hd..][..hd];
+                        let p = s / total;
+                        for (o, x) in out.iter_mut().zip(vj) {
+                            *o += p * x;
+                        }
+                    }
+                }
+            }
+            let o = linear(&ctx, n, &layer.wo, c.dim, c.heads * hd);
+            h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let x = rms_norm(&h, &layer.ffn_norm, c.eps);
+            let gate = linear(&x, n, &layer.gate, c.ffn, c.dim);
+            let up = linear(&x, n, &layer.up, c.ffn, c.dim);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                .collect();
+            let d = linear(&act, n, &layer.down, c.dim, c.ffn);
+            h.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+            if li + 1 < self.layers.len() {
+                hidden.push(h.clone());
+            }
+        }
+        let normed = rms_norm(&h, &self.norm, c.eps);
+        let head = self.output.as_deref().unwrap_or(&self.embed);
+        let logits = linear(&normed, n, head, c.vocab, c.dim);
+        hidden.push(normed);
+        Ok(LlamaOutput { logits, hidden })
+    }
+}
