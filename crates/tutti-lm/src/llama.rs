@@ -213,16 +213,18 @@ impl Llama {
         })
     }
 
-    /// Rotary embedding in place on `[tokens, n_head * head_dim]` (transformers' rotate-half).
-    fn rope(&self, x: &mut [f32], tokens: usize, n_head: usize) {
+    /// Rotary embedding in place on `[tokens, n_head * head_dim]` for positions `first..`
+    /// (transformers' rotate-half).
+    fn rope(&self, x: &mut [f32], tokens: usize, n_head: usize, first: usize) {
         let hd = self.config.head_dim;
         let half = hd / 2;
         for t in 0..tokens {
+            let position = (first + t) as f64;
             for h in 0..n_head {
                 let v = &mut x[(t * n_head + h) * hd..][..hd];
                 for i in 0..half {
                     let inv = self.config.rope_base.powf(-(2.0 * i as f64) / hd as f64);
-                    let angle = t as f64 * inv;
+                    let angle = position * inv;
                     let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
                     let (a, b) = (v[i], v[i + half]);
                     v[i] = a * cos - b * sin;
@@ -234,13 +236,33 @@ impl Llama {
 
     /// Logits and every hidden state for a token sequence (causal attention over it).
     pub fn forward(&self, tokens: &[u32]) -> Result<LlamaOutput, String> {
+        self.forward_cached(tokens, &mut KvCache::default())
+    }
+
+    /// The next `tokens` after those already in `cache` (whose keys and values they attend to),
+    /// appending theirs: prefill with the prompt, then one token at a time. The logits and hidden
+    /// states are those of the new tokens only.
+    pub fn forward_cached(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<LlamaOutput, String> {
         let c = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Err("an empty sequence".into());
         }
-        if n > c.context {
-            return Err(format!("{n} tokens exceed the context of {}", c.context));
+        let past = cache.len;
+        if past + n > c.context {
+            return Err(format!(
+                "{} tokens exceed the context of {}",
+                past + n,
+                c.context
+            ));
+        }
+        if cache.keys.is_empty() {
+            cache.keys = vec![Vec::new(); c.layers];
+            cache.values = vec![Vec::new(); c.layers];
         }
         let mut h = Vec::with_capacity(n * c.dim);
         for &t in tokens {
@@ -256,34 +278,39 @@ impl Llama {
         let mut hidden = vec![h.clone()];
         let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
+        let total = past + n;
         for (li, layer) in self.layers.iter().enumerate() {
             let x = rms_norm(&h, &layer.attn_norm, c.eps);
             let mut q = linear(&x, n, &layer.wq, c.heads * hd, c.dim);
             let mut k = linear(&x, n, &layer.wk, c.kv_heads * hd, c.dim);
             let v = linear(&x, n, &layer.wv, c.kv_heads * hd, c.dim);
-            self.rope(&mut q, n, c.heads);
-            self.rope(&mut k, n, c.kv_heads);
+            self.rope(&mut q, n, c.heads, past);
+            self.rope(&mut k, n, c.kv_heads, past);
+            cache.keys[li].extend_from_slice(&k);
+            cache.values[li].extend_from_slice(&v);
+            let (k, v) = (&cache.keys[li], &cache.values[li]);
             let mut ctx = vec![0.0f32; n * c.heads * hd];
-            let mut scores = vec![0.0f32; n];
+            let mut scores = vec![0.0f32; total];
             for head in 0..c.heads {
                 let kv = head / group;
                 for i in 0..n {
+                    let visible = past + i + 1;
                     let qi = &q[(i * c.heads + head) * hd..][..hd];
                     let mut max = f32::NEG_INFINITY;
-                    for (j, s) in scores.iter_mut().enumerate().take(i + 1) {
+                    for (j, s) in scores.iter_mut().enumerate().take(visible) {
                         let kj = &k[(j * c.kv_heads + kv) * hd..][..hd];
                         *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                         max = max.max(*s);
                     }
-                    let mut total = 0.0f32;
-                    for s in scores.iter_mut().take(i + 1) {
+                    let mut sum = 0.0f32;
+                    for s in scores.iter_mut().take(visible) {
                         *s = (*s - max).exp();
-                        total += *s;
+                        sum += *s;
                     }
                     let out = &mut ctx[(i * c.heads + head) * hd..][..hd];
-                    for (j, s) in scores.iter().enumerate().take(i + 1) {
+                    for (j, s) in scores.iter().enumerate().take(visible) {
                         let vj = &v[(j * c.kv_heads + kv) * hd..][..hd];
-                        let p = s / total;
+                        let p = s / sum;
                         for (o, x) in out.iter_mut().zip(vj) {
                             *o += p * x;
                         }
@@ -306,10 +333,50 @@ impl Llama {
                 hidden.push(h.clone());
             }
         }
+        cache.len = total;
         let normed = rms_norm(&h, &self.norm, c.eps);
         let head = self.output.as_deref().unwrap_or(&self.embed);
         let logits = linear(&normed, n, head, c.vocab, c.dim);
         hidden.push(normed);
         Ok(LlamaOutput { logits, hidden })
+    }
+
+    /// Greedy continuation of `prompt` by up to `max_new` tokens, stopping after any of `stop`.
+    pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>, String> {
+        let mut cache = KvCache::default();
+        let mut out = Vec::new();
+        let mut logits = self.forward_cached(prompt, &mut cache)?.logits;
+        let vocab = self.config.vocab;
+        for _ in 0..max_new {
+            let last = &logits[logits.len() - vocab..];
+            let next = (0..vocab)
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+                .expect("a vocabulary") as u32;
+            out.push(next);
+            if stop.contains(&next) || cache.len >= self.config.context {
+                break;
+            }
+            logits = self.forward_cached(&[next], &mut cache)?.logits;
+        }
+        Ok(out)
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer (`[tokens, kv_heads * head_dim]`, keys
+/// after their rotary embedding).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }

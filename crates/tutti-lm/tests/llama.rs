@@ -155,4 +155,42 @@ fn smollm2_knows_the_capital_of_france() {
         .unwrap();
     eprintln!("next token: {:?} ({})", vocab[best], last[best]);
     assert_eq!(vocab[best], "ĠParis");
+    let more = model.greedy(&tokens, 12, &[]).unwrap();
+    let text: String = more
+        .iter()
+        .map(|&t| vocab[t as usize].replace('Ġ', " ").replace('Ċ', "\n"))
+        .collect();
+    eprintln!("greedy: The capital of France is{text}");
+}
+
+#[test]
+fn cached_decoding_equals_the_full_sequence() {
+    let file = GgufFile::open(&dir().join("model.gguf")).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let (tokens, _) = expected();
+    let full = model.forward(&tokens).unwrap();
+    let mut cache = tutti_lm::llama::KvCache::default();
+    let vocab = model.config.vocab;
+    // A prompt of four, then one token at a time.
+    let first = model.forward_cached(&tokens[..4], &mut cache).unwrap();
+    let mut logits = first.logits;
+    for &t in &tokens[4..] {
+        logits.extend(model.forward_cached(&[t], &mut cache).unwrap().logits);
+    }
+    assert_eq!(cache.len(), tokens.len());
+    let w = worst(&logits, &full.logits);
+    assert!(w < 1e-6, "{w}");
+    // Greedy decoding is the argmax of the full sequence's logits, step by step.
+    let generated = model.greedy(&tokens[..3], 4, &[]).unwrap();
+    assert_eq!(generated.len(), 4);
+    let mut seq = tokens[..3].to_vec();
+    for &g in &generated {
+        let out = model.forward(&seq).unwrap();
+        let last = &out.logits[(seq.len() - 1) * vocab..];
+        let best = (0..vocab)
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(g as usize, best);
+        seq.push(g);
+    }
 }
