@@ -557,7 +557,9 @@ mod tests {
             ..Default::default()
         };
         let s = SR as usize;
-        assert!(cuts(s / 2, &o).is_empty());
+        // Shorter than min_secs (0.4 s) gives nothing; 0.5 s is one clip.
+        assert!(cuts(s / 4, &o).is_empty());
+        assert_eq!(cuts(s / 2, &o), vec![(0, s / 2)]);
         assert_eq!(cuts(4 * s, &o), vec![(0, 4 * s)]);
         assert_eq!(
             cuts(23 * s, &o),
