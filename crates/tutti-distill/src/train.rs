@@ -410,9 +410,9 @@ impl Run {
                         self.recipe.data.max_domain_repeat,
                     ),
                 ));
-                if plans.len() > 2 {
-                    plans.remove(0);
-                }
+                // Every planned epoch is kept (a few thousand indices each): a step in epoch
+                // `e` walks the earlier epochs' lengths, and planning one again would redo its
+                // shuffles and sorts on every step.
             }
             let len = plans
                 .iter()
