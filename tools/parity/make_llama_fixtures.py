@@ -18,28 +18,30 @@ from safetensors.numpy import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 OUT = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "llama_tiny"
-OUT.mkdir(parents=True, exist_ok=True)
 
-torch.manual_seed(3)
-config = LlamaConfig(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    max_position_embeddings=64,
-    tie_word_embeddings=True,
-    attn_implementation="eager",
-)
-model = LlamaForCausalLM(config).eval()
-# Non-trivial norms (the init sets them to one).
-with torch.no_grad():
-    for name, p in model.named_parameters():
-        if "norm" in name:
-            p.copy_(1.0 + 0.2 * torch.randn_like(p))
+
+def tiny_model(vocab_size=96, seed=3):
+    """A seeded tiny LlamaForCausalLM with non-trivial norms (the init sets them to one)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+    return model
 
 
 def permute(w, n_head, n_head_kv):
@@ -49,45 +51,58 @@ def permute(w, n_head, n_head_kv):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
-writer = gguf.GGUFWriter(str(OUT / "model.gguf"), arch="llama")
-writer.add_context_length(config.max_position_embeddings)
-writer.add_embedding_length(config.hidden_size)
-writer.add_block_count(config.num_hidden_layers)
-writer.add_feed_forward_length(config.intermediate_size)
-writer.add_head_count(config.num_attention_heads)
-writer.add_head_count_kv(config.num_key_value_heads)
-writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-writer.add_rope_freq_base(config.rope_theta)
-writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-writer.add_vocab_size(config.vocab_size)
-writer.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
-for i in range(config.num_hidden_layers):
-    p = f"model.layers.{i}."
-    h, kv = config.num_attention_heads, config.num_key_value_heads
-    writer.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
-    writer.add_tensor(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], h, h))
-    writer.add_tensor(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], h, kv))
-    writer.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
-    writer.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
-    writer.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
-    writer.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
-    writer.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
-    writer.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
-writer.add_tensor("output_norm.weight", sd["model.norm.weight"])
-writer.write_header_to_file()
-writer.write_kv_data_to_file()
-writer.write_tensors_to_file()
-writer.close()
+def add_llama(writer, model):
+    """The model's metadata and tensors, as convert_hf_to_gguf.py writes a llama model."""
+    config = model.config
+    sd = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        h, kv = config.num_attention_heads, config.num_key_value_heads
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
+        writer.add_tensor(f"blk.{i}.attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], h, h))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], h, kv))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        writer.add_tensor(f"blk.{i}.attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", sd[p + "mlp.gate_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", sd[p + "mlp.up_proj.weight"])
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", sd[p + "mlp.down_proj.weight"])
+    writer.add_tensor("output_norm.weight", sd["model.norm.weight"])
 
-tokens = torch.tensor([[1, 17, 42, 5, 88, 3, 60, 60, 11]])
-with torch.no_grad():
-    out = model(tokens, output_hidden_states=True)
-expected = {
-    "tokens": tokens[0].numpy().astype(np.int64),
-    "logits": out.logits[0].numpy().astype(np.float32),
-}
-for i, h in enumerate(out.hidden_states):
-    expected[f"hidden.{i}"] = np.ascontiguousarray(h[0].numpy().astype(np.float32))
-save_file(expected, str(OUT / "expected.safetensors"))
-print("wrote", OUT, {k: v.shape for k, v in expected.items()})
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    model = tiny_model()
+    writer = gguf.GGUFWriter(str(OUT / "model.gguf"), arch="llama")
+    add_llama(writer, model)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    tokens = torch.tensor([[1, 17, 42, 5, 88, 3, 60, 60, 11]])
+    with torch.no_grad():
+        out = model(tokens, output_hidden_states=True)
+    expected = {
+        "tokens": tokens[0].numpy().astype(np.int64),
+        "logits": out.logits[0].numpy().astype(np.float32),
+    }
+    for i, h in enumerate(out.hidden_states):
+        expected[f"hidden.{i}"] = np.ascontiguousarray(h[0].numpy().astype(np.float32))
+    save_file(expected, str(OUT / "expected.safetensors"))
+    print("wrote", OUT, {k: v.shape for k, v in expected.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ mod features;
 mod info;
 mod init;
 mod inputs;
+mod lm;
 mod merge;
 mod output;
 mod pool;
@@ -59,6 +60,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// The language model of the audio-LM side: `generate` (chat or raw) and `score`.
+    #[command(subcommand)]
+    Lm(lm::LmCommand),
     /// Merge models that share a base: task arithmetic, TIES or DARE (`--model DIR:LAMBDA`).
     Merge(merge::MergeArgs),
     /// The distillation training pool: `build`, `check` against a suite, `check-packages`.
@@ -133,6 +137,7 @@ fn main() -> ExitCode {
         Command::Export(args) => distill::export(args),
         Command::Upscale(args) => distill::upscale(args),
         Command::Merge(args) => merge::run(args),
+        Command::Lm(command) => lm::run(command),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

@@ -1,6 +1,10 @@
-//! tutti-lm: language models for the audio-LM side (issue 16, in progress). So far: the GGUF
-//! reader ([`gguf`]): header, metadata, tensor infos, alignment, bounds-checked, and the
-//! dequantisation of the block formats the shipped SmolLM2 file uses.
+//! tutti-lm: language models for the audio-LM side (issue 16, in progress): the GGUF reader
+//! ([`gguf`]: header, metadata, tensor infos, alignment, bounds-checked, dequantisation of the
+//! block formats the shipped SmolLM2 file uses), the llama architecture ([`llama`], with a KV
+//! cache), the tokenizer and chat template ([`tokenizer`]), and generation and scoring
+//! ([`generate`]).
 
+pub mod generate;
 pub mod gguf;
 pub mod llama;
+pub mod tokenizer;

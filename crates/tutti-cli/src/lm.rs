@@ -1,0 +1,214 @@
+//! `tutti lm generate` and `tutti lm score`: the language model of the audio-LM side, on its own,
+//! so a user can see that it is real.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tutti_lm::generate::{Lm, Sampling};
+use tutti_lm::tokenizer::Message;
+
+#[derive(Subcommand)]
+pub enum LmCommand {
+    /// Answer a prompt (as a chat turn, unless --raw), streaming the tokens to stdout.
+    Generate(GenerateArgs),
+    /// Per-token log-likelihood of a text under the model.
+    Score(ScoreArgs),
+}
+
+#[derive(Args)]
+pub struct ModelArg {
+    /// A GGUF file or a folder holding one. Default: $TUTTI_HOME/lm/smollm2-135m-instruct
+    /// (scripts/fetch_lm.sh).
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The user's message (or, with --raw, the text to continue).
+    prompt: String,
+    /// A system message (default: the one the chat template supplies, if any).
+    #[arg(long)]
+    system: Option<String>,
+    /// Continue the prompt as plain text instead of a chat turn.
+    #[arg(long)]
+    raw: bool,
+    /// At most this many new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new: usize,
+    /// 0 is greedy; above 0 samples (with --top-p and --seed).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// The text to score.
+    text: String,
+    /// Print JSON (tokens, ids, log-probabilities, total, perplexity) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn model_path(arg: &ModelArg) -> PathBuf {
+    arg.model.clone().unwrap_or_else(|| {
+        std::env::var_os("TUTTI_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tutti")))
+            .unwrap_or_else(|| PathBuf::from(".tutti"))
+            .join("lm/smollm2-135m-instruct")
+    })
+}
+
+fn open(arg: &ModelArg) -> anyhow::Result<Lm> {
+    let path = model_path(arg);
+    if arg.model.is_none() && !path.exists() {
+        bail!(
+            "no language model at {}\nhint: fetch SmolLM2 with scripts/fetch_lm.sh, or pass --model",
+            path.display()
+        );
+    }
+    Lm::open(&path).map_err(anyhow::Error::msg)
+}
+
+pub fn run(command: LmCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        LmCommand::Generate(args) => generate(args),
+        LmCommand::Score(args) => score(args),
+    }
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    let lm = open(&args.model)?;
+    let tok = &lm.tokenizer;
+    let text = if args.raw {
+        args.prompt.clone()
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(Message::new("system", system));
+        }
+        messages.push(Message::new("user", &args.prompt));
+        tok.apply_chat_template(&messages, true)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| lm.path.display().to_string())?
+    };
+    let prompt = tok.encode(&text).map_err(anyhow::Error::msg)?;
+    if prompt.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let start = Instant::now();
+    let mut generated: Vec<u32> = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    let mut first: Option<f64> = None;
+    let mut failure: Option<std::io::Error> = None;
+    let out = lm
+        .generate(&prompt, args.max_new, sampling, |id| {
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+            generated.push(id);
+            // Print what the tokens so far decode to beyond what is on screen, holding back an
+            // incomplete UTF-8 sequence (a character split across byte tokens).
+            if let Ok(text) = tok.decode(&generated, true)
+                && !text.ends_with('\u{FFFD}')
+                && text.len() > printed
+                && text.is_char_boundary(printed)
+            {
+                if let Err(e) = stdout
+                    .write_all(&text.as_bytes()[printed..])
+                    .and_then(|_| stdout.flush())
+                {
+                    failure = Some(e);
+                    return false;
+                }
+                printed = text.len();
+            }
+            true
+        })
+        .map_err(anyhow::Error::msg)?;
+    if let Some(e) = failure {
+        // A closed pipe (`| head`) ends the output quietly.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(e).context("writing to stdout");
+    }
+    let text = tok.decode(&out, true).map_err(anyhow::Error::msg)?;
+    if text.len() > printed && text.is_char_boundary(printed) {
+        stdout.write_all(&text.as_bytes()[printed..])?;
+    }
+    writeln!(stdout)?;
+    let total = start.elapsed().as_secs_f64();
+    let prefill = first.unwrap_or(total);
+    let decode_tokens = out.len().saturating_sub(1);
+    tracing::info!(
+        "{} prompt tokens in {:.2} s ({:.0} tokens/s); {} new tokens, {:.1} tokens/s decoding",
+        prompt.len(),
+        prefill,
+        prompt.len() as f64 / prefill.max(1e-9),
+        out.len(),
+        decode_tokens as f64 / (total - prefill).max(1e-9)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
+    let lm = open(&args.model)?;
+    let tok = &lm.tokenizer;
+    let mut ids = tok.encode(&args.text).map_err(anyhow::Error::msg)?;
+    // The first token is scored given the beginning-of-text token, when the file names one.
+    let lead = tok.bos.filter(|_| ids.first() != tok.bos.as_ref());
+    if let Some(b) = lead {
+        ids.insert(0, b);
+    }
+    if ids.len() < 2 {
+        bail!("the text has too few tokens to score");
+    }
+    let logp = lm.score(&ids).map_err(anyhow::Error::msg)?;
+    let total: f64 = logp.iter().sum();
+    let perplexity = (-total / logp.len() as f64).exp();
+    let pieces: Vec<String> = ids[1..]
+        .iter()
+        .map(|&i| tok.decode(&[i], false).unwrap_or_default())
+        .collect();
+    if args.json {
+        let value = serde_json::json!({
+            "model": lm.path,
+            "ids": &ids[1..],
+            "tokens": pieces,
+            "logprobs": logp,
+            "total_logprob": total,
+            "perplexity": perplexity,
+            "context_token": lead,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{:>6}  {:>9}  token", "id", "log p");
+        for ((id, p), piece) in ids[1..].iter().zip(&logp).zip(&pieces) {
+            println!("{id:>6}  {p:>9.4}  {piece:?}");
+        }
+        println!(
+            "{} tokens: total log p {total:.4}, perplexity {perplexity:.3}",
+            logp.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
