@@ -6,7 +6,8 @@ and every hidden state on a token sequence, from PyTorch.
 
     /tmp/parity/bin/python tools/parity/make_llama_fixtures.py
 
-Writes fixtures/parity/llama_tiny/{model.gguf, expected.safetensors}.
+Writes fixtures/parity/llama_tiny/{model.gguf, expected.safetensors, grad.safetensors}: the last
+for the frozen LM's backward (input gradients of a next-token loss).
 """
 
 from pathlib import Path
@@ -102,6 +103,33 @@ def main():
         expected[f"hidden.{i}"] = np.ascontiguousarray(h[0].numpy().astype(np.float32))
     save_file(expected, str(OUT / "expected.safetensors"))
     print("wrote", OUT, {k: v.shape for k, v in expected.items()})
+    grad_fixture(model)
+
+
+def grad_fixture(model):
+    """The loss and input gradient of a sequence with some positions fed by embeddings: tokens
+    (positions 0-2), five random vectors (3-7), tokens (8-11); next-token cross-entropy (mean) at
+    positions 7-10; PyTorch autograd on `inputs_embeds`."""
+    g = torch.Generator().manual_seed(11)
+    embed = model.get_input_embeddings().weight.detach()
+    first, last = torch.tensor([1, 17, 42]), torch.tensor([88, 3, 60, 60])
+    audio = 0.5 * torch.randn(5, model.config.hidden_size, generator=g)
+    inputs = torch.cat([embed[first], audio, embed[last]]).clone().requires_grad_(True)
+    targets = torch.full((12,), -100, dtype=torch.long)
+    targets[7:11] = torch.tensor([88, 3, 60, 60])
+    logits = model(inputs_embeds=inputs[None]).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    loss.backward()
+    save_file(
+        {
+            "inputs": inputs.detach().numpy().astype(np.float32),
+            "targets": targets.numpy().astype(np.int64),
+            "loss": np.array([loss.item()], dtype=np.float64),
+            "grad": inputs.grad.numpy().astype(np.float32),
+        },
+        str(OUT / "grad.safetensors"),
+    )
+    print("grad fixture: loss", loss.item(), "grad norm", inputs.grad.norm().item())
 
 
 if __name__ == "__main__":

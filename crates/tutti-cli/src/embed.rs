@@ -41,7 +41,9 @@ pub struct EmbedArgs {
     /// Output folder (npy, safetensors) or file (jsonl).
     #[arg(short, long)]
     output: PathBuf,
-    /// Model directory (from `tutti init` or training). Default: $TUTTI_HOME/models/default.
+    /// Model directory (from `tutti init`, `tutti export` or any encoder tutti loads). Default:
+    /// the trained default model shipped in the repository (`models/default`), else
+    /// $TUTTI_HOME/models/default.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Hidden state to return: a number (0 = input to the first block), `last` or `all`.
@@ -74,7 +76,13 @@ pub struct EmbedArgs {
     pub precision: tutti_models::Precision,
 }
 
-fn default_model_dir() -> PathBuf {
+/// The repository's shipped default model (`models/default`, found from where this binary was
+/// built), else `$TUTTI_HOME/models/default`.
+pub fn default_model_dir() -> PathBuf {
+    let shipped = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/default"));
+    if shipped.join("config.json").is_file() {
+        return shipped;
+    }
     let home = std::env::var_os("TUTTI_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tutti")))

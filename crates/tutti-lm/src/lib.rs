@@ -6,5 +6,6 @@
 
 pub mod generate;
 pub mod gguf;
+pub mod grad;
 pub mod llama;
 pub mod tokenizer;

@@ -30,26 +30,26 @@ pub struct LlamaConfig {
     pub context: usize,
 }
 
-struct Layer {
-    attn_norm: Vec<f32>,
+pub(crate) struct Layer {
+    pub(crate) attn_norm: Vec<f32>,
     /// `[heads * head_dim, dim]`, in transformers' (rotate-half) layout.
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
-    wo: Vec<f32>,
-    ffn_norm: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
-    down: Vec<f32>,
+    pub(crate) wq: Vec<f32>,
+    pub(crate) wk: Vec<f32>,
+    pub(crate) wv: Vec<f32>,
+    pub(crate) wo: Vec<f32>,
+    pub(crate) ffn_norm: Vec<f32>,
+    pub(crate) gate: Vec<f32>,
+    pub(crate) up: Vec<f32>,
+    pub(crate) down: Vec<f32>,
 }
 
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: Vec<f32>,
-    layers: Vec<Layer>,
-    norm: Vec<f32>,
+    pub(crate) embed: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) norm: Vec<f32>,
     /// `None`: tied to the embeddings.
-    output: Option<Vec<f32>>,
+    pub(crate) output: Option<Vec<f32>>,
 }
 
 /// A forward pass's results: `logits` `[tokens, vocab]`, `hidden[l]` `[tokens, dim]`.
@@ -78,7 +78,7 @@ pub fn unpermute(w: &[f32], n_head: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn linear(x: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
+pub(crate) fn linear(x: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: usize) -> Vec<f32> {
     let mut y = vec![0.0f32; rows * outputs];
     matmul(
         MatMut::new(&mut y, rows, outputs),
@@ -215,7 +215,20 @@ impl Llama {
 
     /// Rotary embedding in place on `[tokens, n_head * head_dim]` for positions `first..`
     /// (transformers' rotate-half).
-    fn rope(&self, x: &mut [f32], tokens: usize, n_head: usize, first: usize) {
+    pub(crate) fn rope(&self, x: &mut [f32], tokens: usize, n_head: usize, first: usize) {
+        self.rotate(x, tokens, n_head, first, false)
+    }
+
+    /// The rotary embedding (`inverse`: its transpose, the rotation by the opposite angle, which
+    /// carries a gradient back through it).
+    pub(crate) fn rotate(
+        &self,
+        x: &mut [f32],
+        tokens: usize,
+        n_head: usize,
+        first: usize,
+        inverse: bool,
+    ) {
         let hd = self.config.head_dim;
         let half = hd / 2;
         for t in 0..tokens {
@@ -225,6 +238,7 @@ impl Llama {
                 for i in 0..half {
                     let inv = self.config.rope_base.powf(-(2.0 * i as f64) / hd as f64);
                     let angle = position * inv;
+                    let angle = if inverse { -angle } else { angle };
                     let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
                     let (a, b) = (v[i], v[i + half]);
                     v[i] = a * cos - b * sin;
@@ -247,11 +261,50 @@ impl Llama {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<LlamaOutput, String> {
-        let c = &self.config;
-        let n = tokens.len();
-        if n == 0 {
+        if tokens.is_empty() {
             return Err("an empty sequence".into());
         }
+        let h = self.embed_tokens(tokens)?;
+        self.forward_embedded(h, cache)
+    }
+
+    /// The token embeddings of `tokens`, `[tokens, dim]`.
+    pub fn embed_tokens(&self, tokens: &[u32]) -> Result<Vec<f32>, String> {
+        let c = &self.config;
+        let mut h = Vec::with_capacity(tokens.len() * c.dim);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= c.vocab {
+                return Err(format!(
+                    "token {t} is outside the vocabulary of {}",
+                    c.vocab
+                ));
+            }
+            h.extend_from_slice(&self.embed[t * c.dim..(t + 1) * c.dim]);
+        }
+        Ok(h)
+    }
+
+    /// [`Llama::forward_cached`] from input vectors `[n, dim]` instead of token ids: token
+    /// embeddings, or any other vectors of the model's width (audio embeddings through an
+    /// adapter) for some positions.
+    pub fn forward_embedded(
+        &self,
+        h: Vec<f32>,
+        cache: &mut KvCache,
+    ) -> Result<LlamaOutput, String> {
+        let c = &self.config;
+        if h.is_empty() || !h.len().is_multiple_of(c.dim) {
+            return Err(format!(
+                "{} input values are not a whole number of {}-wide vectors",
+                h.len(),
+                c.dim
+            ));
+        }
+        if h.iter().any(|v| !v.is_finite()) {
+            return Err("the input vectors hold NaN or infinite values".into());
+        }
+        let n = h.len() / c.dim;
         let past = cache.len;
         if past + n > c.context {
             return Err(format!(
@@ -264,17 +317,7 @@ impl Llama {
             cache.keys = vec![Vec::new(); c.layers];
             cache.values = vec![Vec::new(); c.layers];
         }
-        let mut h = Vec::with_capacity(n * c.dim);
-        for &t in tokens {
-            let t = t as usize;
-            if t >= c.vocab {
-                return Err(format!(
-                    "token {t} is outside the vocabulary of {}",
-                    c.vocab
-                ));
-            }
-            h.extend_from_slice(&self.embed[t * c.dim..(t + 1) * c.dim]);
-        }
+        let mut h = h;
         let mut hidden = vec![h.clone()];
         let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();

@@ -1,0 +1,339 @@
+//! The frozen language model as a training signal: a sequence of input vectors (token embeddings
+//! and, for some positions, vectors from elsewhere: audio through an adapter), next-token
+//! cross-entropy at the positions that have a target, and the gradient of that loss with respect
+//! to every input vector. The LM's weights get no gradient; the pass is hand-written in f32 on
+//! tutti-nn's products (like the distillation's fast step), so no autodiff graph is built over a
+//! 135 M-parameter model whose weights never change.
+//!
+//! Checked against PyTorch autograd on a seeded tiny llama with some positions fed by embeddings
+//! (`tests/grad.rs`, fixture by tools/parity/make_llama_fixtures.py).
+
+use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
+
+use crate::llama::{Llama, linear};
+
+/// One span of an input sequence.
+#[derive(Debug, Clone, Copy)]
+pub enum Span<'a> {
+    /// Token ids, looked up in the embedding table.
+    Tokens(&'a [u32]),
+    /// Vectors of the model's width, `[n, dim]` row-major.
+    Embeddings(&'a [f32]),
+}
+
+/// The loss and the gradient of the inputs.
+#[derive(Debug, Clone)]
+pub struct InputGrad {
+    /// Mean next-token cross-entropy (natural log) over the positions with a target.
+    pub loss: f64,
+    pub targets: usize,
+    /// `[n, dim]`: d loss / d input vector.
+    pub grad: Vec<f32>,
+}
+
+/// `dx += dy W` for `y = x W^T` (`W` `[outputs, inputs]`).
+fn linear_back(dx: &mut [f32], dy: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: usize) {
+    matmul(
+        MatMut::new(dx, rows, inputs),
+        MatRef::new(dy, rows, outputs),
+        MatRef::new(w, outputs, inputs),
+        1.0,
+        true,
+        Threads::Pool,
+    );
+}
+
+/// RMSNorm forward, keeping each row's `1 / rms`.
+fn rms_forward(x: &[f32], weight: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let dim = weight.len();
+    let mut out = vec![0.0f32; x.len()];
+    let mut inv = Vec::with_capacity(x.len() / dim);
+    for (row, o) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let mean = row.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let r = 1.0 / (mean + eps).sqrt();
+        for ((o, v), w) in o.iter_mut().zip(row).zip(weight) {
+            *o = w * (v * r);
+        }
+        inv.push(r);
+    }
+    (out, inv)
+}
+
+/// `dx += d RMSNorm(x) / dx · dy`: `dx = r (w dy) - x r^3 mean(w dy x)`.
+fn rms_backward(dx: &mut [f32], x: &[f32], weight: &[f32], inv: &[f32], dy: &[f32]) {
+    let dim = weight.len();
+    for (i, ((dx, x), dy)) in dx
+        .chunks_exact_mut(dim)
+        .zip(x.chunks_exact(dim))
+        .zip(dy.chunks_exact(dim))
+        .enumerate()
+    {
+        let r = inv[i];
+        let dot: f32 = x
+            .iter()
+            .zip(dy)
+            .zip(weight)
+            .map(|((x, dy), w)| w * dy * x)
+            .sum();
+        let c = r * r * r * dot / dim as f32;
+        for (((d, x), dy), w) in dx.iter_mut().zip(x).zip(dy).zip(weight) {
+            *d += r * w * dy - x * c;
+        }
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+struct Saved {
+    h: Vec<f32>,
+    r1: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// `[heads, n, n]` attention probabilities (zero above the diagonal).
+    p: Vec<f32>,
+    h_mid: Vec<f32>,
+    r2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Llama {
+    /// The input vectors of a sequence of spans, `[n, dim]`.
+    pub fn embed_spans(&self, spans: &[Span]) -> Result<Vec<f32>, String> {
+        let dim = self.config.dim;
+        let mut h = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            match span {
+                Span::Tokens(t) => h.extend(self.embed_tokens(t)?),
+                Span::Embeddings(e) => {
+                    if !e.len().is_multiple_of(dim) {
+                        return Err(format!(
+                            "span {i}: {} values are not a whole number of {dim}-wide vectors",
+                            e.len()
+                        ));
+                    }
+                    h.extend_from_slice(e);
+                }
+            }
+        }
+        Ok(h)
+    }
+
+    /// Next-token cross-entropy of the sequence `inputs` (`[n, dim]`) at the positions whose
+    /// `targets[i]` is the token that should follow position `i`, and its gradient with respect
+    /// to every input vector.
+    pub fn loss_and_input_grad(
+        &self,
+        inputs: &[f32],
+        targets: &[Option<u32>],
+    ) -> Result<InputGrad, String> {
+        let c = &self.config;
+        let (dim, hd, heads, kvh) = (c.dim, c.head_dim, c.heads, c.kv_heads);
+        if inputs.is_empty() || !inputs.len().is_multiple_of(dim) {
+            return Err(format!(
+                "{} input values are not a whole number of {dim}-wide vectors",
+                inputs.len()
+            ));
+        }
+        if inputs.iter().any(|v| !v.is_finite()) {
+            return Err("the input vectors hold NaN or infinite values".into());
+        }
+        let n = inputs.len() / dim;
+        if targets.len() != n {
+            return Err(format!("{} targets for {n} positions", targets.len()));
+        }
+        if n > c.context {
+            return Err(format!("{n} positions exceed the context of {}", c.context));
+        }
+        let rows: Vec<(usize, usize)> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.map(|t| (i, t as usize)))
+            .collect();
+        if let Some(&(_, t)) = rows.iter().find(|(_, t)| *t >= c.vocab) {
+            return Err(format!(
+                "target {t} is outside the vocabulary of {}",
+                c.vocab
+            ));
+        }
+        if rows.is_empty() {
+            return Err("no position has a target".into());
+        }
+        let group = heads / kvh;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (qw, kw) = (heads * hd, kvh * hd);
+
+        // Forward, keeping what the backward needs.
+        let mut h = inputs.to_vec();
+        let mut saved = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let (x1, r1) = rms_forward(&h, &layer.attn_norm, c.eps);
+            let mut q = linear(&x1, n, &layer.wq, qw, dim);
+            let mut k = linear(&x1, n, &layer.wk, kw, dim);
+            let v = linear(&x1, n, &layer.wv, kw, dim);
+            self.rope(&mut q, n, heads, 0);
+            self.rope(&mut k, n, kvh, 0);
+            let mut p = vec![0.0f32; heads * n * n];
+            let mut ctx = vec![0.0f32; n * qw];
+            for head in 0..heads {
+                let kv = head / group;
+                for i in 0..n {
+                    let qi = &q[i * qw + head * hd..][..hd];
+                    let row = &mut p[(head * n + i) * n..][..n];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, s) in row.iter_mut().enumerate().take(i + 1) {
+                        let kj = &k[j * kw + kv * hd..][..hd];
+                        *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        max = max.max(*s);
+                    }
+                    let mut sum = 0.0f32;
+                    for s in row.iter_mut().take(i + 1) {
+                        *s = (*s - max).exp();
+                        sum += *s;
+                    }
+                    let out = &mut ctx[i * qw + head * hd..][..hd];
+                    for (j, s) in row.iter_mut().enumerate().take(i + 1) {
+                        *s /= sum;
+                        let vj = &v[j * kw + kv * hd..][..hd];
+                        for (o, x) in out.iter_mut().zip(vj) {
+                            *o += *s * x;
+                        }
+                    }
+                }
+            }
+            let o = linear(&ctx, n, &layer.wo, dim, qw);
+            let h_in = h.clone();
+            h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let (x2, r2) = rms_forward(&h, &layer.ffn_norm, c.eps);
+            let gate = linear(&x2, n, &layer.gate, c.ffn, dim);
+            let up = linear(&x2, n, &layer.up, c.ffn, dim);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(g, u)| g * sigmoid(*g) * u)
+                .collect();
+            let d = linear(&act, n, &layer.down, dim, c.ffn);
+            let h_mid = h.clone();
+            h.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+            saved.push(Saved {
+                h: h_in,
+                r1,
+                q,
+                k,
+                v,
+                p,
+                h_mid,
+                r2,
+                gate,
+                up,
+            });
+        }
+        let (xn, rn) = rms_forward(&h, &self.norm, c.eps);
+        let head_w = self.output.as_deref().unwrap_or(&self.embed);
+
+        // Cross-entropy at the target rows only.
+        let m = rows.len();
+        let mut picked = Vec::with_capacity(m * dim);
+        for &(i, _) in &rows {
+            picked.extend_from_slice(&xn[i * dim..(i + 1) * dim]);
+        }
+        let mut dlogits = linear(&picked, m, head_w, c.vocab, dim);
+        let mut loss = 0.0f64;
+        for (r, &(_, t)) in dlogits.chunks_exact_mut(c.vocab).zip(&rows) {
+            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = r.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            loss += sum.ln() + max as f64 - r[t] as f64;
+            for v in r.iter_mut() {
+                *v = (((*v - max) as f64).exp() / sum / m as f64) as f32;
+            }
+            r[t] -= 1.0 / m as f32;
+        }
+        let mut dpicked = vec![0.0f32; m * dim];
+        linear_back(&mut dpicked, &dlogits, m, head_w, c.vocab, dim);
+        let mut dxn = vec![0.0f32; n * dim];
+        for (k, &(i, _)) in rows.iter().enumerate() {
+            dxn[i * dim..(i + 1) * dim].copy_from_slice(&dpicked[k * dim..(k + 1) * dim]);
+        }
+        let mut dh = vec![0.0f32; n * dim];
+        rms_backward(&mut dh, &h, &self.norm, &rn, &dxn);
+
+        // Backward through the blocks.
+        for (layer, s) in self.layers.iter().zip(&saved).rev() {
+            // MLP: h_out = h_mid + down(silu(gate(x2)) * up(x2)).
+            let mut dact = vec![0.0f32; n * c.ffn];
+            linear_back(&mut dact, &dh, n, &layer.down, dim, c.ffn);
+            let mut dgate = vec![0.0f32; n * c.ffn];
+            let mut dup = vec![0.0f32; n * c.ffn];
+            for (((da, g), u), (dg, du)) in dact
+                .iter()
+                .zip(&s.gate)
+                .zip(&s.up)
+                .zip(dgate.iter_mut().zip(dup.iter_mut()))
+            {
+                let sg = sigmoid(*g);
+                *du = da * g * sg;
+                *dg = da * u * sg * (1.0 + g * (1.0 - sg));
+            }
+            let mut dx2 = vec![0.0f32; n * dim];
+            linear_back(&mut dx2, &dgate, n, &layer.gate, c.ffn, dim);
+            linear_back(&mut dx2, &dup, n, &layer.up, c.ffn, dim);
+            rms_backward(&mut dh, &s.h_mid, &layer.ffn_norm, &s.r2, &dx2);
+
+            // Attention: h_mid = h + wo(attention(rope(q), rope(k), v)).
+            let mut dctx = vec![0.0f32; n * qw];
+            linear_back(&mut dctx, &dh, n, &layer.wo, dim, qw);
+            let mut dq = vec![0.0f32; n * qw];
+            let mut dk = vec![0.0f32; n * kw];
+            let mut dv = vec![0.0f32; n * kw];
+            let mut dp = vec![0.0f32; n];
+            for head in 0..heads {
+                let kv = head / group;
+                for i in 0..n {
+                    let row = &s.p[(head * n + i) * n..][..n];
+                    let dci = &dctx[i * qw + head * hd..][..hd];
+                    let mut weighted = 0.0f32;
+                    for j in 0..=i {
+                        let vj = &s.v[j * kw + kv * hd..][..hd];
+                        dp[j] = dci.iter().zip(vj).map(|(a, b)| a * b).sum();
+                        weighted += row[j] * dp[j];
+                        let dvj = &mut dv[j * kw + kv * hd..][..hd];
+                        for (d, g) in dvj.iter_mut().zip(dci) {
+                            *d += row[j] * g;
+                        }
+                    }
+                    let qi = &s.q[i * qw + head * hd..][..hd];
+                    for j in 0..=i {
+                        let ds = row[j] * (dp[j] - weighted) * scale;
+                        if ds == 0.0 {
+                            continue;
+                        }
+                        let kj = &s.k[j * kw + kv * hd..][..hd];
+                        let dqi = &mut dq[i * qw + head * hd..][..hd];
+                        for (d, x) in dqi.iter_mut().zip(kj) {
+                            *d += ds * x;
+                        }
+                        let dkj = &mut dk[j * kw + kv * hd..][..hd];
+                        for (d, x) in dkj.iter_mut().zip(qi) {
+                            *d += ds * x;
+                        }
+                    }
+                }
+            }
+            self.rotate(&mut dq, n, heads, 0, true);
+            self.rotate(&mut dk, n, kvh, 0, true);
+            let mut dx1 = vec![0.0f32; n * dim];
+            linear_back(&mut dx1, &dq, n, &layer.wq, qw, dim);
+            linear_back(&mut dx1, &dk, n, &layer.wk, kw, dim);
+            linear_back(&mut dx1, &dv, n, &layer.wv, kw, dim);
+            rms_backward(&mut dh, &s.h, &layer.attn_norm, &s.r1, &dx1);
+        }
+        Ok(InputGrad {
+            loss: loss / m as f64,
+            targets: m,
+            grad: dh,
+        })
+    }
+}

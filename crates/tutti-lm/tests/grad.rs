@@ -1,0 +1,164 @@
+//! The frozen LM's backward (input gradients of a next-token loss, some positions fed by
+//! embeddings) against PyTorch autograd on the seeded tiny llama
+//! (`tools/parity/make_llama_fixtures.py`), and against finite differences of tutti's own loss.
+
+use std::path::{Path, PathBuf};
+
+use tutti_lm::gguf::GgufFile;
+use tutti_lm::grad::Span;
+use tutti_lm::llama::Llama;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/llama_tiny")
+}
+
+struct Fixture {
+    inputs: Vec<f32>,
+    targets: Vec<Option<u32>>,
+    loss: f64,
+    grad: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    let bytes = std::fs::read(dir().join("grad.safetensors")).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> Vec<f32> {
+        t.tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let targets = t
+        .tensor("targets")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| {
+            let v = i64::from_le_bytes(b.try_into().unwrap());
+            (v >= 0).then_some(v as u32)
+        })
+        .collect();
+    let loss = f64::from_le_bytes(t.tensor("loss").unwrap().data().try_into().unwrap());
+    Fixture {
+        inputs: f32s("inputs"),
+        targets,
+        loss,
+        grad: f32s("grad"),
+    }
+}
+
+fn model(undo: bool) -> Llama {
+    let file = GgufFile::open(&dir().join("model.gguf")).unwrap();
+    if undo {
+        Llama::from_gguf(&file).unwrap()
+    } else {
+        Llama::from_gguf_keeping_rope_layout(&file).unwrap()
+    }
+}
+
+fn worst(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn input_gradients_match_pytorch_autograd() {
+    let f = fixture();
+    let m = model(true);
+    let out = m.loss_and_input_grad(&f.inputs, &f.targets).unwrap();
+    let scale = f.grad.iter().map(|v| v.abs()).fold(0.0, f32::max);
+    let err = worst(&out.grad, &f.grad);
+    eprintln!(
+        "loss {} vs {} ; gradient worst error {err:.2e} (largest entry {scale:.3})",
+        out.loss, f.loss
+    );
+    assert!(
+        (out.loss - f.loss).abs() < 1e-5,
+        "{} vs {}",
+        out.loss,
+        f.loss
+    );
+    assert_eq!(out.targets, 4);
+    assert!(err < 1e-5 * scale.max(1.0), "{err}");
+    // The last position comes after every target: nothing flows back to it.
+    let dim = m.config.dim;
+    assert!(out.grad[11 * dim..].iter().all(|&g| g == 0.0));
+
+    // Negative control: with the query / key weights left in llama.cpp's layout the gradient
+    // is measurably different.
+    let wrong = model(false)
+        .loss_and_input_grad(&f.inputs, &f.targets)
+        .unwrap();
+    let off = worst(&wrong.grad, &f.grad);
+    eprintln!("permutation left in place: worst error {off:.2e}");
+    assert!(off > 100.0 * err.max(1e-7), "{off}");
+}
+
+#[test]
+fn gradients_agree_with_finite_differences() {
+    let f = fixture();
+    let m = model(true);
+    let out = m.loss_and_input_grad(&f.inputs, &f.targets).unwrap();
+    let dim = m.config.dim;
+    // Coordinates in a token position, an embedding position and the one right before a target.
+    for &(pos, d) in &[(1usize, 3usize), (4, 0), (6, 17), (9, 31)] {
+        let i = pos * dim + d;
+        let h = 1e-2f32;
+        let mut plus = f.inputs.clone();
+        plus[i] += h;
+        let mut minus = f.inputs.clone();
+        minus[i] -= h;
+        let lp = m.loss_and_input_grad(&plus, &f.targets).unwrap().loss;
+        let lm = m.loss_and_input_grad(&minus, &f.targets).unwrap().loss;
+        let numeric = (lp - lm) / (2.0 * h as f64);
+        let analytic = out.grad[i] as f64;
+        assert!(
+            (numeric - analytic).abs() < 2e-3 + 2e-2 * analytic.abs(),
+            "position {pos}, dim {d}: numeric {numeric}, analytic {analytic}"
+        );
+    }
+}
+
+#[test]
+fn spans_and_bad_inputs() {
+    let m = model(true);
+    let dim = m.config.dim;
+    let audio = vec![0.1f32; 2 * dim];
+    let h = m
+        .embed_spans(&[
+            Span::Tokens(&[1, 2]),
+            Span::Embeddings(&audio),
+            Span::Tokens(&[3]),
+        ])
+        .unwrap();
+    assert_eq!(h.len(), 5 * dim);
+    assert_eq!(&h[2 * dim..4 * dim], &audio[..]);
+    assert_eq!(&h[..dim], &m.embed_tokens(&[1]).unwrap()[..]);
+    // Generation from embeddings: the same logits as from the token ids when the vectors are
+    // the token embeddings.
+    let mut c1 = Default::default();
+    let mut c2 = Default::default();
+    let a = m
+        .forward_embedded(m.embed_tokens(&[1, 17, 42]).unwrap(), &mut c1)
+        .unwrap();
+    let b = m.forward_cached(&[1, 17, 42], &mut c2).unwrap();
+    assert_eq!(a.logits, b.logits);
+
+    assert!(m.embed_spans(&[Span::Embeddings(&[0.0; 3])]).is_err());
+    let none = vec![None; 5];
+    assert!(
+        m.loss_and_input_grad(&h, &none)
+            .unwrap_err()
+            .contains("no position")
+    );
+    let mut bad = h.clone();
+    bad[0] = f32::NAN;
+    let t = vec![Some(1); 5];
+    assert!(m.loss_and_input_grad(&bad, &t).unwrap_err().contains("NaN"));
+    assert!(m.loss_and_input_grad(&h, &t[..4]).is_err());
+    assert!(m.loss_and_input_grad(&h, &[Some(9999); 5]).is_err());
+}
