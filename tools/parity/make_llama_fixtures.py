@@ -6,8 +6,9 @@ and every hidden state on a token sequence, from PyTorch.
 
     /tmp/parity/bin/python tools/parity/make_llama_fixtures.py
 
-Writes fixtures/parity/llama_tiny/{model.gguf, expected.safetensors, grad.safetensors}: the last
-for the frozen LM's backward (input gradients of a next-token loss).
+Writes fixtures/parity/llama_tiny/{model.gguf, expected.safetensors, grad.safetensors, lora.safetensors}:
+the last two for the frozen LM's backward (input gradients of a next-token loss; with LoRA
+adapters, their gradients too).
 """
 
 from pathlib import Path
@@ -130,6 +131,46 @@ def grad_fixture(model):
         str(OUT / "grad.safetensors"),
     )
     print("grad fixture: loss", loss.item(), "grad norm", inputs.grad.norm().item())
+    lora_fixture(model, inputs.detach(), targets)
+
+
+LORA_TARGETS = {"attn_q": "self_attn.q_proj", "attn_v": "self_attn.v_proj", "ffn_down": "mlp.down_proj"}
+
+
+def lora_fixture(model, inputs, targets, rank=2, alpha=4.0):
+    """The same loss with LoRA adapters (rank 2, alpha 4) on the query, value and down
+    projections: `y = x W^T + (alpha / rank) (x A^T) B^T`, `A` and `B` random (B non-zero, so every
+    gradient is), and the gradients of the inputs, every `A` and every `B`."""
+    g = torch.Generator().manual_seed(12)
+    scale = alpha / rank
+    params, originals = {}, []
+    for i, layer in enumerate(model.model.layers):
+        for stem, attr in LORA_TARGETS.items():
+            owner, name = attr.split(".")
+            lin = getattr(getattr(layer, owner), name)
+            a = (0.3 * torch.randn(rank, lin.in_features, generator=g)).requires_grad_(True)
+            b = (0.3 * torch.randn(lin.out_features, rank, generator=g)).requires_grad_(True)
+            params[f"blk.{i}.{stem}"] = (a, b)
+            original = lin.forward
+            originals.append((lin, original))
+            lin.forward = lambda x, f=original, a=a, b=b: f(x) + scale * (x @ a.T) @ b.T
+    inputs = inputs.clone().requires_grad_(True)
+    logits = model(inputs_embeds=inputs[None]).logits[0]
+    loss = torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100)
+    loss.backward()
+    for lin, original in originals:
+        lin.forward = original
+    out = {
+        "loss": np.array([loss.item()], dtype=np.float64),
+        "grad": inputs.grad.numpy().astype(np.float32),
+    }
+    for key, (a, b) in params.items():
+        out[f"{key}.lora_a"] = a.detach().numpy().astype(np.float32)
+        out[f"{key}.lora_b"] = b.detach().numpy().astype(np.float32)
+        out[f"{key}.lora_a.grad"] = a.grad.numpy().astype(np.float32)
+        out[f"{key}.lora_b.grad"] = b.grad.numpy().astype(np.float32)
+    save_file(out, str(OUT / "lora.safetensors"))
+    print("lora fixture: loss", loss.item())
 
 
 if __name__ == "__main__":

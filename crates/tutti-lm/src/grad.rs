@@ -11,6 +11,7 @@
 use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
 
 use crate::llama::{Llama, linear};
+use crate::lora::{Lora, Target, project, project_back};
 
 /// One span of an input sequence.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +30,9 @@ pub struct InputGrad {
     pub targets: usize,
     /// `[n, dim]`: d loss / d input vector.
     pub grad: Vec<f32>,
+    /// d loss / d adapter values, when LoRA adapters are attached (the model's own weights get
+    /// no gradient).
+    pub lora: Option<Lora>,
 }
 
 /// `dx += dy W` for `y = x W^T` (`W` `[outputs, inputs]`).
@@ -88,16 +92,20 @@ fn sigmoid(x: f32) -> f32 {
 
 struct Saved {
     h: Vec<f32>,
+    x1: Vec<f32>,
     r1: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
     /// `[heads, n, n]` attention probabilities (zero above the diagonal).
     p: Vec<f32>,
+    ctx: Vec<f32>,
     h_mid: Vec<f32>,
+    x2: Vec<f32>,
     r2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 impl Llama {
@@ -169,11 +177,11 @@ impl Llama {
         // Forward, keeping what the backward needs.
         let mut h = inputs.to_vec();
         let mut saved = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
+        for (li, layer) in self.layers.iter().enumerate() {
             let (x1, r1) = rms_forward(&h, &layer.attn_norm, c.eps);
-            let mut q = linear(&x1, n, &layer.wq, qw, dim);
-            let mut k = linear(&x1, n, &layer.wk, kw, dim);
-            let v = linear(&x1, n, &layer.wv, kw, dim);
+            let mut q = project(&x1, n, &layer.wq, qw, dim, self.adapter(li, Target::Q));
+            let mut k = project(&x1, n, &layer.wk, kw, dim, self.adapter(li, Target::K));
+            let v = project(&x1, n, &layer.wv, kw, dim, self.adapter(li, Target::V));
             self.rope(&mut q, n, heads, 0);
             self.rope(&mut k, n, kvh, 0);
             let mut p = vec![0.0f32; heads * n * n];
@@ -204,22 +212,40 @@ impl Llama {
                     }
                 }
             }
-            let o = linear(&ctx, n, &layer.wo, dim, qw);
+            let o = project(&ctx, n, &layer.wo, dim, qw, self.adapter(li, Target::O));
             let h_in = h.clone();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let (x2, r2) = rms_forward(&h, &layer.ffn_norm, c.eps);
-            let gate = linear(&x2, n, &layer.gate, c.ffn, dim);
-            let up = linear(&x2, n, &layer.up, c.ffn, dim);
+            let gate = project(
+                &x2,
+                n,
+                &layer.gate,
+                c.ffn,
+                dim,
+                self.adapter(li, Target::Gate),
+            );
+            let up = project(&x2, n, &layer.up, c.ffn, dim, self.adapter(li, Target::Up));
             let act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(g, u)| g * sigmoid(*g) * u)
                 .collect();
-            let d = linear(&act, n, &layer.down, dim, c.ffn);
+            let d = project(
+                &act,
+                n,
+                &layer.down,
+                dim,
+                c.ffn,
+                self.adapter(li, Target::Down),
+            );
             let h_mid = h.clone();
             h.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
             saved.push(Saved {
                 h: h_in,
+                x1,
+                ctx,
+                x2,
+                act,
                 r1,
                 q,
                 k,
@@ -261,10 +287,21 @@ impl Llama {
         rms_backward(&mut dh, &h, &self.norm, &rn, &dxn);
 
         // Backward through the blocks.
-        for (layer, s) in self.layers.iter().zip(&saved).rev() {
+        let mut lora_grad = self.lora.as_ref().map(Lora::zeros_like);
+        for (li, (layer, s)) in self.layers.iter().zip(&saved).enumerate().rev() {
+            let mut back = |dx: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], t: Target| {
+                let (outputs, inputs) = t.shape(self);
+                let adapter = match (self.adapter(li, t), lora_grad.as_mut()) {
+                    (Some((a, scale)), Some(g)) => {
+                        Some((a, scale, g.adapters[li].get_mut(&t).expect("same targets")))
+                    }
+                    _ => None,
+                };
+                project_back(dx, dy, x, n, w, outputs, inputs, adapter);
+            };
             // MLP: h_out = h_mid + down(silu(gate(x2)) * up(x2)).
             let mut dact = vec![0.0f32; n * c.ffn];
-            linear_back(&mut dact, &dh, n, &layer.down, dim, c.ffn);
+            back(&mut dact, &dh, &s.act, &layer.down, Target::Down);
             let mut dgate = vec![0.0f32; n * c.ffn];
             let mut dup = vec![0.0f32; n * c.ffn];
             for (((da, g), u), (dg, du)) in dact
@@ -278,13 +315,13 @@ impl Llama {
                 *dg = da * u * sg * (1.0 + g * (1.0 - sg));
             }
             let mut dx2 = vec![0.0f32; n * dim];
-            linear_back(&mut dx2, &dgate, n, &layer.gate, c.ffn, dim);
-            linear_back(&mut dx2, &dup, n, &layer.up, c.ffn, dim);
+            back(&mut dx2, &dgate, &s.x2, &layer.gate, Target::Gate);
+            back(&mut dx2, &dup, &s.x2, &layer.up, Target::Up);
             rms_backward(&mut dh, &s.h_mid, &layer.ffn_norm, &s.r2, &dx2);
 
             // Attention: h_mid = h + wo(attention(rope(q), rope(k), v)).
             let mut dctx = vec![0.0f32; n * qw];
-            linear_back(&mut dctx, &dh, n, &layer.wo, dim, qw);
+            back(&mut dctx, &dh, &s.ctx, &layer.wo, Target::O);
             let mut dq = vec![0.0f32; n * qw];
             let mut dk = vec![0.0f32; n * kw];
             let mut dv = vec![0.0f32; n * kw];
@@ -325,15 +362,16 @@ impl Llama {
             self.rotate(&mut dq, n, heads, 0, true);
             self.rotate(&mut dk, n, kvh, 0, true);
             let mut dx1 = vec![0.0f32; n * dim];
-            linear_back(&mut dx1, &dq, n, &layer.wq, qw, dim);
-            linear_back(&mut dx1, &dk, n, &layer.wk, kw, dim);
-            linear_back(&mut dx1, &dv, n, &layer.wv, kw, dim);
+            back(&mut dx1, &dq, &s.x1, &layer.wq, Target::Q);
+            back(&mut dx1, &dk, &s.x1, &layer.wk, Target::K);
+            back(&mut dx1, &dv, &s.x1, &layer.wv, Target::V);
             rms_backward(&mut dh, &s.h, &layer.attn_norm, &s.r1, &dx1);
         }
         Ok(InputGrad {
             loss: loss / m as f64,
             targets: m,
             grad: dh,
+            lora: lora_grad,
         })
     }
 }

@@ -8,4 +8,5 @@ pub mod generate;
 pub mod gguf;
 pub mod grad;
 pub mod llama;
+pub mod lora;
 pub mod tokenizer;

@@ -15,6 +15,7 @@
 use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
 
 use crate::gguf::{GgufError, GgufFile};
+use crate::lora::{Adapter, Lora, Target, project};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
@@ -50,6 +51,8 @@ pub struct Llama {
     pub(crate) norm: Vec<f32>,
     /// `None`: tied to the embeddings.
     pub(crate) output: Option<Vec<f32>>,
+    /// LoRA adapters on the projections, when attached.
+    pub(crate) lora: Option<Lora>,
 }
 
 /// A forward pass's results: `logits` `[tokens, vocab]`, `hidden[l]` `[tokens, dim]`.
@@ -210,7 +213,50 @@ impl Llama {
             layers,
             output,
             config,
+            lora: None,
         })
+    }
+
+    /// Attach LoRA adapters (made for this model by [`Lora::new`] or [`Lora::load`]), or detach
+    /// them with `None`; returns the ones attached before.
+    pub fn set_lora(&mut self, lora: Option<Lora>) -> Result<Option<Lora>, String> {
+        if let Some(l) = &lora {
+            if l.adapters.len() != self.config.layers {
+                return Err(format!(
+                    "LoRA adapters for {} blocks on a model of {}",
+                    l.adapters.len(),
+                    self.config.layers
+                ));
+            }
+            for (t, a) in l.adapters.iter().flat_map(|m| m.iter()) {
+                if t.shape(self) != (a.outputs, a.inputs) {
+                    return Err(format!(
+                        "LoRA adapter on {} is {}x{}, the model's projection {:?}",
+                        t.name(),
+                        a.outputs,
+                        a.inputs,
+                        t.shape(self)
+                    ));
+                }
+            }
+        }
+        Ok(std::mem::replace(&mut self.lora, lora))
+    }
+
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The attached adapters, to update them in place (an optimiser step).
+    pub fn lora_mut(&mut self) -> Option<&mut Lora> {
+        self.lora.as_mut()
+    }
+
+    /// Block `li`'s adapter on `target`, with the LoRA scale.
+    pub(crate) fn adapter(&self, li: usize, target: Target) -> Option<(&Adapter, f32)> {
+        self.lora
+            .as_ref()
+            .and_then(|l| l.get(li, target).map(|a| (a, l.scale())))
     }
 
     /// Rotary embedding in place on `[tokens, n_head * head_dim]` for positions `first..`
@@ -324,9 +370,30 @@ impl Llama {
         let total = past + n;
         for (li, layer) in self.layers.iter().enumerate() {
             let x = rms_norm(&h, &layer.attn_norm, c.eps);
-            let mut q = linear(&x, n, &layer.wq, c.heads * hd, c.dim);
-            let mut k = linear(&x, n, &layer.wk, c.kv_heads * hd, c.dim);
-            let v = linear(&x, n, &layer.wv, c.kv_heads * hd, c.dim);
+            let mut q = project(
+                &x,
+                n,
+                &layer.wq,
+                c.heads * hd,
+                c.dim,
+                self.adapter(li, Target::Q),
+            );
+            let mut k = project(
+                &x,
+                n,
+                &layer.wk,
+                c.kv_heads * hd,
+                c.dim,
+                self.adapter(li, Target::K),
+            );
+            let v = project(
+                &x,
+                n,
+                &layer.wv,
+                c.kv_heads * hd,
+                c.dim,
+                self.adapter(li, Target::V),
+            );
             self.rope(&mut q, n, c.heads, past);
             self.rope(&mut k, n, c.kv_heads, past);
             cache.keys[li].extend_from_slice(&k);
@@ -360,17 +427,38 @@ impl Llama {
                     }
                 }
             }
-            let o = linear(&ctx, n, &layer.wo, c.dim, c.heads * hd);
+            let o = project(
+                &ctx,
+                n,
+                &layer.wo,
+                c.dim,
+                c.heads * hd,
+                self.adapter(li, Target::O),
+            );
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let x = rms_norm(&h, &layer.ffn_norm, c.eps);
-            let gate = linear(&x, n, &layer.gate, c.ffn, c.dim);
-            let up = linear(&x, n, &layer.up, c.ffn, c.dim);
+            let gate = project(
+                &x,
+                n,
+                &layer.gate,
+                c.ffn,
+                c.dim,
+                self.adapter(li, Target::Gate),
+            );
+            let up = project(&x, n, &layer.up, c.ffn, c.dim, self.adapter(li, Target::Up));
             let act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
-            let d = linear(&act, n, &layer.down, c.dim, c.ffn);
+            let d = project(
+                &act,
+                n,
+                &layer.down,
+                c.dim,
+                c.ffn,
+                self.adapter(li, Target::Down),
+            );
             h.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
             if li + 1 < self.layers.len() {
                 hidden.push(h.clone());
