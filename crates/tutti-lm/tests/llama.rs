@@ -194,3 +194,71 @@ fn cached_decoding_equals_the_full_sequence() {
         seq.push(g);
     }
 }
+
+/// The shipped SmolLM2 against transformers loading the same GGUF file
+/// (tools/parity/make_smollm2_fixtures.py writes the reference to $TUTTI_HOME/parity/smollm2):
+/// the last position's logits on four prompts and every hidden state on one. On demand: skipped
+/// (saying so) when the file or the reference is missing.
+#[test]
+fn smollm2_matches_transformers_on_the_same_file() {
+    let home = std::env::var_os("TUTTI_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
+    let path = home.join("lm/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let reference = home.join("parity/smollm2/expected.safetensors");
+    if !path.is_file() || !reference.is_file() {
+        println!(
+            "skipped: {} or {} missing (scripts/fetch_lm.sh, tools/parity/make_smollm2_fixtures.py)",
+            path.display(),
+            reference.display()
+        );
+        return;
+    }
+    let bytes = std::fs::read(&reference).unwrap();
+    let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f32s = |n: &str| -> Vec<f32> {
+        t.tensor(n)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let file = GgufFile::open(&path).unwrap();
+    let model = Llama::from_gguf(&file).unwrap();
+    let vocab = model.config.vocab;
+    for i in 0..4 {
+        let ids: Vec<u32> = t
+            .tensor(&format!("prompt.{i}.ids"))
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect();
+        let out = model.forward(&ids).unwrap();
+        let last = &out.logits[(ids.len() - 1) * vocab..];
+        let want = f32s(&format!("prompt.{i}.logits"));
+        let err = worst(last, &want);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        eprintln!("prompt {i}: logits worst error {err:.2e} (largest {scale:.1})");
+        assert_eq!(argmax(last), argmax(&want));
+        assert!(err < 1e-3, "prompt {i}: {err}");
+        if i == 0 {
+            // The residual stream grows to hundreds in some channels, so the error is relative to
+            // each layer's largest value.
+            let mut rel = 0.0f32;
+            for (layer, h) in out.hidden.iter().enumerate() {
+                let want = f32s(&format!("hidden.{layer}"));
+                let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+                let e = worst(h, &want) / scale.max(1.0);
+                assert!(e < 1e-5, "hidden {layer}: {e} of {scale}");
+                rel = rel.max(e);
+            }
+            eprintln!(
+                "prompt 0: {} hidden states, worst error {rel:.2e} of each layer's largest value",
+                out.hidden.len()
+            );
+        }
+    }
+}
