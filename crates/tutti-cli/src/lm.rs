@@ -17,6 +17,32 @@ pub enum LmCommand {
     Generate(GenerateArgs),
     /// Per-token log-likelihood of a text under the model.
     Score(ScoreArgs),
+    /// Time prefill, decoding and the frozen backward (what one audio-LM training example
+    /// costs): median of --iterations after a warm-up.
+    Bench(LmBenchArgs),
+}
+
+#[derive(Args)]
+pub struct LmBenchArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt length for prefill.
+    #[arg(long, default_value_t = 128)]
+    prompt_tokens: usize,
+    /// Tokens decoded one by one after the prompt (KV cache).
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Sequence length of the forward + backward, and how many of its positions are fed by
+    /// embeddings instead of tokens.
+    #[arg(long, default_value_t = 64)]
+    train_tokens: usize,
+    #[arg(long, default_value_t = 32)]
+    embedding_positions: usize,
+    #[arg(long, default_value_t = 5)]
+    iterations: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -87,6 +113,7 @@ pub fn run(command: LmCommand) -> anyhow::Result<ExitCode> {
     match command {
         LmCommand::Generate(args) => generate(args),
         LmCommand::Score(args) => score(args),
+        LmCommand::Bench(args) => bench(args),
     }
 }
 
@@ -209,6 +236,140 @@ fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
             "{} tokens: total log p {total:.4}, perplexity {perplexity:.3}",
             logp.len()
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
+    if args.embedding_positions >= args.train_tokens || args.prompt_tokens == 0 {
+        bail!("need 0 < --embedding-positions < --train-tokens and --prompt-tokens > 0");
+    }
+    let lm = open(&args.model)?;
+    let m = &lm.model;
+    let c = &m.config;
+    if args.prompt_tokens + args.new_tokens > c.context || args.train_tokens > c.context {
+        bail!("the lengths exceed the model's context of {}", c.context);
+    }
+    // A fixed pseudo-text: ordinary (non-special) token ids spread over the vocabulary.
+    let ordinary: Vec<u32> = (0..c.vocab as u32)
+        .filter(|&i| !lm.tokenizer.is_special(i))
+        .collect();
+    let token = |i: usize| ordinary[(i * 7919 + 13) % ordinary.len()];
+    let prompt: Vec<u32> = (0..args.prompt_tokens).map(token).collect();
+    let iterations = args.iterations.max(1);
+    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        f()?;
+        let mut t = Vec::new();
+        for _ in 0..iterations {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+        Ok(median(t))
+    };
+    let prefill = time(&mut || {
+        let mut cache = tutti_lm::llama::KvCache::default();
+        m.forward_cached(&prompt, &mut cache)
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    })?;
+    let mut decode_times = Vec::new();
+    for _ in 0..iterations.min(3) {
+        let mut cache = tutti_lm::llama::KvCache::default();
+        m.forward_cached(&prompt, &mut cache)
+            .map_err(anyhow::Error::msg)?;
+        let start = Instant::now();
+        for i in 0..args.new_tokens {
+            m.forward_cached(&[token(args.prompt_tokens + i)], &mut cache)
+                .map_err(anyhow::Error::msg)?;
+        }
+        decode_times.push(start.elapsed().as_secs_f64());
+    }
+    let decode = median(decode_times);
+    // Training example: text, embeddings (the audio span), text; loss on the text after the span.
+    let e = args.embedding_positions;
+    let before = (args.train_tokens - e) / 2;
+    let after = args.train_tokens - e - before;
+    let head: Vec<u32> = (0..before).map(token).collect();
+    let tail: Vec<u32> = (0..after).map(|i| token(before + i)).collect();
+    let audio: Vec<f32> = (0..e * c.dim)
+        .map(|i| ((i as f32 * 0.618).fract() - 0.5) * 0.1)
+        .collect();
+    let inputs = m
+        .embed_spans(&[
+            tutti_lm::grad::Span::Tokens(&head),
+            tutti_lm::grad::Span::Embeddings(&audio),
+            tutti_lm::grad::Span::Tokens(&tail),
+        ])
+        .map_err(anyhow::Error::msg)?;
+    let mut targets = vec![None; args.train_tokens];
+    for (i, &t) in tail.iter().enumerate() {
+        targets[before + e + i - 1] = Some(t);
+    }
+    let train = time(&mut || {
+        m.loss_and_input_grad(&inputs, &targets)
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    })?;
+    let train_forward = time(&mut || {
+        m.forward_embedded(inputs.clone(), &mut Default::default())
+            .map_err(anyhow::Error::msg)?;
+        Ok(())
+    })?;
+    let threads = rayon::current_num_threads();
+    let value = serde_json::json!({
+        "model": lm.path,
+        "threads": threads,
+        "prompt_tokens": args.prompt_tokens,
+        "prefill_secs": prefill,
+        "prefill_tokens_per_sec": args.prompt_tokens as f64 / prefill,
+        "new_tokens": args.new_tokens,
+        "decode_secs": decode,
+        "decode_tokens_per_sec": args.new_tokens as f64 / decode,
+        "train_tokens": args.train_tokens,
+        "embedding_positions": e,
+        "forward_secs": train_forward,
+        "forward_backward_secs": train,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{} ({threads} threads)", lm.path.display());
+        println!(
+            "prefill  {:>4} tokens  {:>8.1} ms  {:>7.1} tokens/s",
+            args.prompt_tokens,
+            prefill * 1e3,
+            args.prompt_tokens as f64 / prefill
+        );
+        println!(
+            "decode   {:>4} tokens  {:>8.1} ms  {:>7.1} tokens/s",
+            args.new_tokens,
+            decode * 1e3,
+            args.new_tokens as f64 / decode
+        );
+        println!(
+            "forward + backward to the inputs, {} tokens ({e} from embeddings): {:.1} ms (forward alone {:.1} ms)",
+            args.train_tokens,
+            train * 1e3,
+            train_forward * 1e3
+        );
+        if let Some(p) = peak_rss_mib() {
+            println!("peak memory {p:.0} MiB");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
