@@ -42,6 +42,90 @@ impl Sampling {
     }
 }
 
+/// What generation needs of a language model: the logits of the next tokens after those in a
+/// cache. SmolLM2 ([`Llama`], cache [`KvCache`]) and Whisper's decoder
+/// ([`crate::whisper::WhisperDecoder`], cache [`crate::whisper::WhisperCache`], started from a
+/// clip's encoder states) both implement it, so they decode through the same code.
+pub trait CausalLm {
+    type Cache;
+    fn vocab(&self) -> usize;
+    /// The most positions a sequence may hold.
+    fn context(&self) -> usize;
+    /// Logits `[tokens, vocab]` of `tokens` after those already in `cache`, appended to it.
+    fn next_logits(&self, tokens: &[u32], cache: &mut Self::Cache) -> Result<Vec<f32>, String>;
+    fn cached(&self, cache: &Self::Cache) -> usize;
+}
+
+impl CausalLm for Llama {
+    type Cache = KvCache;
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn context(&self) -> usize {
+        self.config.context
+    }
+    fn next_logits(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, String> {
+        Ok(self.forward_cached(tokens, cache)?.logits)
+    }
+    fn cached(&self, cache: &KvCache) -> usize {
+        cache.len()
+    }
+}
+
+impl CausalLm for crate::whisper::WhisperDecoder {
+    type Cache = crate::whisper::WhisperCache;
+    fn vocab(&self) -> usize {
+        self.config.vocab
+    }
+    fn context(&self) -> usize {
+        self.config.max_positions
+    }
+    fn next_logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut crate::whisper::WhisperCache,
+    ) -> Result<Vec<f32>, String> {
+        self.forward_cached(tokens, cache)
+    }
+    fn cached(&self, cache: &crate::whisper::WhisperCache) -> usize {
+        cache.len()
+    }
+}
+
+/// Continue `prompt` by up to `max_new` tokens from `cache` (fresh, or started from audio),
+/// stopping after a token in `stop`, at the context's end, or when `on_token` returns false.
+pub fn generate<M: CausalLm>(
+    model: &M,
+    cache: &mut M::Cache,
+    prompt: &[u32],
+    max_new: usize,
+    sampling: Sampling,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>, String> {
+    sampling.validate()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
+    let vocab = model.vocab();
+    let mut out = Vec::new();
+    if max_new == 0 {
+        return Ok(out);
+    }
+    let mut logits = model.next_logits(prompt, cache)?;
+    loop {
+        let next = choose(&logits[logits.len() - vocab..], sampling, &mut rng);
+        out.push(next);
+        if !on_token(next)
+            || stop.contains(&next)
+            || out.len() >= max_new
+            || model.cached(cache) >= model.context()
+        {
+            break;
+        }
+        logits = model.next_logits(&[next], cache)?;
+    }
+    Ok(out)
+}
+
 /// A language model and its tokenizer, from one GGUF file.
 pub struct Lm {
     pub path: PathBuf,
@@ -101,31 +185,18 @@ impl Lm {
         prompt: &[u32],
         max_new: usize,
         sampling: Sampling,
-        mut on_token: impl FnMut(u32) -> bool,
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>, String> {
-        sampling.validate()?;
-        let mut rng = ChaCha8Rng::seed_from_u64(sampling.seed);
-        let vocab = self.model.config.vocab;
         let mut cache = KvCache::default();
-        let mut out = Vec::new();
-        if max_new == 0 {
-            return Ok(out);
-        }
-        let mut logits = self.model.forward_cached(prompt, &mut cache)?.logits;
-        loop {
-            let next = choose(&logits[logits.len() - vocab..], sampling, &mut rng);
-            out.push(next);
-            let go_on = on_token(next);
-            if !go_on
-                || self.tokenizer.stop.contains(&next)
-                || out.len() >= max_new
-                || cache.len() >= self.model.config.context
-            {
-                break;
-            }
-            logits = self.model.forward_cached(&[next], &mut cache)?.logits;
-        }
-        Ok(out)
+        generate(
+            &self.model,
+            &mut cache,
+            prompt,
+            max_new,
+            sampling,
+            &self.tokenizer.stop,
+            on_token,
+        )
     }
 
     /// The log-probability (natural log) of each token after the first given the ones before.

@@ -10,3 +10,4 @@ pub mod grad;
 pub mod llama;
 pub mod lora;
 pub mod tokenizer;
+pub mod whisper;

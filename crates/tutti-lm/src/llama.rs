@@ -474,22 +474,15 @@ impl Llama {
 
     /// Greedy continuation of `prompt` by up to `max_new` tokens, stopping after any of `stop`.
     pub fn greedy(&self, prompt: &[u32], max_new: usize, stop: &[u32]) -> Result<Vec<u32>, String> {
-        let mut cache = KvCache::default();
-        let mut out = Vec::new();
-        let mut logits = self.forward_cached(prompt, &mut cache)?.logits;
-        let vocab = self.config.vocab;
-        for _ in 0..max_new {
-            let last = &logits[logits.len() - vocab..];
-            let next = (0..vocab)
-                .max_by(|&a, &b| last[a].total_cmp(&last[b]).then(b.cmp(&a)))
-                .expect("a vocabulary") as u32;
-            out.push(next);
-            if stop.contains(&next) || cache.len >= self.config.context {
-                break;
-            }
-            logits = self.forward_cached(&[next], &mut cache)?.logits;
-        }
-        Ok(out)
+        crate::generate::generate(
+            self,
+            &mut KvCache::default(),
+            prompt,
+            max_new,
+            crate::generate::Sampling::GREEDY,
+            stop,
+            |_| true,
+        )
     }
 }
 

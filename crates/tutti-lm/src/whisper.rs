@@ -1,0 +1,446 @@
+//! Whisper's text decoder as a language model conditioned on audio: token and learned position
+//! embeddings -> blocks of (LayerNorm -> causal self-attention -> residual; LayerNorm ->
+//! cross-attention over the encoder's states -> residual; LayerNorm -> GELU MLP -> residual) ->
+//! LayerNorm -> logits through the tied token embedding. f32 on tutti-nn's products, with a KV
+//! cache (the cross-attention keys and values are computed once per clip).
+//!
+//! Weights come from a model directory in the Hugging Face layout (`decoder.*` or
+//! `model.decoder.*` in `model.safetensors`, `config.json`), as `tutti convert ct2-whisper
+//! --with-decoder` writes it for the teachers; the tokenizer from the directory's
+//! `tokenizer.json` (Hugging Face `tokenizers`). Tested against transformers'
+//! `WhisperForConditionalGeneration` on a seeded tiny model (`tests/whisper.rs`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+use tutti_nn::kernels::{add_rows, bias_gelu_rows, layer_norm_rows};
+
+use crate::llama::linear;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WhisperDecoderConfig {
+    pub vocab: usize,
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub ffn: usize,
+    pub max_positions: usize,
+}
+
+struct Affine {
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    outputs: usize,
+    inputs: usize,
+}
+
+impl Affine {
+    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = linear(x, rows, &self.w, self.outputs, self.inputs);
+        if let Some(b) = &self.b {
+            add_rows(&mut y, b);
+        }
+        y
+    }
+}
+
+struct Norm {
+    w: Vec<f32>,
+    b: Vec<f32>,
+}
+
+impl Norm {
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = x.to_vec();
+        layer_norm_rows(&mut y, self.w.len(), Some(&self.w), Some(&self.b), 1e-5);
+        y
+    }
+}
+
+struct Attention {
+    q: Affine,
+    k: Affine,
+    v: Affine,
+    o: Affine,
+}
+
+struct Block {
+    self_norm: Norm,
+    self_attn: Attention,
+    cross_norm: Norm,
+    cross_attn: Attention,
+    ffn_norm: Norm,
+    fc1: Affine,
+    fc2: Affine,
+}
+
+pub struct WhisperDecoder {
+    pub config: WhisperDecoderConfig,
+    pub path: PathBuf,
+    embed: Vec<f32>,
+    positions: Vec<f32>,
+    blocks: Vec<Block>,
+    norm: Norm,
+}
+
+/// The decoder's state for one clip: the cross-attention keys and values of its encoder states,
+/// and the self-attention keys and values of the tokens so far.
+#[derive(Debug, Clone, Default)]
+pub struct WhisperCache {
+    cross_k: Vec<Vec<f32>>,
+    cross_v: Vec<Vec<f32>>,
+    frames: usize,
+    self_k: Vec<Vec<f32>>,
+    self_v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl WhisperCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Scaled dot-product attention of `q` `[n, heads * hd]` over `k`, `v` `[m, heads * hd]`; with
+/// `causal_offset = Some(p)`, query `i` sees keys `..= p + i`.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    m: usize,
+    heads: usize,
+    hd: usize,
+    causal_offset: Option<usize>,
+) -> Vec<f32> {
+    let w = heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0.0f32; n * w];
+    let mut scores = vec![0.0f32; m];
+    for h in 0..heads {
+        for i in 0..n {
+            let visible = causal_offset.map_or(m, |p| (p + i + 1).min(m));
+            let qi = &q[i * w + h * hd..][..hd];
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate().take(visible) {
+                let kj = &k[j * w + h * hd..][..hd];
+                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut().take(visible) {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[i * w + h * hd..][..hd];
+            for (j, s) in scores.iter().enumerate().take(visible) {
+                let vj = &v[j * w + h * hd..][..hd];
+                let p = s / sum;
+                for (o, x) in o.iter_mut().zip(vj) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+    out
+}
+
+impl WhisperDecoder {
+    /// The decoder of a Whisper model directory (`config.json`, `model.safetensors`).
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let fail = |m: String| format!("{}: {m}", dir.display());
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let int = |k: &str| {
+            json.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("{}: no integer '{k}'", config_path.display()))
+        };
+        if json.get("model_type").and_then(|v| v.as_str()) != Some("whisper") {
+            return Err(format!("{}: not a Whisper config", config_path.display()));
+        }
+        let config = WhisperDecoderConfig {
+            vocab: int("vocab_size")?,
+            dim: int("d_model")?,
+            layers: int("decoder_layers")?,
+            heads: int("decoder_attention_heads")?,
+            ffn: int("decoder_ffn_dim")?,
+            max_positions: int("max_target_positions")?,
+        };
+        if config.heads == 0 || !config.dim.is_multiple_of(config.heads) {
+            return Err(fail(format!(
+                "{} heads for width {}",
+                config.heads, config.dim
+            )));
+        }
+        let weights = dir.join("model.safetensors");
+        let file =
+            std::fs::File::open(&weights).map_err(|e| format!("{}: {e}", weights.display()))?;
+        // SAFETY: read-only map of a file this process does not modify.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| format!("{}: {e}", weights.display()))?;
+        let st =
+            SafeTensors::deserialize(&map).map_err(|e| format!("{}: {e}", weights.display()))?;
+        let names: HashMap<String, String> = st
+            .names()
+            .into_iter()
+            .filter_map(|n| {
+                let short = n.strip_prefix("model.").unwrap_or(n);
+                short
+                    .starts_with("decoder.")
+                    .then(|| (short.to_string(), n.to_string()))
+            })
+            .collect();
+        if names.is_empty() {
+            return Err(format!(
+                "{}: no decoder weights (convert with --with-decoder)",
+                weights.display()
+            ));
+        }
+        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
+            let full = names
+                .get(name)
+                .ok_or_else(|| format!("{}: no tensor {name}", weights.display()))?;
+            let t = st
+                .tensor(full)
+                .map_err(|e| format!("{}: {e}", weights.display()))?;
+            if t.shape() != shape {
+                return Err(format!(
+                    "{}: {name} has shape {:?}, expected {shape:?}",
+                    weights.display(),
+                    t.shape()
+                ));
+            }
+            let values: Vec<f32> = match t.dtype() {
+                Dtype::F32 => t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().expect("4")))
+                    .collect(),
+                Dtype::F16 => t
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes(b.try_into().expect("2")).to_f32())
+                    .collect(),
+                Dtype::BF16 => t
+                    .data()
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes(b.try_into().expect("2")).to_f32())
+                    .collect(),
+                other => {
+                    return Err(format!("{}: {name} is {other:?}", weights.display()));
+                }
+            };
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(format!(
+                    "{}: {name} holds NaN or infinite values",
+                    weights.display()
+                ));
+            }
+            Ok(values)
+        };
+        let c = &config;
+        let d = c.dim;
+        let affine =
+            |name: &str, outputs: usize, inputs: usize, bias: bool| -> Result<Affine, String> {
+                Ok(Affine {
+                    w: get(&format!("{name}.weight"), &[outputs, inputs])?,
+                    b: if bias {
+                        Some(get(&format!("{name}.bias"), &[outputs])?)
+                    } else {
+                        None
+                    },
+                    outputs,
+                    inputs,
+                })
+            };
+        let norm = |name: &str| -> Result<Norm, String> {
+            Ok(Norm {
+                w: get(&format!("{name}.weight"), &[d])?,
+                b: get(&format!("{name}.bias"), &[d])?,
+            })
+        };
+        let attention = |p: &str| -> Result<Attention, String> {
+            Ok(Attention {
+                q: affine(&format!("{p}.q_proj"), d, d, true)?,
+                k: affine(&format!("{p}.k_proj"), d, d, false)?,
+                v: affine(&format!("{p}.v_proj"), d, d, true)?,
+                o: affine(&format!("{p}.out_proj"), d, d, true)?,
+            })
+        };
+        let mut blocks = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let p = format!("decoder.layers.{i}");
+            blocks.push(Block {
+                self_norm: norm(&format!("{p}.self_attn_layer_norm"))?,
+                self_attn: attention(&format!("{p}.self_attn"))?,
+                cross_norm: norm(&format!("{p}.encoder_attn_layer_norm"))?,
+                cross_attn: attention(&format!("{p}.encoder_attn"))?,
+                ffn_norm: norm(&format!("{p}.final_layer_norm"))?,
+                fc1: affine(&format!("{p}.fc1"), c.ffn, d, true)?,
+                fc2: affine(&format!("{p}.fc2"), d, c.ffn, true)?,
+            });
+        }
+        Ok(Self {
+            embed: get("decoder.embed_tokens.weight", &[c.vocab, d])?,
+            positions: get("decoder.embed_positions.weight", &[c.max_positions, d])?,
+            norm: norm("decoder.layer_norm")?,
+            blocks,
+            path: dir.to_path_buf(),
+            config,
+        })
+    }
+
+    /// A fresh state for one clip's encoder states `[frames, dim]`.
+    pub fn start(&self, encoder_states: &[f32]) -> Result<WhisperCache, String> {
+        let d = self.config.dim;
+        if encoder_states.is_empty() || !encoder_states.len().is_multiple_of(d) {
+            return Err(format!(
+                "{} encoder values are not a whole number of {d}-wide frames",
+                encoder_states.len()
+            ));
+        }
+        if encoder_states.iter().any(|v| !v.is_finite()) {
+            return Err("the encoder states hold NaN or infinite values".into());
+        }
+        let frames = encoder_states.len() / d;
+        let mut cache = WhisperCache {
+            frames,
+            ..Default::default()
+        };
+        for b in &self.blocks {
+            cache
+                .cross_k
+                .push(b.cross_attn.k.apply(encoder_states, frames));
+            cache
+                .cross_v
+                .push(b.cross_attn.v.apply(encoder_states, frames));
+            cache.self_k.push(Vec::new());
+            cache.self_v.push(Vec::new());
+        }
+        Ok(cache)
+    }
+
+    /// The logits `[tokens, vocab]` of the next `tokens` after those in `cache`.
+    pub fn forward_cached(
+        &self,
+        tokens: &[u32],
+        cache: &mut WhisperCache,
+    ) -> Result<Vec<f32>, String> {
+        let c = &self.config;
+        let (d, n) = (c.dim, tokens.len());
+        if n == 0 {
+            return Err("an empty sequence".into());
+        }
+        if cache.cross_k.len() != self.blocks.len() {
+            return Err(
+                "the cache was not started with the encoder states (WhisperDecoder::start)".into(),
+            );
+        }
+        let past = cache.len;
+        if past + n > c.max_positions {
+            return Err(format!(
+                "{} tokens exceed Whisper's {} positions",
+                past + n,
+                c.max_positions
+            ));
+        }
+        let mut h = Vec::with_capacity(n * d);
+        for (i, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            if t >= c.vocab {
+                return Err(format!(
+                    "token {t} is outside the vocabulary of {}",
+                    c.vocab
+                ));
+            }
+            let pos = &self.positions[(past + i) * d..][..d];
+            h.extend(
+                self.embed[t * d..(t + 1) * d]
+                    .iter()
+                    .zip(pos)
+                    .map(|(a, b)| a + b),
+            );
+        }
+        let hd = d / c.heads;
+        for (li, b) in self.blocks.iter().enumerate() {
+            let x = b.self_norm.apply(&h);
+            let q = b.self_attn.q.apply(&x, n);
+            cache.self_k[li].extend(b.self_attn.k.apply(&x, n));
+            cache.self_v[li].extend(b.self_attn.v.apply(&x, n));
+            let ctx = attend(
+                &q,
+                &cache.self_k[li],
+                &cache.self_v[li],
+                n,
+                past + n,
+                c.heads,
+                hd,
+                Some(past),
+            );
+            let o = b.self_attn.o.apply(&ctx, n);
+            h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            let x = b.cross_norm.apply(&h);
+            let q = b.cross_attn.q.apply(&x, n);
+            let ctx = attend(
+                &q,
+                &cache.cross_k[li],
+                &cache.cross_v[li],
+                n,
+                cache.frames,
+                c.heads,
+                hd,
+                None,
+            );
+            let o = b.cross_attn.o.apply(&ctx, n);
+            h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            let x = b.ffn_norm.apply(&h);
+            let mut mid = linear(&x, n, &b.fc1.w, c.ffn, d);
+            bias_gelu_rows(&mut mid, b.fc1.b.as_deref().expect("fc1 has a bias"));
+            let o = b.fc2.apply(&mid, n);
+            h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.len = past + n;
+        let x = self.norm.apply(&h);
+        Ok(linear(&x, n, &self.embed, c.vocab, d))
+    }
+
+    /// Greedy continuation of `prompt` (e.g. `<|startoftranscript|><|en|><|transcribe|>
+    /// <|notimestamps|>`) given the encoder states, stopping after any of `stop`.
+    pub fn greedy(
+        &self,
+        encoder_states: &[f32],
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>, String> {
+        let mut cache = self.start(encoder_states)?;
+        crate::generate::generate(
+            self,
+            &mut cache,
+            prompt,
+            max_new,
+            crate::generate::Sampling::GREEDY,
+            stop,
+            |_| true,
+        )
+    }
+}
+
+/// The tokenizer of a Whisper model directory (`tokenizer.json`).
+pub fn whisper_tokenizer(dir: &Path) -> Result<tokenizers::Tokenizer, String> {
+    let path = dir.join("tokenizer.json");
+    tokenizers::Tokenizer::from_file(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
