@@ -1,6 +1,7 @@
 """The language model side by side, same file, same token ids, same threads: tutti (`tutti lm
 bench --json`), PyTorch (transformers loading the same GGUF, dequantised to f32, eager) and, when
-`llama_cpp` (llama-cpp-python) is importable, llama.cpp on the GGUF as it is (Q4_1).
+`llama_cpp` (llama-cpp-python, tools/parity/requirements-llamacpp.txt) is importable, llama.cpp
+on the GGUF as it is (Q4_1).
 
 Measured: prefill of --prompt-tokens, decoding --new-tokens one by one with the KV cache, and the
 forward + backward of a --train-tokens sequence whose middle --embedding-positions come from

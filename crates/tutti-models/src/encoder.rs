@@ -63,7 +63,7 @@ pub struct EncoderOutput {
 }
 
 /// An audio encoder: a batch of mono waveforms in, every hidden state out.
-pub trait AudioEncoder {
+pub trait AudioEncoder: Send + Sync {
     fn info(&self) -> EncoderInfo;
 
     /// Output frames for an input of `samples` samples at `info().sample_rate_hz`.
