@@ -463,6 +463,20 @@ fn bad_recipes_are_refused_before_any_work() {
             good.replace("domain = \"speech\"", "domain = \"speech\"\nlayers = [7]"),
             "has no target layer 7",
         ),
+        (
+            good.replace(
+                "domain = \"speech\"",
+                "domain = \"speech\"\nstudent_layers = [1]",
+            ),
+            "1 student_layers for 2 target layers",
+        ),
+        (
+            good.replace(
+                "domain = \"speech\"",
+                "domain = \"speech\"\nstudent_layers = [1, 9]",
+            ),
+            "student layer 9 does not exist",
+        ),
     ];
     for (i, (text, reason)) in cases.iter().enumerate() {
         let path = tmp.path().join(format!("bad{i}.toml"));
@@ -482,4 +496,25 @@ fn bad_recipes_are_refused_before_any_work() {
         );
         assert!(!run.join("metrics.jsonl").exists(), "case {i} started work");
     }
+    // Chosen student layers are used as given (both of YAMNet's targets on block 1).
+    let chosen = good.replace(
+        &format!("path = \"{}\"\n", fixtures().join("yamnet_tiny").display()),
+        &format!(
+            "path = \"{}\"\nstudent_layers = [1, 1]\n",
+            fixtures().join("yamnet_tiny").display()
+        ),
+    );
+    assert_ne!(chosen, good);
+    let path = tmp.path().join("chosen.toml");
+    std::fs::write(&path, chosen).unwrap();
+    let run = tmp.path().join("run-chosen");
+    ok(tutti()
+        .args(["distill", "--config"])
+        .arg(&path)
+        .arg("-o")
+        .arg(&run));
+    let plans: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("teachers.json")).unwrap()).unwrap();
+    let text = plans.to_string();
+    assert!(text.contains("\"student_layers\":[1,1]"), "{text}");
 }

@@ -28,6 +28,7 @@
 //! [[teacher]]
 //! name = "whisper-base"       # a registered teacher (`tutti teachers list`) or: path = "DIR"
 //! domain = "speech"
+//! # student_layers = [3, 6, 9, 12]   # optional: the student blocks paired with the targets
 //!
 //! [cache]
 //! enabled = true              # teacher targets computed once into $TUTTI_HOME/targets
@@ -164,6 +165,10 @@ pub struct TeacherRecipe {
     /// transformers, these hidden states otherwise); default: the registry's, paired with the
     /// student by `k`.
     pub layers: Option<Vec<usize>>,
+    /// Student blocks (1-based) whose outputs predict the target layers, one per target layer in
+    /// order; default: spaced evenly, the teacher's last target on the student's last block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_layers: Option<Vec<usize>>,
     /// Multiplies the teacher's (domain-aware) weight.
     #[serde(default = "one")]
     pub weight: f64,

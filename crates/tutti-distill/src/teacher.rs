@@ -210,6 +210,26 @@ impl Teacher {
                 recipe.name
             ));
         }
+        let students = match &recipe.student_layers {
+            None => students,
+            Some(chosen) => {
+                if chosen.len() != layers.len() {
+                    return Err(format!(
+                        "teacher {}: {} student_layers for {} target layers {layers:?}",
+                        recipe.name,
+                        chosen.len(),
+                        layers.len()
+                    ));
+                }
+                if let Some(bad) = chosen.iter().find(|&&l| l == 0 || l > student_layers) {
+                    return Err(format!(
+                        "teacher {}: student layer {bad} does not exist (blocks 1..={student_layers})",
+                        recipe.name
+                    ));
+                }
+                chosen.clone()
+            }
+        };
         let dims: Vec<usize> = layers
             .iter()
             .map(|&l| match kind {
