@@ -263,14 +263,14 @@ fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
 }
 
 /// Median and minimum of repeated timings, after one untimed warm-up run.
-struct Timings {
-    median: f64,
+pub(crate) struct Timings {
+    pub(crate) median: f64,
     min: f64,
     count: usize,
 }
 
 impl Timings {
-    fn measure(
+    pub(crate) fn measure(
         iterations: usize,
         mut run: impl FnMut() -> anyhow::Result<f64>,
     ) -> anyhow::Result<Self> {

@@ -83,11 +83,7 @@ pub fn default_model_dir() -> PathBuf {
     if shipped.join("config.json").is_file() {
         return shipped;
     }
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tutti")))
-        .unwrap_or_else(|| PathBuf::from(".tutti"));
-    home.join("models/default")
+    tutti_models::teachers::tutti_home().join("models/default")
 }
 
 pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {

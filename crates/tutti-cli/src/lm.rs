@@ -11,6 +11,8 @@ use clap::{Args, Subcommand};
 use tutti_lm::generate::{Lm, Sampling};
 use tutti_lm::tokenizer::Message;
 
+use crate::bench::Timings;
+
 #[derive(Subcommand)]
 pub enum LmCommand {
     /// Answer a prompt (as a chat turn, unless --raw), streaming the tokens to stdout.
@@ -89,13 +91,9 @@ pub struct ScoreArgs {
 }
 
 fn model_path(arg: &ModelArg) -> PathBuf {
-    arg.model.clone().unwrap_or_else(|| {
-        std::env::var_os("TUTTI_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tutti")))
-            .unwrap_or_else(|| PathBuf::from(".tutti"))
-            .join("lm/smollm2-135m-instruct")
-    })
+    arg.model
+        .clone()
+        .unwrap_or_else(|| tutti_models::teachers::tutti_home().join("lm/smollm2-135m-instruct"))
 }
 
 fn open(arg: &ModelArg) -> anyhow::Result<Lm> {
@@ -240,19 +238,6 @@ fn score(args: ScoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
     if args.embedding_positions >= args.train_tokens || args.prompt_tokens == 0 {
         bail!("need 0 < --embedding-positions < --train-tokens and --prompt-tokens > 0");
@@ -269,25 +254,20 @@ fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
         .collect();
     let token = |i: usize| ordinary[(i * 7919 + 13) % ordinary.len()];
     let prompt: Vec<u32> = (0..args.prompt_tokens).map(token).collect();
-    let iterations = args.iterations.max(1);
-    let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
-        f()?;
-        let mut t = Vec::new();
-        for _ in 0..iterations {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed().as_secs_f64());
-        }
-        Ok(median(t))
+    let timed = |f: &dyn Fn() -> Result<(), String>| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        f().map_err(anyhow::Error::msg)?;
+        Ok(start.elapsed().as_secs_f64())
     };
-    let prefill = time(&mut || {
-        let mut cache = tutti_lm::llama::KvCache::default();
-        m.forward_cached(&prompt, &mut cache)
-            .map_err(anyhow::Error::msg)?;
-        Ok(())
-    })?;
-    let mut decode_times = Vec::new();
-    for _ in 0..iterations.min(3) {
+    let prefill = Timings::measure(args.iterations, || {
+        timed(&|| {
+            m.forward_cached(&prompt, &mut tutti_lm::llama::KvCache::default())
+                .map(|_| ())
+        })
+    })?
+    .median;
+    // Decoding alone: the prompt's prefill is outside the timed part.
+    let decode = Timings::measure(args.iterations.min(3), || {
         let mut cache = tutti_lm::llama::KvCache::default();
         m.forward_cached(&prompt, &mut cache)
             .map_err(anyhow::Error::msg)?;
@@ -296,9 +276,9 @@ fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
             m.forward_cached(&[token(args.prompt_tokens + i)], &mut cache)
                 .map_err(anyhow::Error::msg)?;
         }
-        decode_times.push(start.elapsed().as_secs_f64());
-    }
-    let decode = median(decode_times);
+        Ok(start.elapsed().as_secs_f64())
+    })?
+    .median;
     // Training example: text, embeddings (the audio span), text; loss on the text after the span.
     let e = args.embedding_positions;
     let before = (args.train_tokens - e) / 2;
@@ -319,16 +299,17 @@ fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
     for (i, &t) in tail.iter().enumerate() {
         targets[before + e + i - 1] = Some(t);
     }
-    let train = time(&mut || {
-        m.loss_and_input_grad(&inputs, &targets)
-            .map_err(anyhow::Error::msg)?;
-        Ok(())
-    })?;
-    let train_forward = time(&mut || {
-        m.forward_embedded(inputs.clone(), &mut Default::default())
-            .map_err(anyhow::Error::msg)?;
-        Ok(())
-    })?;
+    let train = Timings::measure(args.iterations, || {
+        timed(&|| m.loss_and_input_grad(&inputs, &targets).map(|_| ()))
+    })?
+    .median;
+    let train_forward = Timings::measure(args.iterations, || {
+        timed(&|| {
+            m.forward_embedded(inputs.clone(), &mut Default::default())
+                .map(|_| ())
+        })
+    })?
+    .median;
     let threads = rayon::current_num_threads();
     let value = serde_json::json!({
         "model": lm.path,
@@ -343,7 +324,7 @@ fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
         "embedding_positions": e,
         "forward_secs": train_forward,
         "forward_backward_secs": train,
-        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_mib": crate::bench::peak_memory_mib(),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -367,7 +348,7 @@ fn bench(args: LmBenchArgs) -> anyhow::Result<ExitCode> {
             train * 1e3,
             train_forward * 1e3
         );
-        if let Some(p) = peak_rss_mib() {
+        if let Some(p) = crate::bench::peak_memory_mib() {
             println!("peak memory {p:.0} MiB");
         }
     }

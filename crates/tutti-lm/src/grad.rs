@@ -8,9 +8,7 @@
 //! Checked against PyTorch autograd on a seeded tiny llama with some positions fed by embeddings
 //! (`tests/grad.rs`, fixture by tools/parity/make_llama_fixtures.py).
 
-use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
-
-use crate::llama::{Llama, linear};
+use crate::llama::{Llama, linear, linear_back};
 use crate::lora::{Lora, Target, project, project_back};
 
 /// One span of an input sequence.
@@ -33,18 +31,6 @@ pub struct InputGrad {
     /// d loss / d adapter values, when LoRA adapters are attached (the model's own weights get
     /// no gradient).
     pub lora: Option<Lora>,
-}
-
-/// `dx += dy W` for `y = x W^T` (`W` `[outputs, inputs]`).
-fn linear_back(dx: &mut [f32], dy: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: usize) {
-    matmul(
-        MatMut::new(dx, rows, inputs),
-        MatRef::new(dy, rows, outputs),
-        MatRef::new(w, outputs, inputs),
-        1.0,
-        true,
-        Threads::Pool,
-    );
 }
 
 /// RMSNorm forward, keeping each row's `1 / rms`.

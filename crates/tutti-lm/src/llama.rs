@@ -94,6 +94,25 @@ pub(crate) fn linear(x: &[f32], rows: usize, w: &[f32], outputs: usize, inputs: 
     y
 }
 
+/// `dx += dy W`: the input gradient of [`linear`] (`y = x W^T`, `W` `[outputs, inputs]`).
+pub(crate) fn linear_back(
+    dx: &mut [f32],
+    dy: &[f32],
+    rows: usize,
+    w: &[f32],
+    outputs: usize,
+    inputs: usize,
+) {
+    matmul(
+        MatMut::new(dx, rows, inputs),
+        MatRef::new(dy, rows, outputs),
+        MatRef::new(w, outputs, inputs),
+        1.0,
+        true,
+        Threads::Pool,
+    );
+}
+
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let dim = weight.len();
     let mut out = vec![0.0f32; x.len()];

@@ -15,7 +15,7 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use tutti_nn::kernels::{MatMut, MatRef, Threads, matmul};
 
-use crate::llama::{Llama, linear};
+use crate::llama::{Llama, linear, linear_back};
 
 /// A projection of a llama block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -365,14 +365,7 @@ pub(crate) fn project_back(
     inputs: usize,
     adapter: Option<(&Adapter, f32, &mut Adapter)>,
 ) {
-    matmul(
-        MatMut::new(dx, rows, inputs),
-        MatRef::new(dy, rows, outputs),
-        MatRef::new(w, outputs, inputs),
-        1.0,
-        true,
-        Threads::Pool,
-    );
+    linear_back(dx, dy, rows, w, outputs, inputs);
     if let Some((a, scale, g)) = adapter {
         let rank = a.a.len() / inputs;
         let xa = linear(x, rows, &a.a, rank, inputs);

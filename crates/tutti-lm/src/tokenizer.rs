@@ -244,7 +244,7 @@ impl LmTokenizer {
 
         let chat_template = meta_str("tokenizer.chat_template").map(str::to_string);
         let mut stop: Vec<u32> = eos.into_iter().collect();
-        if let Some(end) = vocab_id(&inner, "<|im_end|>")
+        if let Some(end) = inner.token_to_id("<|im_end|>")
             && !stop.contains(&end)
         {
             stop.push(end);
@@ -327,10 +327,6 @@ impl LmTokenizer {
             })
             .map_err(|e| format!("the chat template cannot be rendered: {e}"))
     }
-}
-
-fn vocab_id(t: &Tokenizer, token: &str) -> Option<u32> {
-    t.token_to_id(token)
 }
 
 /// ChatML, for a file that carries no template.

@@ -3,6 +3,8 @@
 //! dequantised values against `gguf.quants.dequantize`; a negative control (the 4-bit nibbles read
 //! in the wrong order) and damaged files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tutti_lm::gguf::{GgmlType, GgufFile, Value, dequantize};
@@ -146,17 +148,9 @@ fn damaged_files_are_refused_with_the_file_and_offset() {
 /// every tensor dequantised to finite values.
 #[test]
 fn the_shipped_smollm2_file_reads_whole() {
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
-    let path = home.join("lm/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        println!(
-            "skipped: {} not fetched (scripts/fetch_lm.sh)",
-            path.display()
-        );
+    let Some(path) = common::smollm2() else {
         return;
-    }
+    };
     let f = GgufFile::open(&path).unwrap();
     let m = &f.metadata;
     assert_eq!(m["general.architecture"].as_str(), Some("llama"));

@@ -2,6 +2,8 @@
 //! embeddings) against PyTorch autograd on the seeded tiny llama
 //! (`tools/parity/make_llama_fixtures.py`), and against finite differences of tutti's own loss.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tutti_lm::gguf::GgufFile;
@@ -23,23 +25,10 @@ struct Fixture {
 fn fixture() -> Fixture {
     let bytes = std::fs::read(dir().join("grad.safetensors")).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        t.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
-    let targets = t
-        .tensor("targets")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| {
-            let v = i64::from_le_bytes(b.try_into().unwrap());
-            (v >= 0).then_some(v as u32)
-        })
+    let f32s = |n: &str| common::f32s(&t, n);
+    let targets = common::i64s(&t, "targets")
+        .into_iter()
+        .map(|v| (v >= 0).then_some(v as u32))
         .collect();
     let loss = f64::from_le_bytes(t.tensor("loss").unwrap().data().try_into().unwrap());
     Fixture {
@@ -59,20 +48,13 @@ fn model(undo: bool) -> Llama {
     }
 }
 
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn input_gradients_match_pytorch_autograd() {
     let f = fixture();
     let m = model(true);
     let out = m.loss_and_input_grad(&f.inputs, &f.targets).unwrap();
     let scale = f.grad.iter().map(|v| v.abs()).fold(0.0, f32::max);
-    let err = worst(&out.grad, &f.grad);
+    let err = common::worst(&out.grad, &f.grad);
     eprintln!(
         "loss {} vs {} ; gradient worst error {err:.2e} (largest entry {scale:.3})",
         out.loss, f.loss
@@ -94,7 +76,7 @@ fn input_gradients_match_pytorch_autograd() {
     let wrong = model(false)
         .loss_and_input_grad(&f.inputs, &f.targets)
         .unwrap();
-    let off = worst(&wrong.grad, &f.grad);
+    let off = common::worst(&wrong.grad, &f.grad);
     eprintln!("permutation left in place: worst error {off:.2e}");
     assert!(off > 100.0 * err.max(1e-7), "{off}");
 }
@@ -170,16 +152,7 @@ fn tensors(name: &str) -> std::collections::BTreeMap<String, Vec<f32>> {
     t.names()
         .into_iter()
         .filter(|n| *n != "loss")
-        .map(|n| {
-            let v = t
-                .tensor(n)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n.to_string(), v)
-        })
+        .map(|n| (n.to_string(), common::f32s(&t, n)))
         .collect()
 }
 
@@ -218,7 +191,7 @@ fn lora_gradients_match_pytorch_autograd() {
         "{} vs {want_loss}",
         out.loss
     );
-    let err = worst(&out.grad, &want["grad"]);
+    let err = common::worst(&out.grad, &want["grad"]);
     eprintln!(
         "LoRA: loss {} vs {want_loss}; input gradient error {err:.2e}",
         out.loss
@@ -229,8 +202,8 @@ fn lora_gradients_match_pytorch_autograd() {
     for (i, block) in grads.adapters.iter().enumerate() {
         for (target, g) in block {
             let key = format!("blk.{i}.{}", target.name());
-            let ea = worst(&g.a, &want[&format!("{key}.lora_a.grad")]);
-            let eb = worst(&g.b, &want[&format!("{key}.lora_b.grad")]);
+            let ea = common::worst(&g.a, &want[&format!("{key}.lora_a.grad")]);
+            let eb = common::worst(&g.b, &want[&format!("{key}.lora_b.grad")]);
             largest = largest.max(ea).max(eb);
             assert!(g.b.iter().any(|&v| v != 0.0), "{key}: zero gradient");
         }
@@ -273,7 +246,7 @@ fn fresh_lora_is_the_identity_and_round_trips_through_a_file() {
     let without = m
         .forward_embedded(f.inputs.clone(), &mut Default::default())
         .unwrap();
-    assert!(worst(&with.logits, &without.logits) > 1e-3);
+    assert!(common::worst(&with.logits, &without.logits) > 1e-3);
 
     // Bad files are refused with the path.
     std::fs::write(&path, b"not safetensors").unwrap();

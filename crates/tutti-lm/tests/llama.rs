@@ -2,6 +2,8 @@
 //! llama.cpp writes llama checkpoints (`tools/parity/make_llama_fixtures.py`): logits and every
 //! hidden state; negative control: the query / key permutation left in place.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tutti_lm::gguf::GgufFile;
@@ -43,14 +45,6 @@ fn expected() -> (Vec<u32>, Vec<(String, Vec<f32>)>) {
     (tokens, values)
 }
 
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn tiny_llama_matches_transformers() {
     let file = GgufFile::open(&dir().join("model.gguf")).unwrap();
@@ -74,7 +68,7 @@ fn tiny_llama_matches_transformers() {
             &out.hidden[i]
         };
         let scale = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let w = worst(got, values);
+        let w = common::worst(got, values);
         eprintln!("{name}: largest difference {w:e} (values up to {scale})");
         assert!(w < 1e-5 * scale.max(1.0), "{name}: {w}");
     }
@@ -109,29 +103,24 @@ fn the_permutation_matters() {
     let logits = &reference.iter().find(|(n, _)| n == "logits").unwrap().1;
     let model = Llama::from_gguf(&file).unwrap();
     let good = model.forward(&tokens).unwrap().logits;
-    assert!(worst(&good, logits) < 1e-5);
+    assert!(common::worst(&good, logits) < 1e-5);
     let raw = Llama::from_gguf_keeping_rope_layout(&file).unwrap();
     let bad = raw.forward(&tokens).unwrap().logits;
-    let miss = worst(&bad, logits);
+    let miss = common::worst(&bad, logits);
     eprintln!("without undoing the permutation: largest logit difference {miss}");
-    assert!(miss > 100.0 * worst(&good, logits).max(1e-7), "{miss}");
+    assert!(
+        miss > 100.0 * common::worst(&good, logits).max(1e-7),
+        "{miss}"
+    );
 }
 
 /// The shipped SmolLM2 (`scripts/fetch_lm.sh`), when fetched: "The capital of France is" (its
 /// byte-level BPE tokens looked up by hand in the file's vocabulary) continues with " Paris".
 #[test]
 fn smollm2_knows_the_capital_of_france() {
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
-    let path = home.join("lm/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        println!(
-            "skipped: {} not fetched (scripts/fetch_lm.sh)",
-            path.display()
-        );
+    let Some(path) = common::smollm2() else {
         return;
-    }
+    };
     let file = GgufFile::open(&path).unwrap();
     let tutti_lm::gguf::Value::Array(vocab) = &file.metadata["tokenizer.ggml.tokens"] else {
         panic!("no vocabulary")
@@ -178,7 +167,7 @@ fn cached_decoding_equals_the_full_sequence() {
         logits.extend(model.forward_cached(&[t], &mut cache).unwrap().logits);
     }
     assert_eq!(cache.len(), tokens.len());
-    let w = worst(&logits, &full.logits);
+    let w = common::worst(&logits, &full.logits);
     assert!(w < 1e-6, "{w}");
     // Greedy decoding is the argmax of the full sequence's logits, step by step.
     let generated = model.greedy(&tokens[..3], 4, &[]).unwrap();
@@ -201,44 +190,29 @@ fn cached_decoding_equals_the_full_sequence() {
 /// (saying so) when the file or the reference is missing.
 #[test]
 fn smollm2_matches_transformers_on_the_same_file() {
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
-    let path = home.join("lm/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    let reference = home.join("parity/smollm2/expected.safetensors");
-    if !path.is_file() || !reference.is_file() {
+    let Some(path) = common::smollm2() else {
+        return;
+    };
+    let reference = common::home().join("parity/smollm2/expected.safetensors");
+    if !reference.is_file() {
         println!(
-            "skipped: {} or {} missing (scripts/fetch_lm.sh, tools/parity/make_smollm2_fixtures.py)",
-            path.display(),
+            "skipped: {} missing (tools/parity/make_smollm2_fixtures.py)",
             reference.display()
         );
         return;
     }
     let bytes = std::fs::read(&reference).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        t.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
+    let f32s = |n: &str| common::f32s(&t, n);
     let file = GgufFile::open(&path).unwrap();
     let model = Llama::from_gguf(&file).unwrap();
     let vocab = model.config.vocab;
     for i in 0..4 {
-        let ids: Vec<u32> = t
-            .tensor(&format!("prompt.{i}.ids"))
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect();
+        let ids = common::ids(&t, &format!("prompt.{i}.ids"));
         let out = model.forward(&ids).unwrap();
         let last = &out.logits[(ids.len() - 1) * vocab..];
         let want = f32s(&format!("prompt.{i}.logits"));
-        let err = worst(last, &want);
+        let err = common::worst(last, &want);
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
         let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
         eprintln!("prompt {i}: logits worst error {err:.2e} (largest {scale:.1})");
@@ -251,7 +225,7 @@ fn smollm2_matches_transformers_on_the_same_file() {
             for (layer, h) in out.hidden.iter().enumerate() {
                 let want = f32s(&format!("hidden.{layer}"));
                 let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
-                let e = worst(h, &want) / scale.max(1.0);
+                let e = common::worst(h, &want) / scale.max(1.0);
                 assert!(e < 1e-5, "hidden {layer}: {e} of {scale}");
                 rel = rel.max(e);
             }

@@ -2,6 +2,8 @@
 //! file (fixtures by tools/parity/make_tokenizer_fixtures.py): a tiny trained vocabulary in CI,
 //! the shipped SmolLM2 on demand (when `scripts/fetch_lm.sh` has fetched it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
@@ -106,17 +108,9 @@ fn specials_are_whole_tokens_and_stop_generation() {
 
 #[test]
 fn smollm2_tokenizer_matches_transformers() {
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
-    let path = home.join("lm/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !path.is_file() {
-        println!(
-            "skipped: {} not fetched (scripts/fetch_lm.sh)",
-            path.display()
-        );
+    let Some(path) = common::smollm2() else {
         return;
-    }
+    };
     let differ = check(&path, &fixtures().join("smollm2.json"));
     // SmolLM2's vocabulary has no multi-digit tokens, so the rules agree on its ids.
     println!("smollm2: {differ} samples differ between the rules");

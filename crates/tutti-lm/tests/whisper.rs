@@ -2,6 +2,8 @@
 //! (tools/parity/make_whisper_decoder_fixtures.py): logits given encoder states, the KV cache
 //! against the full sequence, and negative controls (other encoder states, shifted positions).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tutti_lm::whisper::WhisperDecoder;
@@ -10,32 +12,11 @@ fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity/whisper_decoder_tiny")
 }
 
-fn worst(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 fn expected() -> (Vec<f32>, Vec<u32>, Vec<f32>) {
     let bytes = std::fs::read(dir().join("expected.safetensors")).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        t.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
-    let tokens = t
-        .tensor("tokens")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
+    let f32s = |n: &str| common::f32s(&t, n);
+    let tokens = common::ids(&t, "tokens");
     (f32s("encoder_states"), tokens, f32s("logits"))
 }
 
@@ -45,7 +26,7 @@ fn tiny_whisper_decoder_matches_transformers() {
     let dec = WhisperDecoder::open(&dir()).unwrap();
     let mut cache = dec.start(&states).unwrap();
     let logits = dec.forward_cached(&tokens, &mut cache).unwrap();
-    let err = worst(&logits, &want);
+    let err = common::worst(&logits, &want);
     eprintln!("logits worst error {err:.2e}");
     assert!(err < 1e-4, "{err}");
 
@@ -55,17 +36,17 @@ fn tiny_whisper_decoder_matches_transformers() {
     for &t in &tokens {
         stepped.extend(dec.forward_cached(&[t], &mut cache).unwrap());
     }
-    assert!(worst(&stepped, &logits) < 1e-5);
+    assert!(common::worst(&stepped, &logits) < 1e-5);
 
     // Negative controls: other audio, or the tokens at other positions, change the logits.
     let other: Vec<f32> = states.iter().map(|v| -v).collect();
     let mut c = dec.start(&other).unwrap();
-    let off = worst(&dec.forward_cached(&tokens, &mut c).unwrap(), &want);
+    let off = common::worst(&dec.forward_cached(&tokens, &mut c).unwrap(), &want);
     assert!(off > 100.0 * err.max(1e-7), "{off}");
     let mut c = dec.start(&states).unwrap();
     dec.forward_cached(&[1], &mut c).unwrap();
     let shifted = dec.forward_cached(&tokens, &mut c).unwrap();
-    assert!(worst(&shifted, &want) > 100.0 * err.max(1e-7));
+    assert!(common::worst(&shifted, &want) > 100.0 * err.max(1e-7));
 }
 
 #[test]
@@ -99,9 +80,7 @@ fn bad_inputs_are_refused() {
 /// greedy transcription is CTranslate2's, token for token.
 #[test]
 fn whisper_base_decoder_transcribes_like_ctranslate2() {
-    let home = std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/tutti"));
+    let home = common::home();
     let model = home.join("teachers/whisper-base");
     let fixture = home.join("parity/whisper_base_decoder.safetensors");
     if !model.join("model.safetensors").is_file() || !fixture.is_file() {
@@ -114,22 +93,8 @@ fn whisper_base_decoder_transcribes_like_ctranslate2() {
     }
     let bytes = std::fs::read(&fixture).unwrap();
     let t = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let f32s = |n: &str| -> Vec<f32> {
-        t.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    };
-    let ids = |n: &str| -> Vec<u32> {
-        t.tensor(n)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect()
-    };
+    let f32s = |n: &str| common::f32s(&t, n);
+    let ids = |n: &str| common::ids(&t, n);
     let dec = WhisperDecoder::open(&model).unwrap();
     let states = f32s("encoder_states");
     let (prompt, want) = (ids("prompt"), ids("ct2_tokens"));
@@ -138,7 +103,7 @@ fn whisper_base_decoder_transcribes_like_ctranslate2() {
     let mut cache = dec.start(&states).unwrap();
     let logits = dec.forward_cached(&all, &mut cache).unwrap();
     let reference = f32s("logits");
-    let err = worst(&logits, &reference);
+    let err = common::worst(&logits, &reference);
     let scale = reference.iter().map(|v| v.abs()).fold(0.0, f32::max);
     eprintln!("whisper base decoder: logits worst error {err:.2e} (largest {scale:.1})");
     assert!(err < 1e-3 * scale.max(1.0), "{err}");

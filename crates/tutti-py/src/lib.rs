@@ -34,13 +34,6 @@ pyo3::create_exception!(
     "A model that cannot be loaded, or a bad request to one."
 );
 
-fn home() -> PathBuf {
-    std::env::var_os("TUTTI_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tutti")))
-        .unwrap_or_else(|| std::env::temp_dir().join("tutti"))
-}
-
 /// The default model directory: `$TUTTI_MODEL`, else `$TUTTI_HOME/models/default` (what
 /// `scripts/quickstart.sh` or `tutti init` / `tutti export -o` put there). No trained model is
 /// embedded yet: the first distilled student scored below the random initialisation at its last
@@ -48,7 +41,11 @@ fn home() -> PathBuf {
 fn default_model_dir() -> Result<PathBuf, String> {
     let dir = std::env::var_os("TUTTI_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| home().join("models").join("default"));
+        .unwrap_or_else(|| {
+            tutti_models::teachers::tutti_home()
+                .join("models")
+                .join("default")
+        });
     if dir.join("config.json").is_file() {
         Ok(dir)
     } else {
