@@ -106,6 +106,7 @@ max_grad_norm = 1.0
 [distill]
 k = 2
 domain_weight = 10.0
+target_norm = "channel"
 
 [[teacher]]
 name = "whisper-test"
@@ -223,6 +224,12 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
         );
     }
     let reference_state = latest_state(&reference);
+    // Channel statistics of every teacher's targets, written when the run started.
+    let stats: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(reference.join("target_stats.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stats.as_array().unwrap().len(), 3, "{stats}");
 
     // The same run with the cache warm gives the same bits.
     let warm = tmp.path().join("warm");

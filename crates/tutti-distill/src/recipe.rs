@@ -24,6 +24,7 @@
 //! k = 4                       # layer pairs per teacher (at most the teacher's target layers)
 //! domain_weight = 10.0        # w of USAD 2.0's domain-aware weights (1 = uniform)
 //! stage = 1                   # 2: only each teacher's final layer, from a trained checkpoint
+//! target_norm = "channel"     # or "none": targets standardised per channel (pool statistics)
 //!
 //! [[teacher]]
 //! name = "whisper-base"       # a registered teacher (`tutti teachers list`) or: path = "DIR"
@@ -139,6 +140,23 @@ pub struct DistillRecipe {
     pub stage: u8,
     /// Width of the heads' hidden layer (default: twice the student's width).
     pub head_hidden: Option<usize>,
+    /// How the heads' targets are scaled (default: as the teacher gives them).
+    pub target_norm: TargetNorm,
+}
+
+/// `[distill] target_norm`: `"none"` (the teacher's features as they are, as in the USAD papers)
+/// or `"channel"`: each channel of each target layer standardised, `(z - mean) / std`, with the
+/// mean and standard deviation of that channel over a fixed sample of the pool (written into the
+/// run directory as `target_stats.json` when the run starts). Without it a short run on two cores
+/// stalls at the loss of predicting every frame's average target: the teachers' features are
+/// dominated by constant channels, which a student matches by outputting a constant (measured in
+/// README, Distillation).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetNorm {
+    #[default]
+    None,
+    Channel,
 }
 
 impl Default for DistillRecipe {
@@ -148,6 +166,7 @@ impl Default for DistillRecipe {
             domain_weight: 10.0,
             stage: 1,
             head_hidden: None,
+            target_norm: TargetNorm::None,
         }
     }
 }
@@ -377,6 +396,7 @@ name = "whisper-base"
         assert_eq!(r.distill.k, 4);
         assert_eq!(r.distill.domain_weight, 10.0);
         assert_eq!(r.teachers[0].weight, 1.0);
+        assert_eq!(r.distill.target_norm, TargetNorm::None);
     }
 
     #[test]
@@ -409,7 +429,18 @@ name = "whisper-base"
             let err = r.check().unwrap_err();
             assert!(err.contains(reason), "{err} (expected {reason})");
         }
-        // Unknown keys are refused by the parser.
+        // Unknown keys and values are refused by the parser.
+        let norm = |v: &str| {
+            toml::from_str::<Recipe>(&MINIMAL.replace(
+                "[data]",
+                &format!("[distill]\ntarget_norm = \"{v}\"\n[data]"),
+            ))
+        };
+        assert_eq!(
+            norm("channel").unwrap().distill.target_norm,
+            TargetNorm::Channel
+        );
+        assert!(norm("chanel").is_err());
         assert!(
             toml::from_str::<Recipe>(&MINIMAL.replace("steps = 10", "steps = 10\nstesp = 3"))
                 .is_err()

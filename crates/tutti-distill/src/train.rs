@@ -27,10 +27,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tutti_data::pool::{PoolEntry, read_pool};
+use tutti_data::target_cache::ClipTargets;
 use tutti_models::tutti::{TuttiConfig, TuttiEncoder};
 
 use crate::fast::{FastDistillStep, FastTargets};
-use crate::recipe::{DOMAINS, Recipe};
+use crate::recipe::{DOMAINS, Recipe, TargetNorm};
 use crate::step::{DistillModel, TeacherSlot};
 use crate::teacher::{Teacher, TeacherPlan};
 use crate::weights::domain_weights;
@@ -90,10 +91,118 @@ pub struct Run {
     template: DistillModel,
     engine: FastDistillStep,
     fbank: tutti_audio::fbank::KaldiFbank,
+    /// Per teacher, when the recipe standardises targets (`target_norm = "channel"`).
+    pub target_stats: Option<Vec<TargetStats>>,
     pub state: TrainerState,
 }
 
 const LATEST: &str = "latest";
+const TARGET_STATS: &str = "target_stats.json";
+
+/// Clips of the pool (a seeded choice over all domains) whose targets give the channel statistics.
+pub const TARGET_STATS_CLIPS: usize = 256;
+
+/// A channel's standard deviation is floored at this fraction of the layer's mean standard
+/// deviation, so a (nearly) constant channel is not blown up into noise.
+const STD_FLOOR: f64 = 0.1;
+
+/// One teacher's per-channel target statistics, one entry per target layer (`mean[k][c]`,
+/// `scale[k][c]` = 1 / floored standard deviation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetStats {
+    pub teacher: String,
+    pub frames: usize,
+    pub mean: Vec<Vec<f32>>,
+    pub scale: Vec<Vec<f32>>,
+}
+
+impl TargetStats {
+    /// Statistics of `clips`' targets (each `layers[k]` is `[frames, dim]` row-major).
+    pub fn of(teacher: &str, dim: usize, clips: &[ClipTargets]) -> Self {
+        let layers = clips.first().map_or(0, |c| c.layers.len());
+        let mut sum = vec![vec![0.0f64; dim]; layers];
+        let mut sq = vec![vec![0.0f64; dim]; layers];
+        let mut frames = 0usize;
+        for c in clips {
+            frames += c.frames;
+            for (k, values) in c.layers.iter().enumerate() {
+                for row in values.chunks_exact(dim) {
+                    for ((s, q), &v) in sum[k].iter_mut().zip(sq[k].iter_mut()).zip(row) {
+                        *s += v as f64;
+                        *q += v as f64 * v as f64;
+                    }
+                }
+            }
+        }
+        let n = frames.max(1) as f64;
+        let mut mean = Vec::with_capacity(layers);
+        let mut scale = Vec::with_capacity(layers);
+        for k in 0..layers {
+            let m: Vec<f64> = sum[k].iter().map(|s| s / n).collect();
+            let sd: Vec<f64> = sq[k]
+                .iter()
+                .zip(&m)
+                .map(|(q, m)| (q / n - m * m).max(0.0).sqrt())
+                .collect();
+            let floor = (STD_FLOOR * sd.iter().sum::<f64>() / dim.max(1) as f64).max(1e-6);
+            mean.push(m.iter().map(|&v| v as f32).collect());
+            scale.push(sd.iter().map(|&v| (1.0 / v.max(floor)) as f32).collect());
+        }
+        Self {
+            teacher: teacher.to_string(),
+            frames,
+            mean,
+            scale,
+        }
+    }
+
+    /// Standardise one clip's targets in place.
+    pub fn apply(&self, clip: &mut ClipTargets) {
+        let dim = clip.dim;
+        for (k, values) in clip.layers.iter_mut().enumerate() {
+            for row in values.chunks_exact_mut(dim) {
+                for ((v, m), s) in row.iter_mut().zip(&self.mean[k]).zip(&self.scale[k]) {
+                    *v = (*v - m) * s;
+                }
+            }
+        }
+    }
+}
+
+/// The channel statistics of every teacher over [`TARGET_STATS_CLIPS`] clips of `pool` chosen
+/// by `seed` (targets from the cache when it has them, which fills it as training would).
+fn compute_target_stats(
+    pool: &[PoolEntry],
+    pool_dir: &Path,
+    teachers: &[Teacher],
+    seed: u64,
+) -> Result<Vec<TargetStats>, TrainError> {
+    let mut keyed: Vec<(u64, &PoolEntry)> = pool
+        .iter()
+        .map(|e| (mix(seed ^ 0x57a7_5eed, &e.sha256), e))
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.audio.cmp(&b.1.audio)));
+    keyed.truncate(TARGET_STATS_CLIPS);
+    let chosen: Vec<&PoolEntry> = keyed.into_iter().map(|(_, e)| e).collect();
+    let mut per_teacher: Vec<Vec<ClipTargets>> = vec![Vec::new(); teachers.len()];
+    for group in chosen.chunks(8) {
+        let audio: Vec<Vec<f32>> = group
+            .iter()
+            .map(|e| read_wav(&pool_dir.join(&e.audio)))
+            .collect::<Result<_, _>>()?;
+        let clips: Vec<&[f32]> = audio.iter().map(|a| a.as_slice()).collect();
+        let shas: Vec<&str> = group.iter().map(|e| e.sha256.as_str()).collect();
+        for (t, teacher) in teachers.iter().enumerate() {
+            let (targets, _) = teacher.targets(&clips, &shas).map_err(TrainError)?;
+            per_teacher[t].extend(targets);
+        }
+    }
+    Ok(teachers
+        .iter()
+        .zip(&per_teacher)
+        .map(|(t, clips)| TargetStats::of(&t.plan.name, t.plan.dim, clips))
+        .collect())
+}
 
 /// The student a recipe names: a preset, seeded, or a tutti model directory.
 pub fn student_of(recipe: &Recipe) -> Result<(TuttiConfig, TuttiEncoder, String), TrainError> {
@@ -348,6 +457,41 @@ impl Run {
         let plans_json = serde_json::to_string_pretty(&plans).expect("plans serialise");
         let recipe_toml = toml::to_string_pretty(&recipe).expect("recipe serialises");
         let mut state = TrainerState::default();
+        let stats_path = dir.join(TARGET_STATS);
+        let target_stats = match recipe.distill.target_norm {
+            TargetNorm::None => None,
+            TargetNorm::Channel if resuming => {
+                let text = std::fs::read_to_string(&stats_path)
+                    .map_err(|e| err(stats_path.display(), e))?;
+                let stats: Vec<TargetStats> =
+                    serde_json::from_str(&text).map_err(|e| err(stats_path.display(), e))?;
+                let fits = stats.len() == teachers.len()
+                    && stats.iter().zip(&teachers).all(|(s, t)| {
+                        s.teacher == t.plan.name
+                            && s.mean.len() == t.plan.layers.len()
+                            && s.mean.iter().chain(&s.scale).all(|v| v.len() == t.plan.dim)
+                    });
+                if !fits {
+                    return Err(TrainError(format!(
+                        "{}: the statistics do not fit the recipe's teachers",
+                        stats_path.display()
+                    )));
+                }
+                Some(stats)
+            }
+            TargetNorm::Channel => {
+                tracing::info!(
+                    "target statistics over {} clips of the pool",
+                    TARGET_STATS_CLIPS.min(pool.len())
+                );
+                Some(compute_target_stats(
+                    &pool,
+                    &recipe.data.pool,
+                    &teachers,
+                    recipe.seed,
+                )?)
+            }
+        };
         if resuming {
             let stored = std::fs::read_to_string(dir.join("recipe.toml"))
                 .map_err(|e| err(dir.join("recipe.toml").display(), e))?;
@@ -373,6 +517,10 @@ impl Run {
         } else {
             std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
         }
+        if let (Some(stats), false) = (&target_stats, resuming) {
+            let json = serde_json::to_string(stats).expect("statistics serialise");
+            atomic_write(&stats_path, json.as_bytes())?;
+        }
         atomic_write(&dir.join("recipe.toml"), recipe_toml.as_bytes())?;
         atomic_write(&dir.join("teachers.json"), plans_json.as_bytes())?;
         Ok(Self {
@@ -386,6 +534,7 @@ impl Run {
             template,
             engine,
             fbank,
+            target_stats,
             state,
         })
     }
@@ -487,8 +636,11 @@ impl Run {
             let mut computed = 0;
             let base = domain_weights(&domains, Some(&domain), self.recipe.distill.domain_weight);
             for (t, teacher) in self.teachers.iter().enumerate() {
-                let (per_clip, n) = teacher.targets(&clips, &shas).map_err(TrainError)?;
+                let (mut per_clip, n) = teacher.targets(&clips, &shas).map_err(TrainError)?;
                 computed += n;
+                if let Some(stats) = &self.target_stats {
+                    per_clip.iter_mut().for_each(|c| stats[t].apply(c));
+                }
                 let frames = per_clip.iter().map(|c| c.frames).max().unwrap_or(0).max(1);
                 let dim = teacher.plan.dim;
                 let layers = teacher.plan.layers.len();
@@ -687,6 +839,51 @@ mod tests {
             seconds,
             sha256: format!("{i:064}"),
         }
+    }
+
+    #[test]
+    fn channel_statistics_standardise_targets_and_floor_constant_channels() {
+        // Two clips of a 3-channel teacher, two layers; channel 2 of layer 0 is constant.
+        let clip = |frames: usize, offset: f32| ClipTargets {
+            frames,
+            dim: 3,
+            layers: vec![
+                (0..frames)
+                    .flat_map(|f| [f as f32 + offset, 10.0 - 2.0 * f as f32, 4.0])
+                    .collect(),
+                (0..frames)
+                    .flat_map(|f| [(f % 2) as f32, -(f as f32), offset])
+                    .collect(),
+            ],
+        };
+        let clips = vec![clip(5, 0.0), clip(3, 1.5)];
+        let stats = TargetStats::of("t", 3, &clips);
+        assert_eq!(stats.frames, 8);
+        let mut standardised = clips.clone();
+        standardised.iter_mut().for_each(|c| stats.apply(c));
+        for k in 0..2 {
+            for ch in 0..3 {
+                let v: Vec<f64> = standardised
+                    .iter()
+                    .flat_map(|c| c.layers[k].chunks(3).map(move |r| r[ch] as f64))
+                    .collect();
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
+                assert!(mean.abs() < 1e-5, "layer {k} channel {ch}: mean {mean}");
+                if (k, ch) == (0, 2) {
+                    // Constant: centred, not divided by ~0.
+                    assert!(var < 1e-12, "{var}");
+                    assert!(stats.scale[0][2].is_finite() && stats.scale[0][2] < 10.0);
+                } else {
+                    assert!(
+                        (var - 1.0).abs() < 1e-4,
+                        "layer {k} channel {ch}: var {var}"
+                    );
+                }
+            }
+        }
+        // Negative control: other data gives other statistics.
+        assert_ne!(TargetStats::of("t", 3, &clips[..1]), stats);
     }
 
     #[test]
