@@ -121,6 +121,9 @@ path = "{yamnet}"
 name = "musicnn-mtt"
 path = "{musicnn}"
 
+[[teacher]]
+name = "fbank"
+
 [cache]
 enabled = true
 dir = "{cache}"
@@ -217,7 +220,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
     let metrics = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), steps);
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    for t in ["whisper-test", "yamnet", "musicnn-mtt"] {
+    for t in ["whisper-test", "yamnet", "musicnn-mtt", "fbank"] {
         assert!(
             first["terms"][t].as_array().is_some_and(|v| !v.is_empty()),
             "{first}"
@@ -229,7 +232,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
         &std::fs::read_to_string(reference.join("target_stats.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(stats.as_array().unwrap().len(), 3, "{stats}");
+    assert_eq!(stats.as_array().unwrap().len(), 4, "{stats}");
 
     // The same run with the cache warm gives the same bits.
     let warm = tmp.path().join("warm");
@@ -352,7 +355,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
     assert_eq!(manifest["training"]["steps"], steps);
     assert_eq!(
         manifest["training"]["teachers"].as_array().unwrap().len(),
-        3
+        4
     );
     assert!(manifest["training"]["pool_sha256"].as_str().unwrap().len() == 64);
     let emb = tmp.path().join("emb");
@@ -483,6 +486,17 @@ fn bad_recipes_are_refused_before_any_work() {
                 "domain = \"speech\"\nstudent_layers = [1, 9]",
             ),
             "student layer 9 does not exist",
+        ),
+        (
+            good.replace("name = \"fbank\"", "name = \"fbank\"\nlayers = [1]"),
+            "has one target layer",
+        ),
+        (
+            good.replace(
+                "name = \"fbank\"",
+                "name = \"fbank\"\ndomain = \"everything\"",
+            ),
+            "unknown domain",
         ),
     ];
     for (i, (text, reason)) in cases.iter().enumerate() {

@@ -5,6 +5,7 @@
 //! and one complete step (forward, backward, AdamW) that the speed benchmark times and the full
 //! trainer will reuse.
 
+pub mod acoustic;
 pub mod align;
 pub mod fast;
 pub mod heads;

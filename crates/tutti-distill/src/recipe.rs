@@ -27,7 +27,8 @@
 //! target_norm = "channel"     # or "none": targets standardised per channel (pool statistics)
 //!
 //! [[teacher]]
-//! name = "whisper-base"       # a registered teacher (`tutti teachers list`) or: path = "DIR"
+//! name = "whisper-base"       # a registered teacher (`tutti teachers list`), "fbank" (the
+//!                             # acoustic teacher: the student's own fbank), or: path = "DIR"
 //! domain = "speech"
 //! # student_layers = [3, 6, 9, 12]   # optional: the student blocks paired with the targets
 //!
@@ -178,7 +179,7 @@ pub struct TeacherRecipe {
     pub name: String,
     /// A model directory any tutti loader reads (overrides the registry's folder).
     pub path: Option<PathBuf>,
-    /// `speech`, `sound` or `music` (default: the registry's).
+    /// `speech`, `sound`, `music` or `all` (a teacher of every clip; default: the registry's).
     pub domain: Option<String>,
     /// Target layers to distil (the teacher's numbering: FFN outputs of these blocks for
     /// transformers, these hidden states otherwise); default: the registry's, paired with the
@@ -344,8 +345,12 @@ impl Recipe {
             }
             if let Some(domain) = &t.domain
                 && !DOMAINS.contains(&domain.as_str())
+                && domain != "all"
             {
-                return Err(format!("teacher {}: unknown domain {domain:?}", t.name));
+                return Err(format!(
+                    "teacher {}: unknown domain {domain:?} (speech, sound, music, all)",
+                    t.name
+                ));
             }
             if !(t.weight.is_finite() && t.weight > 0.0) {
                 return Err(format!(

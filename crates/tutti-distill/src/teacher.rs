@@ -108,6 +108,63 @@ fn sha256_of(path: &Path) -> Result<String, String> {
 }
 
 impl Teacher {
+    /// The acoustic teacher ([`crate::acoustic`]): one target layer (the student's own fbank, its
+    /// front end's settings, at its
+    /// frame rate) on the student's last block unless `student_layers` says otherwise; domain
+    /// `all` unless the recipe gives one.
+    fn acoustic(
+        recipe: &TeacherRecipe,
+        student_layers: usize,
+        student_rate_hz: f64,
+        student_fbank: &tutti_audio::FbankConfig,
+        cache_root: Option<&Path>,
+        device: &burn::tensor::Device,
+    ) -> Result<Self, String> {
+        let name = &recipe.name;
+        if recipe.layers.as_ref().is_some_and(|l| l != &[0]) {
+            return Err(format!(
+                "teacher {name}: has one target layer, 0 (the fbank)"
+            ));
+        }
+        let config = student_fbank.clone();
+        let hop = (config.sample_rate_hz as f64 / student_rate_hz).round() as usize;
+        let encoder = crate::acoustic::AcousticTeacher::new(config, hop, device)?;
+        let students = match &recipe.student_layers {
+            None => vec![student_layers],
+            Some(chosen) if chosen.len() == 1 && (1..=student_layers).contains(&chosen[0]) => {
+                chosen.clone()
+            }
+            Some(chosen) => {
+                return Err(format!(
+                    "teacher {name}: student_layers {chosen:?}: one block of 1..={student_layers}"
+                ));
+            }
+        };
+        use sha2::{Digest, Sha256};
+        let sha256 = format!("{:x}", Sha256::digest(encoder.descriptor().as_bytes()));
+        let layers = vec![0];
+        let cache = cache_root.map(|root| TargetCache::new(root, name, &sha256, &layers));
+        let info = encoder.info();
+        Ok(Self {
+            plan: TeacherPlan {
+                name: name.clone(),
+                dir: PathBuf::new(),
+                domain: recipe.domain.clone().unwrap_or_else(|| "all".to_string()),
+                layers,
+                student_layers: students,
+                kind: TargetKind::Hidden,
+                frame_rate_hz: info.frame_rate_hz(),
+                patch: None,
+                dim: info.hidden_size,
+                weight: recipe.weight,
+                pad_to_window: recipe.pad_to_window,
+                sha256,
+            },
+            encoder: Box::new(encoder),
+            cache,
+        })
+    }
+
     /// Resolve and load a teacher for a student of `student_layers` blocks at
     /// `student_rate_hz`: `k` layer pairs (stage 2: the final layer only). Every refusal names
     /// the teacher and the reason (not fetched, a layer it does not have, no alignment rule).
@@ -116,12 +173,23 @@ impl Teacher {
         recipe: &TeacherRecipe,
         student_layers: usize,
         student_rate_hz: f64,
+        student_fbank: &tutti_audio::FbankConfig,
         k: usize,
         stage: u8,
         cache_root: Option<&Path>,
         device: &burn::tensor::Device,
     ) -> Result<Self, String> {
         let entry = registry(&recipe.name);
+        if recipe.name == crate::acoustic::NAME && recipe.path.is_none() {
+            return Self::acoustic(
+                recipe,
+                student_layers,
+                student_rate_hz,
+                student_fbank,
+                cache_root,
+                device,
+            );
+        }
         let dir = match (&recipe.path, entry) {
             (Some(p), _) => p.clone(),
             (None, Some(e)) => teacher_dir(&tutti_home(), e),

@@ -429,6 +429,7 @@ impl Run {
                     t,
                     config.num_hidden_layers,
                     rate,
+                    &config.fbank,
                     recipe.distill.k,
                     recipe.distill.stage,
                     cache_root.as_deref(),
