@@ -16,9 +16,8 @@
 Each actor loads the encoder once and embeds every row's file exactly as `tutti embed` does
 (same decoding, resampling, windows and pooling; the results are equal bit for bit, which the
 tests check on a local two-worker Ray instance). Rows are embedded one at a time, unpadded, so a
-batch's mix of durations costs nothing; `batch_size` only amortises Ray's per-batch overhead, and
-`tutti.ray.sort_by_duration` is there for datasets that carry a duration column and want the long
-files spread evenly over the blocks.
+batch's mix of durations costs nothing; `batch_size` only amortises Ray's per-batch overhead (a dataset with a duration column
+can start the long files first with `ds.sort("seconds", descending=True)`).
 
 Nothing here schedules anything: retries, spilling and placement are Ray's. With
 `on_error="raise"` (default) a bad file fails the batch's task, which Ray retries
@@ -36,7 +35,7 @@ import numpy as np
 
 from . import AudioError, Encoder, ModelError
 
-__all__ = ["Embed", "sort_by_duration"]
+__all__ = ["Embed"]
 
 
 def _item_id(path: str, id_value: Optional[Any]) -> str:
@@ -143,8 +142,3 @@ class Embed:
             result["error"] = np.array(errors, dtype=object)
         return result
 
-
-def sort_by_duration(ds, column: str = "seconds", descending: bool = True):
-    """`ds` ordered by a duration column, longest first (so the long files start first and the
-    blocks finish together); a thin helper over `Dataset.sort`."""
-    return ds.sort(column, descending=descending)

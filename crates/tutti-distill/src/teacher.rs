@@ -46,6 +46,12 @@ pub struct Teacher {
     cache: Option<TargetCache>,
 }
 
+/// Lowercase hex sha256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 fn registry(name: &str) -> Option<&'static TeacherEntry> {
     TEACHERS.iter().find(|t| t.name == name)
 }
@@ -140,8 +146,7 @@ impl Teacher {
                 ));
             }
         };
-        use sha2::{Digest, Sha256};
-        let sha256 = format!("{:x}", Sha256::digest(encoder.descriptor().as_bytes()));
+        let sha256 = sha256_hex(encoder.descriptor().as_bytes());
         let layers = vec![0];
         let cache = cache_root.map(|root| TargetCache::new(root, name, &sha256, &layers));
         let info = encoder.info();

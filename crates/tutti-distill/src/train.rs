@@ -33,7 +33,7 @@ use tutti_models::tutti::{TuttiConfig, TuttiEncoder};
 use crate::fast::{FastDistillStep, FastTargets};
 use crate::recipe::{DOMAINS, Recipe, TargetNorm};
 use crate::step::{DistillModel, TeacherSlot};
-use crate::teacher::{Teacher, TeacherPlan};
+use crate::teacher::{Teacher, TeacherPlan, sha256_hex};
 use crate::weights::domain_weights;
 
 /// A trainer error: names the file or the recipe part at fault.
@@ -223,11 +223,6 @@ pub fn student_of(recipe: &Recipe) -> Result<(TuttiConfig, TuttiEncoder, String)
             format!("checkpoint {}", path.display()),
         ))
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// The clips a recipe trains on: the pool's, filtered by domain and capped (seeded).
