@@ -19,6 +19,7 @@
 //! warmup_steps = 400
 //! final_lr_ratio = 0.0        # linear decay to lr * this at the last step
 //! max_grad_norm = 5.0
+//! head_lr_scale = 1.0         # the prediction heads learn at lr * this
 //!
 //! [distill]
 //! k = 4                       # layer pairs per teacher (at most the teacher's target layers)
@@ -120,6 +121,10 @@ pub struct OptimRecipe {
     pub final_lr_ratio: f64,
     /// Clip the gradients' global L2 norm to this (none: no clipping).
     pub max_grad_norm: Option<f64>,
+    /// The prediction heads learn at `lr * head_lr_scale` (default 1). Fresh heads on a
+    /// pretrained student (`[student] checkpoint`) send it noise until they fit the targets; a
+    /// larger rate for them shortens that.
+    pub head_lr_scale: f64,
 }
 
 impl Default for OptimRecipe {
@@ -129,6 +134,7 @@ impl Default for OptimRecipe {
             warmup_steps: 400,
             final_lr_ratio: 0.0,
             max_grad_norm: Some(5.0),
+            head_lr_scale: 1.0,
         }
     }
 }
@@ -317,6 +323,12 @@ impl Recipe {
         {
             return Err(format!("[optim] max_grad_norm = {n} must be positive"));
         }
+        if !(o.head_lr_scale.is_finite() && o.head_lr_scale > 0.0) {
+            return Err(format!(
+                "[optim] head_lr_scale = {} must be positive",
+                o.head_lr_scale
+            ));
+        }
         let d = &self.distill;
         if d.k == 0 {
             return Err("[distill] k must be at least 1".into());
@@ -416,6 +428,10 @@ name = "whisper-base"
             (
                 format!("{MINIMAL}\n[optim]\nlr = -1.0\nwarmup_steps = 1\nfinal_lr_ratio = 0.0"),
                 "lr",
+            ),
+            (
+                format!("{MINIMAL}\n[optim]\nhead_lr_scale = 0.0"),
+                "head_lr_scale",
             ),
             (
                 format!("{MINIMAL}\n[[teacher]]\nname = \"whisper-base\""),

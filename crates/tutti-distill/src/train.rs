@@ -447,6 +447,7 @@ impl Run {
         let template = DistillModel::new(student, &slots, head_hidden, recipe.seed, &device);
         let mut engine = FastDistillStep::new(&template, &config, slots, rate, recipe.optim.lr)
             .map_err(|e| TrainError(format!("the fast step cannot run this student: {e}")))?;
+        engine.head_lr_scale = recipe.optim.head_lr_scale;
         let fbank = tutti_audio::fbank::KaldiFbank::new(config.fbank.clone())
             .map_err(|e| err("fbank", e))?;
         let plans: Vec<&TeacherPlan> = teachers.iter().map(|t| &t.plan).collect();

@@ -171,8 +171,12 @@ impl ModuleVisitor for Collect {
 }
 
 fn collect(model: &DistillModel) -> Vec<(ParamId, Vec<f32>)> {
+    collect_module(model)
+}
+
+fn collect_module<M: Module>(module: &M) -> Vec<(ParamId, Vec<f32>)> {
     let mut c = Collect::default();
-    model.visit(&mut c);
+    module.visit(&mut c);
     c.0
 }
 
@@ -350,6 +354,45 @@ fn adamw_updates_match_burn() {
     assert!(
         worst < 5e-5,
         "parameters after 3 AdamW steps differ by {worst}"
+    );
+}
+
+/// `head_lr_scale` moves the heads `scale` times as far in one AdamW step (the first step's
+/// update is linear in the rate) and leaves the student's update exactly as it was.
+#[test]
+fn the_head_learning_rate_scale_applies_to_the_heads_only() {
+    let c = case(false, vec![2, 1]);
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let before = c.burn.model().clone();
+    let run = |scale: f64| {
+        let mut fast = c.fast();
+        fast.head_lr_scale = scale;
+        fast.step(&c.features, &c.lengths, &targets).unwrap();
+        fast.export(c.burn.model(), Buffer::Value)
+    };
+    let (one, ten) = (run(1.0), run(10.0));
+    assert_eq!(
+        collect_module(&one.student),
+        collect_module(&ten.student),
+        "the student's update depends on the heads' rate"
+    );
+    let deltas = |after: &DistillModel| -> Vec<f32> {
+        collect_module(&after.heads)
+            .into_iter()
+            .zip(collect_module(&before.heads))
+            .flat_map(|(a, b)| a.1.into_iter().zip(b.1).map(|(x, y)| x - y))
+            .collect()
+    };
+    let (d1, d10) = (deltas(&one), deltas(&ten));
+    let largest = d10.iter().fold(0.0f32, |m, d| m.max(d.abs()));
+    let off = d1
+        .iter()
+        .zip(&d10)
+        .fold(0.0f32, |m, (a, b)| m.max((10.0 * a - b).abs()));
+    assert!(largest > 1e-3, "the heads moved by {largest}");
+    assert!(
+        off < 1e-3 * largest,
+        "heads at 10x the rate moved {off} away from 10x the update (largest {largest})"
     );
 }
 

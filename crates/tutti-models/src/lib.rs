@@ -11,6 +11,7 @@ pub mod embed;
 pub mod encoder;
 pub mod error;
 pub mod fast;
+pub mod graft;
 pub mod musicnn;
 pub mod presets;
 pub mod teachers;

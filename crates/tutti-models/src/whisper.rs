@@ -133,7 +133,7 @@ impl WhisperAttention {
 }
 
 impl WhisperEncoderLayer {
-    fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+    pub(crate) fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let x = x.clone() + self.self_attn.forward(self.self_attn_layer_norm.forward(x));
         let ffn = self.fc2.forward(gelu(
             self.fc1.forward(self.final_layer_norm.forward(x.clone())),

@@ -224,6 +224,7 @@ struct Net {
 }
 
 impl Net {
+    /// Every weight: the student's, then the heads' (the AdamW update relies on that order).
     fn weights_mut(&mut self) -> Vec<&mut Weight> {
         let mut all: Vec<&mut Weight> = Vec::new();
         for c in &mut self.convs {
@@ -322,6 +323,9 @@ pub struct FastDistillStep {
     pub teachers: Vec<TeacherSlot>,
     pub student_rate_hz: f64,
     pub learning_rate: f64,
+    /// The heads learn at `learning_rate * head_lr_scale` (1: one rate for everything). Fresh
+    /// heads on a pretrained student send it noise until they fit; a faster rate shortens that.
+    pub head_lr_scale: f64,
     /// AdamW steps taken.
     time: i32,
     width: usize,
@@ -499,6 +503,7 @@ impl FastDistillStep {
             teachers,
             student_rate_hz,
             learning_rate,
+            head_lr_scale: 1.0,
             time: 0,
             width,
             heads: config.num_attention_heads,
@@ -1147,13 +1152,17 @@ impl FastDistillStep {
         let time = self.time;
         let correction1 = 1.0 - beta1.powi(time);
         let correction2 = 1.0 - beta2.powi(time);
-        let lr = self.learning_rate;
-        let decay = (1.0 - lr * WEIGHT_DECAY as f64) as f32;
-        let lr = lr as f32;
-        for w in self.net.weights_mut() {
+        let head_weights: usize = self.net.heads.iter().map(|h| 4 * h.len()).sum();
+        let rates = [self.learning_rate, self.learning_rate * self.head_lr_scale]
+            .map(|lr| ((lr as f32), (1.0 - lr * WEIGHT_DECAY as f64) as f32));
+        let mut weights = self.net.weights_mut();
+        let students = weights.len() - head_weights;
+        for (i, w) in weights.iter_mut().enumerate() {
             if !w.trained {
                 continue;
             }
+            // `weights_mut` lists the heads' weights last.
+            let (lr, decay) = rates[usize::from(i >= students)];
             w.value
                 .par_chunks_mut(1 << 14)
                 .zip(w.grad.par_chunks(1 << 14))
