@@ -359,9 +359,11 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
         }
     };
     for dir in &args.models {
-        models.push(
-            bench_model(&subject(dir), &tasks, &options, &progress).map_err(anyhow::Error::msg)?,
-        );
+        let merge = tutti_eval::bench::MergeWeights::read(dir).map_err(anyhow::Error::msg)?;
+        let mut result =
+            bench_model(&subject(dir), &tasks, &options, &progress).map_err(anyhow::Error::msg)?;
+        result.merge = merge;
+        models.push(result);
     }
     for group in &concat {
         if group.len() < 2 {

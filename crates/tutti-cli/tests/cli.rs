@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use sha2::Digest;
+
 fn tutti(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tutti"))
         .args(args)
@@ -146,6 +148,57 @@ fn init_then_info_describes_the_model() {
         s(&dir.path().join("x")),
     ]);
     assert!(!unknown.status.success() && text(&unknown).contains("known: tiny, small"));
+}
+
+/// A student grafted from the tiny Whisper fixture: written with the teacher's sha256 in its
+/// manifest, loaded and run by `embed` like any tutti model; a folder that is not a Whisper
+/// model is refused with its name and nothing is written.
+#[test]
+fn init_from_whisper_writes_a_student_every_command_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let whisper = tutti_nn::fixtures::repo_root().join("fixtures/parity/hf_whisper");
+    let model = dir.path().join("grafted");
+    let out = tutti(&["init", "--from-whisper", s(&whisper), "-o", s(&model)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    let recorded = manifest["training"]["initialised_from"]["weights_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = std::fs::read(whisper.join("model.safetensors")).unwrap();
+    let expected: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(recorded, expected);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["layer_norm_first"], true);
+    assert_eq!(config["hidden_size"], 32);
+    let embedded = dir.path().join("out");
+    let run = tutti(&[
+        "embed",
+        s(&fixture("speech_16k.wav")),
+        "-o",
+        s(&embedded),
+        "--model",
+        s(&model),
+    ]);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(
+        npy_values(&embedded.join("speech_16k.npy"))
+            .iter()
+            .all(|v| v.is_finite())
+    );
+
+    let not_whisper = tiny_model(dir.path());
+    let refused = dir.path().join("refused");
+    let bad = tutti(&["init", "--from-whisper", s(&not_whisper), "-o", s(&refused)]);
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains(s(&not_whisper)), "{}", text(&bad));
+    assert!(!refused.exists() && leftovers(dir.path()).is_empty());
 }
 
 #[test]

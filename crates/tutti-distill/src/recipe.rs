@@ -416,6 +416,21 @@ name = "whisper-base"
         assert_eq!(r.distill.target_norm, TargetNorm::None);
     }
 
+    /// Every recipe the repository ships (`recipes/**/*.toml`) parses and passes the checks.
+    #[test]
+    fn the_committed_recipes_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+        let mut checked = Vec::new();
+        for entry in walkdir::WalkDir::new(&root) {
+            let path = entry.unwrap().into_path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                checked.push(path);
+            }
+        }
+        assert!(checked.len() >= 5, "recipes found: {checked:?}");
+    }
+
     #[test]
     fn bad_recipes_are_refused_with_the_reason() {
         let bad = [

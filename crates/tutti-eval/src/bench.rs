@@ -184,6 +184,55 @@ pub struct ModelResults {
     /// Suite score per probe kind (`knn`, `linear`, `mlp`) at `score_layer`.
     pub suite: BTreeMap<String, SuiteScore>,
     pub seconds: f64,
+    /// For a merged model (`tutti merge`), its method and the weight of each input model, so that
+    /// the report can draw a sweep over the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeWeights>,
+}
+
+/// What a merged model is made of (read from its `merge.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MergeWeights {
+    pub method: String,
+    /// Each merged model's name (its folder's name) and weight, in the merge's order.
+    pub inputs: Vec<(String, f64)>,
+}
+
+impl MergeWeights {
+    /// The merge recorded in `dir/merge.json`, if `dir` holds one; a file that does not parse
+    /// as `tutti merge` wrote it is an error naming the file.
+    pub fn read(dir: &std::path::Path) -> Result<Option<Self>, String> {
+        let path = dir.join("merge.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(None);
+        };
+        let bad = |why: &str| format!("{}: {why}", path.display());
+        let record: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+        let method = record["method"]
+            .as_str()
+            .ok_or_else(|| bad("no method"))?
+            .to_string();
+        let inputs = record["inputs"]
+            .as_array()
+            .ok_or_else(|| bad("no inputs"))?
+            .iter()
+            .filter(|i| i["role"] == "model")
+            .map(|i| {
+                let dir = i["dir"]
+                    .as_str()
+                    .ok_or_else(|| bad("an input without dir"))?;
+                let name = std::path::Path::new(dir)
+                    .file_name()
+                    .map_or(dir.to_string(), |n| n.to_string_lossy().into_owned());
+                let lambda = i["lambda"]
+                    .as_f64()
+                    .ok_or_else(|| bad("a model input without lambda"))?;
+                Ok((name, lambda))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Some(Self { method, inputs }))
+    }
 }
 
 /// Score `subject` on every task.
@@ -322,6 +371,7 @@ pub fn bench_model(
         tasks: task_scores,
         suite,
         seconds: started.elapsed().as_secs_f64(),
+        merge: None,
     })
 }
 

@@ -139,6 +139,175 @@ fn curves(title: &str, series: &[(String, Vec<(usize, f64)>)]) -> String {
     svg
 }
 
+/// Lines over `x` in [0, 1] (values in [0, 1]) with dashed horizontal reference lines.
+fn sweep_chart(
+    title: &str,
+    x_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    references: &[(String, f64)],
+) -> String {
+    let (left, top, width, height) = (50.0, 30.0, 360.0, 180.0);
+    let x_of = |x: f64| left + width * x.clamp(0.0, 1.0);
+    let y_of = |v: f64| top + height * (1.0 - v.clamp(0.0, 1.0));
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11"><text x="{left}" y="18" font-size="12" font-weight="bold">{}</text>"#,
+        left + width + 150.0,
+        top + height + 34.0,
+        escape(title)
+    );
+    for tick in 0..=4 {
+        let v = tick as f64 / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{v:.2}</text><text x="{:.1}" y="{:.0}" text-anchor="middle">{v:.2}</text>"##,
+            left + width,
+            left - 4.0,
+            y_of(v) + 4.0,
+            x_of(v),
+            top + height + 14.0,
+            y = y_of(v),
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">{}</text>"#,
+        left + width / 2.0,
+        top + height + 30.0,
+        escape(x_label)
+    );
+    for (s, (name, points)) in series.iter().enumerate() {
+        let colour = COLOURS[s % COLOURS.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(x, v)| format!("{:.1},{:.1}", x_of(x), y_of(v)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline class="sweep" points="{}" fill="none" stroke="{colour}" stroke-width="2"><title>{}</title></polyline>"#,
+            path.join(" "),
+            escape(name)
+        );
+        if let Some(&(x, v)) = points.last() {
+            let _ = write!(
+                svg,
+                r#"<text x="{:.1}" y="{:.1}" fill="{colour}">{}</text>"#,
+                x_of(x) + 6.0,
+                y_of(v) + 4.0,
+                escape(name)
+            );
+        }
+    }
+    for (r, (name, value)) in references.iter().enumerate() {
+        let colour = COLOURS[(series.len() + r) % COLOURS.len()];
+        let _ = write!(
+            svg,
+            r#"<line class="reference" x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="{colour}" stroke-dasharray="5,4"><title>{}</title></line><text x="{:.0}" y="{:.1}" fill="{colour}">{}</text>"#,
+            left + width,
+            escape(name),
+            left + width + 6.0,
+            y_of(*value) + 4.0,
+            escape(name),
+            y = y_of(*value),
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// The sweep section: task-arithmetic merges of the same two models at several weights, each
+/// domain's MLP score (and the overall score) against the first model's weight; every model that
+/// is not a merge is drawn as a reference line (e.g. the ensemble-distilled student). Empty when
+/// the results hold fewer than two such merges.
+fn merge_sweep(results: &BenchResults) -> String {
+    let mut html = String::new();
+    let mut groups: Vec<(Vec<String>, Vec<&crate::bench::ModelResults>)> = Vec::new();
+    for m in &results.models {
+        let Some(merge) = &m.merge else { continue };
+        if merge.method != "task-arithmetic" || merge.inputs.len() != 2 {
+            continue;
+        }
+        let names: Vec<String> = merge.inputs.iter().map(|i| i.0.clone()).collect();
+        match groups.iter_mut().find(|g| g.0 == names) {
+            Some(g) => g.1.push(m),
+            None => groups.push((names, vec![m])),
+        }
+    }
+    let references: Vec<&crate::bench::ModelResults> = results
+        .models
+        .iter()
+        .filter(|m| m.merge.is_none())
+        .collect();
+    for (names, mut merges) in groups {
+        if merges.len() < 2 {
+            continue;
+        }
+        let weight =
+            |m: &crate::bench::ModelResults| m.merge.as_ref().map_or(0.0, |g| g.inputs[0].1);
+        merges.sort_by(|a, b| weight(a).total_cmp(&weight(b)));
+        let mut domains: Vec<String> = merges
+            .iter()
+            .flat_map(|m| m.suite["mlp"].per_domain.keys().cloned())
+            .collect();
+        domains.sort();
+        domains.dedup();
+        let mut keys = vec!["overall".to_string()];
+        keys.extend(domains);
+        let score = |m: &crate::bench::ModelResults, key: &str| {
+            let s = &m.suite["mlp"];
+            if key == "overall" {
+                Some(s.overall)
+            } else {
+                s.per_domain.get(key).copied()
+            }
+        };
+        let _ = write!(
+            html,
+            "<h2>Merge sweep: {} + {}</h2><p>Task arithmetic <code>base + l tau({}) + l' tau({})</code>; MLP scores against l. Dashed: models that are not merges.</p>",
+            escape(&names[0]),
+            escape(&names[1]),
+            escape(&names[0]),
+            escape(&names[1])
+        );
+        for key in &keys {
+            let series = vec![(
+                "merges".to_string(),
+                merges
+                    .iter()
+                    .filter_map(|m| Some((weight(m), score(m, key)?)))
+                    .collect(),
+            )];
+            let refs: Vec<(String, f64)> = references
+                .iter()
+                .filter_map(|m| Some((m.name.clone(), score(m, key)?)))
+                .collect();
+            html.push_str(&sweep_chart(
+                &format!("MLP, {key}"),
+                &format!("weight of {}", names[0]),
+                &series,
+                &refs,
+            ));
+        }
+        html.push_str("<table><tr><th>model</th><th>weights</th><th>MLP overall</th></tr>");
+        for m in &merges {
+            let merge = m.merge.as_ref().expect("a merge");
+            let weights: Vec<String> = merge
+                .inputs
+                .iter()
+                .map(|(n, l)| format!("{} {l}", escape(n)))
+                .collect();
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{:.3}</td></tr>",
+                escape(&m.name),
+                weights.join(", "),
+                m.suite["mlp"].overall
+            );
+        }
+        html.push_str("</table>");
+    }
+    html
+}
+
 /// The report page for `results`.
 pub fn render_html(results: &BenchResults) -> String {
     let mut html = String::new();
@@ -258,6 +427,7 @@ test size x eval_weight at each model's last evaluated layer.</p>"#,
             &per_domain,
         ));
     }
+    html.push_str(&merge_sweep(results));
     let layered = results
         .models
         .iter()
@@ -301,4 +471,125 @@ test size x eval_weight at each model's last evaluated layer.</p>"#,
     }
     html.push_str("</table></body></html>\n");
     html
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::bench::{MergeWeights, ModelResults};
+    use crate::score::SuiteScore;
+
+    fn model(name: &str, speech: f64, music: f64, merge: Option<(&str, f64)>) -> ModelResults {
+        let score = SuiteScore {
+            overall: (speech + music) / 2.0,
+            per_domain: BTreeMap::from([("music".into(), music), ("speech".into(), speech)]),
+            tasks: 2,
+            test_items: 20,
+        };
+        ModelResults {
+            name: name.into(),
+            key: name.into(),
+            score_layer: 1,
+            tasks: Vec::new(),
+            suite: PROBES
+                .iter()
+                .map(|p| (p.to_string(), score.clone()))
+                .collect(),
+            seconds: 1.0,
+            merge: merge.map(|(method, l)| MergeWeights {
+                method: method.into(),
+                inputs: vec![
+                    ("speech-student".into(), l),
+                    ("music-student".into(), 1.0 - l),
+                ],
+            }),
+        }
+    }
+
+    fn results(models: Vec<ModelResults>) -> BenchResults {
+        BenchResults {
+            format: "tutti-bench/1".into(),
+            tutti_version: "0".into(),
+            suite: "suite".into(),
+            threads: 1,
+            models,
+        }
+    }
+
+    /// The y coordinate of each vertex of the first sweep polyline in `html`.
+    fn first_sweep_ys(html: &str) -> Vec<f64> {
+        let start = html
+            .find(r#"class="sweep" points=""#)
+            .expect("a sweep line")
+            + 22;
+        let points = &html[start..start + html[start..].find('"').unwrap()];
+        points
+            .split(' ')
+            .map(|p| p.split_once(',').unwrap().1.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn merges_of_two_models_are_drawn_as_a_sweep_in_weight_order() {
+        // Out of order on purpose; the ensemble is a reference line; TIES is not on the sweep.
+        let html = render_html(&results(vec![
+            model("merge-0.8", 0.8, 0.2, Some(("task-arithmetic", 0.8))),
+            model("merge-0.2", 0.2, 0.8, Some(("task-arithmetic", 0.2))),
+            model("merge-0.5", 0.5, 0.5, Some(("task-arithmetic", 0.5))),
+            model("ties", 0.9, 0.9, Some(("ties", 0.5))),
+            model("ensemble", 0.6, 0.6, None),
+        ]));
+        assert!(html.contains("Merge sweep: speech-student + music-student"));
+        // One chart per key: overall, music, speech (sorted domains after overall).
+        assert_eq!(html.matches(r#"class="sweep""#).count(), 3);
+        assert_eq!(html.matches(r#"class="reference""#).count(), 3);
+        // The overall chart: three points, all 0.5 (every model here averages to 0.5).
+        let overall = first_sweep_ys(&html);
+        assert_eq!(overall.len(), 3);
+        // The music chart (second): sorted by weight 0.2, 0.5, 0.8 the music score falls, so
+        // the SVG y (downward) rises.
+        let music_at = html.find("MLP, music").unwrap();
+        let music = first_sweep_ys(&html[music_at..]);
+        assert!(music[0] < music[1] && music[1] < music[2], "{music:?}");
+        assert!(html.contains("ensemble") && !html[music_at..].contains(">ties<"));
+    }
+
+    #[test]
+    fn no_sweep_without_two_merges_of_the_same_models() {
+        let one = render_html(&results(vec![
+            model("merge-0.5", 0.5, 0.5, Some(("task-arithmetic", 0.5))),
+            model("ensemble", 0.6, 0.6, None),
+        ]));
+        assert!(!one.contains("Merge sweep"));
+        let ties = render_html(&results(vec![
+            model("a", 0.5, 0.5, Some(("ties", 0.5))),
+            model("b", 0.5, 0.5, Some(("ties", 0.2))),
+        ]));
+        assert!(!ties.contains("Merge sweep"));
+    }
+
+    #[test]
+    fn a_merge_record_is_read_and_a_broken_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(MergeWeights::read(dir.path()).unwrap(), None);
+        std::fs::write(
+            dir.path().join("merge.json"),
+            r#"{"format":"tutti-merge/1","method":"task-arithmetic","inputs":[
+                {"dir":"/m/init","role":"base","lambda":null,"sha256":"x"},
+                {"dir":"/m/speech","role":"model","lambda":0.7,"sha256":"y"},
+                {"dir":"/m/music","role":"model","lambda":0.3,"sha256":"z"}]}"#,
+        )
+        .unwrap();
+        let merge = MergeWeights::read(dir.path()).unwrap().unwrap();
+        assert_eq!(merge.method, "task-arithmetic");
+        assert_eq!(
+            merge.inputs,
+            vec![("speech".to_string(), 0.7), ("music".to_string(), 0.3)]
+        );
+        std::fs::write(dir.path().join("merge.json"), "{not json").unwrap();
+        let error = MergeWeights::read(dir.path()).unwrap_err();
+        assert!(error.contains("merge.json"), "{error}");
+    }
 }
