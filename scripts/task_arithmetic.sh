@@ -34,6 +34,8 @@ train() {
   for name in speech sound music ensemble; do
     local run="$home/runs/ta-$name"
     [ -d "$models/ta-$name" ] && continue
+    # A run killed before its first checkpoint has nothing finished: start it again.
+    [ -d "$run" ] && [ ! -e "$run/latest" ] && rm -rf "$run"
     if [ -e "$run/latest" ]; then
       "$tutti" --threads "$threads" distill --config "recipes/task-arithmetic/$name.toml" -o "$run" --resume
     else
