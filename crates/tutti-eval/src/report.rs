@@ -29,6 +29,30 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// An SVG chart's opening (`total_width` x `total_height`, bold title) and its horizontal grid:
+/// five lines for values 0..=1 over the plot area, labelled on the left.
+fn chart_start(title: &str, plot: (f64, f64, f64, f64), total: (f64, f64)) -> String {
+    let (left, top, width, height) = plot;
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11"><text x="{left}" y="18" font-size="12" font-weight="bold">{}</text>"#,
+        total.0,
+        total.1,
+        escape(title)
+    );
+    for tick in 0..=4 {
+        let v = tick as f64 / 4.0;
+        let y = top + height * (1.0 - v);
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
+            left + width,
+            left - 4.0,
+            y + 4.0
+        );
+    }
+    svg
+}
+
 /// Grouped bars: one group per `groups` entry, one bar per series, values in [0, 1].
 fn grouped_bars(title: &str, groups: &[String], series: &[(String, Vec<f64>)]) -> String {
     let (left, top, bar, gap, height) = (50.0, 30.0, 14.0, 18.0, 200.0);
@@ -85,23 +109,11 @@ fn curves(title: &str, series: &[(String, Vec<(usize, f64)>)]) -> String {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11"><text x="{left}" y="18" font-size="12" font-weight="bold">{}</text>"#,
-        left + width + 20.0,
-        top + height + 30.0,
-        escape(title)
+    let mut svg = chart_start(
+        title,
+        (left, top, width, height),
+        (left + width + 20.0, top + height + 30.0),
     );
-    for tick in 0..=4 {
-        let v = tick as f64 / 4.0;
-        let y = top + height * (1.0 - v);
-        let _ = write!(
-            svg,
-            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{v:.2}</text>"##,
-            left + width,
-            left - 4.0,
-            y + 4.0
-        );
-    }
     let _ = write!(
         svg,
         r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">layer (0 - {max_layer:.0})</text>"#,
@@ -149,23 +161,18 @@ fn sweep_chart(
     let (left, top, width, height) = (50.0, 30.0, 360.0, 180.0);
     let x_of = |x: f64| left + width * x.clamp(0.0, 1.0);
     let y_of = |v: f64| top + height * (1.0 - v.clamp(0.0, 1.0));
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" font-family="sans-serif" font-size="11"><text x="{left}" y="18" font-size="12" font-weight="bold">{}</text>"#,
-        left + width + 150.0,
-        top + height + 34.0,
-        escape(title)
+    let mut svg = chart_start(
+        title,
+        (left, top, width, height),
+        (left + width + 150.0, top + height + 34.0),
     );
     for tick in 0..=4 {
         let v = tick as f64 / 4.0;
         let _ = write!(
             svg,
-            r##"<line x1="{left}" x2="{:.0}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.0}" y="{:.1}" text-anchor="end">{v:.2}</text><text x="{:.1}" y="{:.0}" text-anchor="middle">{v:.2}</text>"##,
-            left + width,
-            left - 4.0,
-            y_of(v) + 4.0,
+            r#"<text x="{:.1}" y="{:.0}" text-anchor="middle">{v:.2}</text>"#,
             x_of(v),
-            top + height + 14.0,
-            y = y_of(v),
+            top + height + 14.0
         );
     }
     let _ = write!(

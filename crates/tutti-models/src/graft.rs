@@ -12,7 +12,7 @@
 //! no bias, so the student's starts at zero.
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::error::ModelError;
@@ -46,10 +46,6 @@ fn copy_linear(source: &Linear, device: &Device) -> Linear {
         weight: Param::from_tensor(weight),
         bias: Some(Param::from_tensor(bias)),
     }
-}
-
-fn copy_norm(source: &LayerNorm) -> LayerNorm {
-    source.clone()
 }
 
 /// `fresh` (a seeded `config.init`) with every transformer block and the final LayerNorm taken
@@ -91,13 +87,13 @@ pub fn graft_whisper(
         student.attention.k_proj = copy_linear(&teacher.self_attn.k_proj, device);
         student.attention.v_proj = copy_linear(&teacher.self_attn.v_proj, device);
         student.attention.out_proj = copy_linear(&teacher.self_attn.out_proj, device);
-        student.layer_norm = copy_norm(&teacher.self_attn_layer_norm);
+        student.layer_norm = teacher.self_attn_layer_norm.clone();
         student.feed_forward.intermediate_dense = copy_linear(&teacher.fc1, device);
         student.feed_forward.output_dense = copy_linear(&teacher.fc2, device);
-        student.final_layer_norm = copy_norm(&teacher.final_layer_norm);
+        student.final_layer_norm = teacher.final_layer_norm.clone();
         student.layer_norm_first = true;
     }
-    fresh.layer_norm = copy_norm(&whisper.layer_norm);
+    fresh.layer_norm = whisper.layer_norm.clone();
     fresh.layer_norm_first = true;
     Ok(fresh)
 }
