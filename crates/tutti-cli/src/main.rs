@@ -9,6 +9,7 @@ mod features;
 mod info;
 mod init;
 mod inputs;
+mod instruct;
 mod lm;
 mod merge;
 mod output;
@@ -60,6 +61,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a freshly initialised (untrained) model directory.
     Init(init::InitArgs),
+    /// Instruction data for the audio-LM: `build` from the pool, `check` against a suite.
+    #[command(subcommand)]
+    Instruct(instruct::InstructCommand),
     /// The language model of the audio-LM side: `generate` (chat or raw) and `score`.
     #[command(subcommand)]
     Lm(lm::LmCommand),
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
         Command::Upscale(args) => distill::upscale(args),
         Command::Merge(args) => merge::run(args),
         Command::Lm(command) => lm::run(command),
+        Command::Instruct(command) => instruct::run(command),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

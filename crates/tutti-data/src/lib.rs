@@ -7,8 +7,10 @@
 //! - [`quick`]: the `quick` suite, synthesised in seconds with no downloads.
 //! - [`standard`]: the standard suite (21 tasks) from package-registry audio and soundfonts.
 //! - [`import`]: a folder-per-class dataset turned into a task.
+//! - [`pool`]: the distillation pool; [`instruct`]: its clips as instruction-answer pairs.
 
 pub mod import;
+pub mod instruct;
 pub mod manifest;
 pub mod pool;
 pub mod quick;

@@ -109,6 +109,11 @@ pub const FONTS: [(&str, &str, &str); 2] = [
     ),
 ];
 
+/// The composition seed of the pool's rendered piece `i` (the same in every soundfont).
+pub fn piece_seed(pool_seed: u64, i: usize) -> u64 {
+    hash(pool_seed, &format!("piece{i}"))
+}
+
 /// A file to cut into clips.
 struct Origin {
     path: PathBuf,
@@ -225,7 +230,8 @@ fn cuts(n: usize, options: &PoolOptions) -> Vec<(usize, usize)> {
     out
 }
 
-fn sha256_file(path: &Path) -> Result<String, DataError> {
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, DataError> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
@@ -354,8 +360,7 @@ pub fn build_pool(
                 let samples = if out.join(&rel).is_file() {
                     None
                 } else {
-                    let parts =
-                        compose(hash(options.seed, &format!("piece{i}")), options.clip_secs);
+                    let parts = compose(piece_seed(options.seed, i), options.clip_secs);
                     match render_piece(&font, &parts, options.clip_secs) {
                         Some(x) => Some(normalise(x)),
                         None => return Ok(None),

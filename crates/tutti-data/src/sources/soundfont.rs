@@ -102,6 +102,29 @@ pub(crate) struct Part {
 /// are drawn from the GM families that carry pitch (piano .. pipe, leads, pads), so the same
 /// seed gives the same piece with any soundfont.
 pub(crate) fn compose(seed: u64, secs: f64) -> Vec<Part> {
+    compose_with_facts(seed, secs).0
+}
+
+/// What a composed piece is, known exactly from its seed (the instruction data's music labels).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PieceFacts {
+    /// Pitch class of the tonic, 0 = C.
+    pub tonic: i32,
+    pub minor: bool,
+    pub bpm: f64,
+    /// GM programs of the chord, bass and melody parts.
+    pub chord_program: i32,
+    pub bass_program: i32,
+    pub lead_program: i32,
+    pub drums: bool,
+}
+
+/// The facts of the piece [`compose`] makes from `seed` (the same draws, so they cannot drift).
+pub fn piece_facts(seed: u64, secs: f64) -> PieceFacts {
+    compose_with_facts(seed, secs).1
+}
+
+pub(crate) fn compose_with_facts(seed: u64, secs: f64) -> (Vec<Part>, PieceFacts) {
     const MAJOR: [i32; 7] = [0, 2, 4, 5, 7, 9, 11];
     const MINOR: [i32; 7] = [0, 2, 3, 5, 7, 8, 10];
     const PROGRESSIONS: [[usize; 4]; 6] = [
@@ -114,8 +137,10 @@ pub(crate) fn compose(seed: u64, secs: f64) -> Vec<Part> {
     ];
     let mut rng = Rng::new(seed);
     let tonic = 48 + rng.below(12) as i32;
-    let scale = if rng.below(2) == 0 { MAJOR } else { MINOR };
-    let beat = 60.0 / rng.range(60.0, 180.0);
+    let minor = rng.below(2) != 0;
+    let scale = if minor { MINOR } else { MAJOR };
+    let bpm = rng.range(60.0, 180.0);
+    let beat = 60.0 / bpm;
     let bar = 4.0 * beat;
     let progression = PROGRESSIONS[rng.below(PROGRESSIONS.len())];
     let degree = |d: usize| -> i32 { tonic + scale[d % 7] + 12 * (d / 7) as i32 };
@@ -248,14 +273,24 @@ pub(crate) fn compose(seed: u64, secs: f64) -> Vec<Part> {
             notes: keep(lead),
         },
     ];
-    if rng.below(4) != 0 {
+    let with_drums = rng.below(4) != 0;
+    if with_drums {
         parts.push(Part {
             program: 0,
             drums: true,
             notes: keep(drums),
         });
     }
-    parts
+    let facts = PieceFacts {
+        tonic: tonic.rem_euclid(12),
+        minor,
+        bpm,
+        chord_program,
+        bass_program,
+        lead_program,
+        drums: with_drums,
+    };
+    (parts, facts)
 }
 
 /// Render a composed piece with `font` and mix its parts (each part at its own peak first, so no
@@ -285,6 +320,31 @@ pub(crate) fn render_piece(font: &Font, parts: &[Part], secs: f64) -> Option<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn piece_facts_are_the_pieces_own() {
+        for seed in 0..50u64 {
+            let (parts, facts) = compose_with_facts(seed, 10.0);
+            assert_eq!(parts[0].program, facts.chord_program);
+            assert_eq!(parts[1].program, facts.bass_program);
+            assert_eq!(parts[2].program, facts.lead_program);
+            assert_eq!(parts.len() == 4 && parts[3].drums, facts.drums);
+            assert!((60.0..180.0).contains(&facts.bpm));
+            // The bass plays the progression's roots an octave below the chords: its lowest
+            // note's pitch class is a scale degree of the key.
+            let scale: &[i32] = if facts.minor {
+                &[0, 2, 3, 5, 7, 8, 10]
+            } else {
+                &[0, 2, 4, 5, 7, 9, 11]
+            };
+            for n in &parts[1].notes {
+                let degree = (n.key - facts.tonic).rem_euclid(12);
+                assert!(scale.contains(&degree), "seed {seed}: {degree}");
+            }
+            // Same draws as compose.
+            assert_eq!(compose(seed, 10.0).len(), parts.len());
+        }
+    }
 
     #[test]
     fn compositions_are_seeded_and_fill_the_clip() {
