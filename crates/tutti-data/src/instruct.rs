@@ -401,7 +401,7 @@ pub fn build_instruct(
 
 /// The split a source's pairs go to.
 pub fn split_of(source: &str, options: &InstructOptions) -> &'static str {
-    if hash(options.seed ^ 0x1457_4c7, source) % 100 < options.test_percent {
+    if hash(options.seed ^ 0x0145_74c7, source) % 100 < options.test_percent {
         "test"
     } else {
         "train"

@@ -1,0 +1,189 @@
+//! The audio-LM artifact `tutti export` writes from an align run:
+//!
+//! - `encoder/`: the trained encoder as a normal model directory (`tutti embed`, `tutti bench`);
+//! - `adapter.safetensors`: the adapter;
+//! - `audiolm.json`: the adapter's shape, the system message, and the LM by reference (its path
+//!   as trained and its sha256: the LM is frozen, so it is not copied), and how it was trained.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tutti_lm::generate::Lm;
+
+use crate::adapter::AdapterConfig;
+use crate::model::AudioLm;
+use crate::train::{ADAPTER_WEIGHTS, AlignError, AlignRun, sha256_file};
+
+pub const AUDIOLM_FILE: &str = "audiolm.json";
+pub const FORMAT: &str = "tutti-audiolm/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AudioLmManifest {
+    pub format: String,
+    pub adapter: AdapterConfig,
+    pub system: String,
+    #[serde(default)]
+    pub template: crate::prompt::Template,
+    pub lm: PathBuf,
+    pub lm_sha256: String,
+    /// Tasks trained on and held out (the latter are zero-shot in evaluation).
+    pub tasks: Vec<String>,
+    pub hold_out: Vec<String>,
+    pub training: serde_json::Value,
+}
+
+fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> AlignError {
+    AlignError(format!("{context}: {e}"))
+}
+
+/// Write the run's newest checkpoint as an audio-LM artifact at `out` (atomically; `out` must
+/// not exist).
+pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError> {
+    if out.exists() {
+        return Err(AlignError(format!("{}: already exists", out.display())));
+    }
+    let run = AlignRun::resume(run_dir)?;
+    if run.state.step == 0 {
+        return Err(AlignError(format!(
+            "{}: no checkpoint yet (nothing trained to export)",
+            run_dir.display()
+        )));
+    }
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
+    let tmp = parent.join(format!(
+        ".{}.partial",
+        out.file_name()
+            .map_or("audiolm".into(), |n| n.to_string_lossy())
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+    let training = serde_json::json!({
+        "run": run_dir,
+        "recipe": run.recipe,
+        "steps": run.state.step,
+        "examples": run.state.examples,
+        "audio_hours": run.state.audio_secs / 3600.0,
+        "train_secs": run.state.train_secs,
+        "start_encoder": run.info.encoder,
+        "start_encoder_weights_sha256": run.info.encoder_weights_sha256,
+        "instruct_train_sha256": run.info.instruct_train_sha256,
+    });
+    tutti_models::artifact::write_model(
+        &tmp.join("encoder"),
+        &run.encoder.config,
+        &run.encoder.encoder,
+        tutti_models::artifact::ModelProvenance {
+            created_by: "tutti export (tutti align run)".into(),
+            preset: None,
+            seed: Some(run.recipe.seed),
+            trained: true,
+            training: Some(training.clone()),
+        },
+        tutti_models::artifact::WeightsDtype::F32,
+        &tutti_nn::device::cpu(),
+    )
+    .map_err(|e| AlignError(e.to_string()))?;
+    tutti_nn::save_safetensors(&run.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
+        .map_err(|e| AlignError(e.to_string()))?;
+    let manifest = AudioLmManifest {
+        format: FORMAT.into(),
+        adapter: run.adapter_config,
+        system: run.recipe.model.system.clone(),
+        template: run.recipe.model.template,
+        lm: run.info.lm.clone(),
+        lm_sha256: run.info.lm_sha256.clone(),
+        tasks: run.info.tasks.clone(),
+        hold_out: run.info.hold_out.clone(),
+        training,
+    };
+    std::fs::write(
+        tmp.join(AUDIOLM_FILE),
+        serde_json::to_string_pretty(&manifest).expect("manifest serialises"),
+    )
+    .map_err(|e| err(tmp.display(), e))?;
+    std::fs::rename(&tmp, out).map_err(|e| err(out.display(), e))?;
+    Ok(manifest)
+}
+
+/// Whether `dir` is an align run folder (for `tutti export`).
+pub fn is_align_run(dir: &Path) -> bool {
+    dir.join(crate::train::RUN_INFO).is_file()
+}
+
+/// Open an audio-LM artifact for answering on the CPU; `lm` overrides the LM's path (its
+/// sha256 must still match the one trained with).
+pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest), AlignError> {
+    let path = dir.join(AUDIOLM_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(
+            path.display(),
+            format!("{e} (an audio-LM folder holds audiolm.json, encoder/, adapter.safetensors)"),
+        )
+    })?;
+    let manifest: AudioLmManifest =
+        serde_json::from_str(&text).map_err(|e| err(path.display(), e))?;
+    if manifest.format != FORMAT {
+        return Err(err(
+            path.display(),
+            format!("format {} (this build reads {FORMAT})", manifest.format),
+        ));
+    }
+    manifest
+        .adapter
+        .check()
+        .map_err(|e| err(path.display(), e))?;
+    let lm_path = lm.map(Path::to_path_buf).unwrap_or(manifest.lm.clone());
+    let gguf = tutti_lm::generate::find_gguf(&lm_path).map_err(|e| {
+        AlignError(format!(
+            "{e} (the LM this audio-LM was trained with; fetch it with scripts/fetch_lm.sh or pass --lm)"
+        ))
+    })?;
+    let found = sha256_file(&gguf)?;
+    if found != manifest.lm_sha256 {
+        return Err(err(
+            gguf.display(),
+            format!(
+                "sha256 {found} is not the LM this audio-LM was trained with ({})",
+                manifest.lm_sha256
+            ),
+        ));
+    }
+    let lm = Lm::open(&gguf).map_err(AlignError)?;
+    if lm.model.config.dim != manifest.adapter.lm_dim {
+        return Err(err(
+            gguf.display(),
+            format!(
+                "the LM is {}-wide, the adapter gives {}",
+                lm.model.config.dim, manifest.adapter.lm_dim
+            ),
+        ));
+    }
+    let device = tutti_nn::device::cpu();
+    let encoder = tutti_models::artifact::load_encoder(&dir.join("encoder"), &device)
+        .map_err(|e| AlignError(e.to_string()))?;
+    if encoder.info().hidden_size != manifest.adapter.encoder_dim {
+        return Err(err(
+            dir.join("encoder").display(),
+            format!(
+                "the encoder is {}-wide, the adapter takes {}",
+                encoder.info().hidden_size,
+                manifest.adapter.encoder_dim
+            ),
+        ));
+    }
+    let mut adapter = manifest.adapter.init(&device);
+    tutti_nn::load_safetensors_strict(&mut adapter, &dir.join(ADAPTER_WEIGHTS), &[], &[])
+        .map_err(|e| AlignError(e.to_string()))?;
+    Ok((
+        AudioLm {
+            encoder,
+            adapter,
+            config: manifest.adapter,
+            lm,
+            template: manifest.template,
+            system: manifest.system.clone(),
+        },
+        manifest,
+    ))
+}

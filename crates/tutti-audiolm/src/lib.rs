@@ -1,0 +1,14 @@
+//! tutti-audiolm: an audio encoder connected to a frozen language model (UniWhisper, PAPERS.md
+//! §4): the adapter ([`adapter`]), the prompt layout ([`prompt`]), the training signal and
+//! answering ([`model`]), the trainer behind `tutti align` ([`train`], with [`recipe`] and a
+//! plain-data AdamW, [`optim`]), the exported artifact ([`artifact`]) and the instruction test
+//! ([`eval`]).
+
+pub mod adapter;
+pub mod artifact;
+pub mod eval;
+pub mod model;
+pub mod optim;
+pub mod prompt;
+pub mod recipe;
+pub mod train;

@@ -1,0 +1,242 @@
+//! The audio-LM's forward and training signal: encoder -> adapter -> audio tokens spliced into
+//! the frozen LM's prompt; next-token cross-entropy on the answer; its gradient back into the
+//! adapter and the encoder.
+//!
+//! The LM is frozen and its backward hand-written ([`tutti_lm::grad`]): it gives d loss / d
+//! audio token. burn's autodiff carries that on through the adapter and the encoder as the
+//! gradient of the surrogate `sum(audio_tokens * G)` with `G` held constant, whose gradient with
+//! respect to every encoder and adapter weight is exactly the chain rule's (tested against finite
+//! differences of the real loss).
+
+use burn::tensor::{Gradients, Tensor, TensorData};
+use tutti_lm::generate::{Lm, Sampling, choose, generate};
+use tutti_lm::grad::Span;
+use tutti_lm::llama::KvCache;
+use tutti_models::encoder::{AudioEncoder, ForwardOptions};
+use tutti_models::tutti::TuttiModel;
+
+use crate::adapter::{Adapter, AdapterConfig};
+use crate::prompt::{Prompt, Template, answer_tokens, prompt, targets};
+
+/// One training example.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// Mono at the encoder's rate.
+    pub waveform: Vec<f32>,
+    pub instruction: String,
+    pub answer: String,
+}
+
+/// What one batch's forward and backward came to.
+pub struct BatchLoss {
+    /// Mean over the examples of each example's mean answer-token cross-entropy (nats).
+    pub lm_loss: f64,
+    /// The keep-close term's value (0 without it).
+    pub keep_close: f64,
+    pub answer_tokens: usize,
+    pub audio_tokens: usize,
+    pub grads: Gradients,
+}
+
+/// What a training step differentiates through: the encoder and adapter being trained (on an
+/// autodiff device), the frozen LM and the prompt layout.
+#[derive(Clone, Copy)]
+pub struct Trainee<'a> {
+    pub encoder: &'a TuttiModel,
+    pub adapter: &'a Adapter,
+    pub config: &'a AdapterConfig,
+    pub lm: &'a Lm,
+    pub template: Template,
+    pub system: &'a str,
+}
+
+/// The audio tokens of a batch: `[batch, tokens, lm_dim]` and each item's valid count.
+pub fn audio_tokens(
+    hidden: Tensor<3>,
+    lengths: &[usize],
+    adapter: &Adapter,
+    config: &AdapterConfig,
+) -> (Tensor<3>, Vec<usize>) {
+    let tokens = adapter.forward(hidden, config.downsample);
+    let counts = lengths.iter().map(|&l| config.tokens(l)).collect();
+    (tokens, counts)
+}
+
+/// Row `item`'s first `count` vectors of `values` (`[batch, tokens, dim]` row-major).
+fn rows(values: &[f32], item: usize, tokens: usize, count: usize, dim: usize) -> &[f32] {
+    let start = item * tokens * dim;
+    &values[start..start + count * dim]
+}
+
+/// Forward and backward of one batch on an autodiff device: the LM loss of every example's
+/// answer, optionally plus `keep_close * mean((h - h0)^2)` over the valid frames of the last
+/// hidden state (`reference`: the starting encoder's, `[batch, frames, dim]`).
+pub fn batch_loss(
+    model: &Trainee,
+    examples: &[Example],
+    keep_close: Option<(f64, Tensor<3>)>,
+) -> Result<BatchLoss, String> {
+    let Trainee {
+        encoder,
+        adapter,
+        config,
+        lm,
+        template,
+        system,
+    } = *model;
+    if examples.is_empty() {
+        return Err("an empty batch".into());
+    }
+    let waves: Vec<&[f32]> = examples.iter().map(|e| e.waveform.as_slice()).collect();
+    let out = encoder
+        .encode(&waves, ForwardOptions::default())
+        .map_err(|e| e.to_string())?;
+    let hidden = out.hidden_states.last().expect("hidden states").clone();
+    let (tokens, counts) = audio_tokens(hidden.clone(), &out.lengths, adapter, config);
+    let [batch, width, dim] = tokens.dims();
+    if dim != lm.model.config.dim {
+        return Err(format!(
+            "the adapter gives {dim}-wide tokens, the LM takes {}",
+            lm.model.config.dim
+        ));
+    }
+    let values = tutti_nn::layers::values(tokens.clone().detach());
+    let mut grad = vec![0.0f32; values.len()];
+    let (mut lm_loss, mut answer_count) = (0.0, 0);
+    for (i, e) in examples.iter().enumerate() {
+        let p = prompt(&lm.tokenizer, template, system, &e.instruction)?;
+        let answer = answer_tokens(&lm.tokenizer, &e.answer)?;
+        let audio = rows(&values, i, width, counts[i], dim);
+        let mut rest = p.after.clone();
+        rest.extend_from_slice(&answer);
+        let inputs = lm.model.embed_spans(&[
+            Span::Tokens(&p.before),
+            Span::Embeddings(audio),
+            Span::Tokens(&rest),
+        ])?;
+        let t = targets(&p, counts[i], &answer);
+        let g = lm.model.loss_and_input_grad(&inputs, &t)?;
+        lm_loss += g.loss / batch as f64;
+        answer_count += g.targets;
+        let from = p.before.len() * dim;
+        let scale = 1.0 / batch as f32;
+        let dst = &mut grad[i * width * dim..i * width * dim + counts[i] * dim];
+        for (d, s) in dst.iter_mut().zip(&g.grad[from..from + counts[i] * dim]) {
+            *d = s * scale;
+        }
+    }
+    let device = tokens.device();
+    let g = Tensor::<3>::from_data(TensorData::new(grad, [batch, width, dim]), &device);
+    let mut surrogate = (tokens * g).sum();
+    let mut keep = 0.0;
+    if let Some((weight, reference)) = keep_close {
+        let [b, frames, d] = hidden.dims();
+        let mut mask = vec![0.0f32; b * frames];
+        for (i, &l) in out.lengths.iter().enumerate() {
+            mask[i * frames..i * frames + l.min(frames)].fill(1.0);
+        }
+        let valid: usize = out.lengths.iter().map(|&l| l.min(frames)).sum();
+        let mask = Tensor::<3>::from_data(TensorData::new(mask, [b, frames, 1]), &device);
+        let diff = (hidden - reference) * mask;
+        let term = (diff.clone() * diff).sum() / (valid.max(1) * d) as f64;
+        keep = tutti_nn::layers::values(term.clone().detach())[0] as f64;
+        surrogate = surrogate + term * weight;
+    }
+    let grads = surrogate.backward();
+    Ok(BatchLoss {
+        lm_loss,
+        keep_close: keep,
+        answer_tokens: answer_count,
+        audio_tokens: counts.iter().sum(),
+        grads,
+    })
+}
+
+/// An audio-LM ready to answer: an encoder (any tutti-loadable one), its adapter and the LM.
+pub struct AudioLm {
+    pub encoder: Box<dyn AudioEncoder>,
+    pub adapter: Adapter,
+    pub config: AdapterConfig,
+    pub lm: Lm,
+    pub template: Template,
+    pub system: String,
+}
+
+impl AudioLm {
+    /// The audio tokens of one clip (`[tokens, lm_dim]` row-major).
+    pub fn audio_tokens(&self, waveform: &[f32]) -> Result<Vec<f32>, String> {
+        let out = self
+            .encoder
+            .encode(&[waveform], ForwardOptions::default())
+            .map_err(|e| e.to_string())?;
+        let hidden = out.hidden_states.last().expect("hidden states").clone();
+        let (tokens, counts) = audio_tokens(hidden, &out.lengths, &self.adapter, &self.config);
+        let [_, width, dim] = tokens.dims();
+        let values = tutti_nn::layers::values(tokens);
+        Ok(rows(&values, 0, width, counts[0], dim).to_vec())
+    }
+
+    /// Answer `instruction` about `waveform`; each new token's text goes to `on_text` as it comes
+    /// (return false to stop). Returns the whole answer.
+    pub fn answer(
+        &self,
+        waveform: &[f32],
+        instruction: &str,
+        max_new: usize,
+        sampling: Sampling,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<String, String> {
+        let audio = self.audio_tokens(waveform)?;
+        let p: Prompt = prompt(&self.lm.tokenizer, self.template, &self.system, instruction)?;
+        let h = self.lm.model.embed_spans(&[
+            Span::Tokens(&p.before),
+            Span::Embeddings(&audio),
+            Span::Tokens(&p.after),
+        ])?;
+        if max_new == 0 {
+            return Ok(String::new());
+        }
+        let mut cache = KvCache::default();
+        let logits = self.lm.model.forward_embedded(h, &mut cache)?.logits;
+        let vocab = self.lm.model.config.vocab;
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(sampling.seed);
+        let first = choose(&logits[logits.len() - vocab..], sampling, &mut rng);
+        let stop = &self.lm.tokenizer.stop;
+        let mut ids = vec![first];
+        let mut shown = String::new();
+        let tokenizer = &self.lm.tokenizer;
+        // Stream the decoded text's growth (multi-byte characters can span tokens).
+        let mut emit = |ids: &[u32], shown: &mut String| -> bool {
+            let text = tokenizer.decode(ids, true).unwrap_or_default();
+            if text.len() > shown.len() && text.starts_with(shown.as_str()) {
+                let more = text[shown.len()..].to_string();
+                *shown = text;
+                return on_text(&more);
+            }
+            true
+        };
+        let mut go = emit(&ids, &mut shown);
+        if go && !stop.contains(&first) && max_new > 1 {
+            let mut seq = ids.clone();
+            let more = generate(
+                &self.lm.model,
+                &mut cache,
+                &[first],
+                max_new - 1,
+                Sampling {
+                    seed: sampling.seed.wrapping_add(1),
+                    ..sampling
+                },
+                stop,
+                |t| {
+                    seq.push(t);
+                    go = emit(&seq, &mut shown);
+                    go
+                },
+            )?;
+            ids.extend(more);
+        }
+        let ids: Vec<u32> = ids.into_iter().filter(|t| !stop.contains(t)).collect();
+        tokenizer.decode(&ids, true)
+    }
+}

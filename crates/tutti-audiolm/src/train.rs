@@ -1,0 +1,626 @@
+//! The trainer behind `tutti align`: a recipe, instruction data and a frozen LM in, a run
+//! directory out. Conventions of `tutti distill`:
+//!
+//! - the run directory holds `recipe.toml` (resolved), `align.json` (what the run reads: the
+//!   encoder's, the LM's and the instruction data's sha256, the pairs trained on),
+//!   `metrics.jsonl` (one line per step), `ckpt-<step>/` (encoder and adapter weights, AdamW
+//!   moments, `trainer.json`) and `latest` (the newest complete checkpoint's name);
+//! - kill-anywhere resume: a checkpoint is written into its own folder, then `latest` is
+//!   replaced atomically, then older checkpoints are removed. The data order is a function of
+//!   the seed and the step, so a resumed run ends with the same weights as an uninterrupted one
+//!   (tested), and `metrics.jsonl` is cut back to the checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
+use tutti_lm::generate::Lm;
+use tutti_models::encoder::{AudioEncoder, ForwardOptions};
+use tutti_models::tutti::TuttiModel;
+
+use crate::adapter::{Adapter, AdapterConfig};
+use crate::model::{Example, Trainee, batch_loss};
+use crate::optim::{self, AdamWSettings, Moments};
+use crate::recipe::AlignRecipe;
+
+/// A trainer error naming the file or the recipe part at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AlignError(pub String);
+
+fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> AlignError {
+    AlignError(format!("{context}: {e}"))
+}
+
+pub const RECIPE: &str = "recipe.toml";
+pub const RUN_INFO: &str = "align.json";
+pub const METRICS: &str = "metrics.jsonl";
+const LATEST: &str = "latest";
+const ENCODER_WEIGHTS: &str = "encoder.safetensors";
+pub const ADAPTER_WEIGHTS: &str = "adapter.safetensors";
+const MOMENTS: &str = "moments.safetensors";
+const TRAINER: &str = "trainer.json";
+
+/// `trainer.json` of a checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    pub step: usize,
+    pub examples: usize,
+    pub audio_secs: f64,
+    pub train_secs: f64,
+}
+
+/// `align.json`: what a run reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub format: String,
+    pub encoder: PathBuf,
+    pub encoder_weights_sha256: String,
+    pub lm: PathBuf,
+    pub lm_sha256: String,
+    pub instruct: PathBuf,
+    pub instruct_train_sha256: String,
+    pub pairs: usize,
+    pub tasks: Vec<String>,
+    pub hold_out: Vec<String>,
+    pub adapter: AdapterConfig,
+    pub trainable_encoder_parameters: usize,
+    pub adapter_parameters: usize,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub keep_close: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub clipped: bool,
+    pub examples: usize,
+    pub answer_tokens: usize,
+    pub audio_tokens: usize,
+    pub audio_secs: f64,
+    pub step_secs: f64,
+    pub examples_per_sec: f64,
+    pub audio_per_sec: f64,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, AlignError> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).map_err(|e| err(path.display(), e))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| err(path.display(), e))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The module path of every float parameter, in visiting order.
+pub fn parameter_paths<M: Module>(module: &M) -> Vec<String> {
+    struct Paths {
+        stack: Vec<String>,
+        out: Vec<String>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.out.push(self.stack.join("."));
+        }
+    }
+    let mut p = Paths {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
+    module.visit(&mut p);
+    p.out
+}
+
+/// Which of a tutti encoder's parameters train when its top `top` of `layers` blocks do
+/// (`None`: all of them): the blocks' own parameters only, front end and positions frozen.
+pub fn trainable_mask(paths: &[String], layers: usize, top: Option<usize>) -> Vec<bool> {
+    let Some(top) = top else {
+        return vec![true; paths.len()];
+    };
+    let first = layers.saturating_sub(top);
+    paths
+        .iter()
+        .map(|p| {
+            let parts: Vec<&str> = p.split('.').collect();
+            parts
+                .iter()
+                .position(|s| *s == "layers")
+                .and_then(|i| parts.get(i + 1))
+                .and_then(|s| s.parse::<usize>().ok())
+                .is_some_and(|block| block >= first)
+        })
+        .collect()
+}
+
+/// A seeded permutation of `0..n` (splitmix64 Fisher-Yates).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+/// The pairs of step `step` (0-based): a seeded shuffle per epoch, `batch` at a time.
+pub fn batch_indices(n: usize, batch: usize, seed: u64, step: usize) -> (usize, Vec<usize>) {
+    let per_epoch = (n / batch).max(1);
+    let epoch = step / per_epoch;
+    let order = permutation(n, seed.wrapping_add(epoch as u64 * 1_000_003));
+    let start = (step % per_epoch) * batch;
+    (
+        epoch,
+        (start..start + batch).map(|i| order[i % n]).collect(),
+    )
+}
+
+/// A run being trained.
+pub struct AlignRun {
+    pub dir: PathBuf,
+    pub recipe: AlignRecipe,
+    pub info: RunInfo,
+    pub encoder: TuttiModel,
+    pub adapter: Adapter,
+    pub adapter_config: AdapterConfig,
+    pub lm: Lm,
+    pub pairs: Vec<InstructPair>,
+    pub pool: PathBuf,
+    reference: Option<Box<dyn AudioEncoder>>,
+    mask: Vec<bool>,
+    encoder_moments: Moments,
+    adapter_moments: Moments,
+    pub state: TrainerState,
+    device: Device,
+}
+
+fn autodiff_device() -> Device {
+    tutti_nn::device::cpu().autodiff()
+}
+
+impl AlignRun {
+    /// Start a new run in `dir` (must not hold one).
+    pub fn create(recipe_path: &Path, dir: &Path) -> Result<Self, AlignError> {
+        let recipe = AlignRecipe::load(recipe_path).map_err(|e| AlignError(e.to_string()))?;
+        if dir.join(LATEST).exists() || dir.join(RUN_INFO).exists() {
+            return Err(AlignError(format!(
+                "{}: already holds a run (use --resume, or another folder)",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
+        let run = Self::build(recipe, dir, None)?;
+        let text = toml::to_string(&run.recipe).map_err(|e| err(RECIPE, e))?;
+        std::fs::write(dir.join(RECIPE), text).map_err(|e| err(dir.join(RECIPE).display(), e))?;
+        let info = serde_json::to_string_pretty(&run.info).expect("run info serialises");
+        std::fs::write(dir.join(RUN_INFO), info)
+            .map_err(|e| err(dir.join(RUN_INFO).display(), e))?;
+        std::fs::write(dir.join(METRICS), "").map_err(|e| err(dir.join(METRICS).display(), e))?;
+        Ok(run)
+    }
+
+    /// Resume the run in `dir` from its newest complete checkpoint (or its start).
+    pub fn resume(dir: &Path) -> Result<Self, AlignError> {
+        let path = dir.join(RECIPE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(
+                path.display(),
+                format!("{e} (not a run folder of tutti align)"),
+            )
+        })?;
+        let recipe = AlignRecipe::parse(&text, dir).map_err(|e| err(path.display(), e))?;
+        let latest = std::fs::read_to_string(dir.join(LATEST))
+            .ok()
+            .map(|s| dir.join(s.trim()));
+        let run = Self::build(recipe, dir, latest.as_deref())?;
+        // Cut the metrics back to the checkpoint.
+        let metrics = dir.join(METRICS);
+        if let Ok(text) = std::fs::read_to_string(&metrics) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step < run.state.step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&metrics, kept).map_err(|e| err(metrics.display(), e))?;
+        }
+        Ok(run)
+    }
+
+    fn build(
+        recipe: AlignRecipe,
+        dir: &Path,
+        checkpoint: Option<&Path>,
+    ) -> Result<Self, AlignError> {
+        let device = autodiff_device();
+        let m = &recipe.model;
+        let model_dir = tutti_models::artifact::ModelDir::open(&m.encoder)
+            .map_err(|e| AlignError(e.to_string()))?;
+        let encoder_weights_sha256 = sha256_file(&m.encoder.join("model.safetensors"))?;
+        let mut encoder = model_dir
+            .load(&device)
+            .map_err(|e| AlignError(e.to_string()))?;
+        let lm = Lm::open(&m.lm).map_err(|e| err(m.lm.display(), e))?;
+        let lm_sha256 = sha256_file(&lm.path)?;
+        let adapter_config = AdapterConfig {
+            downsample: m.downsample,
+            encoder_dim: encoder.config.hidden_size,
+            hidden: m.adapter_hidden,
+            lm_dim: lm.model.config.dim,
+        };
+        adapter_config.check().map_err(AlignError)?;
+        let mut adapter = tutti_nn::device::seeded(&device, recipe.seed, || {
+            Ok::<_, std::convert::Infallible>(adapter_config.init(&device))
+        })
+        .expect("infallible");
+        let layers = encoder.config.num_hidden_layers;
+        if m.train_top_layers.is_some_and(|t| t > layers) {
+            return Err(AlignError(format!(
+                "[model] train_top_layers = {} but {} has {layers} blocks",
+                m.train_top_layers.unwrap_or(0),
+                m.encoder.display()
+            )));
+        }
+        let paths = parameter_paths(&encoder.encoder);
+        let mask = trainable_mask(&paths, layers, m.train_top_layers);
+        if m.train_top_layers == Some(0) {
+            encoder.encoder = encoder.encoder.no_grad();
+        }
+        // The data.
+        let d = &recipe.data;
+        let (_, pool) = open_instruct(&d.instruct).map_err(|e| AlignError(e.to_string()))?;
+        let train_path = d.instruct.join("train.jsonl");
+        let pairs: Vec<InstructPair> = read_pairs(&train_path)
+            .map_err(|e| AlignError(e.to_string()))?
+            .into_iter()
+            .filter(|p| d.tasks.is_empty() || d.tasks.contains(&p.task))
+            .filter(|p| !d.hold_out.contains(&p.task))
+            .collect();
+        if pairs.is_empty() {
+            return Err(AlignError(format!(
+                "{}: no pairs left after [data] tasks / hold_out",
+                train_path.display()
+            )));
+        }
+        let mut tasks: Vec<String> = pairs.iter().map(|p| p.task.clone()).collect();
+        tasks.sort();
+        tasks.dedup();
+        let reference: Option<Box<dyn AudioEncoder>> = if m.keep_close > 0.0 {
+            Some(
+                tutti_models::artifact::load_encoder(&m.encoder, &tutti_nn::device::cpu())
+                    .map_err(|e| AlignError(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let info = RunInfo {
+            format: "tutti-align/1".into(),
+            encoder: m.encoder.clone(),
+            encoder_weights_sha256,
+            lm: lm.path.clone(),
+            lm_sha256,
+            instruct: d.instruct.clone(),
+            instruct_train_sha256: sha256_file(&train_path)?,
+            pairs: pairs.len(),
+            tasks,
+            hold_out: d.hold_out.clone(),
+            adapter: adapter_config,
+            trainable_encoder_parameters: trainable_count(&encoder.encoder, &mask),
+            adapter_parameters: adapter.num_params(),
+        };
+        let mut state = TrainerState::default();
+        let (mut encoder_moments, mut adapter_moments) = (Moments::default(), Moments::default());
+        if let Some(ckpt) = checkpoint {
+            tutti_nn::load_safetensors_strict(
+                &mut encoder.encoder,
+                &ckpt.join(ENCODER_WEIGHTS),
+                &[],
+                &[],
+            )
+            .map_err(|e| AlignError(e.to_string()))?;
+            tutti_nn::load_safetensors_strict(&mut adapter, &ckpt.join(ADAPTER_WEIGHTS), &[], &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            // Loaded values are fresh leaves: make the trained ones tracked again.
+            encoder.encoder = retrack(encoder.encoder, &mask);
+            adapter = retrack(adapter.clone(), &vec![true; optim::count(&adapter)]);
+            let entries = read_moments(&ckpt.join(MOMENTS))?;
+            encoder_moments = optim::moments_from("encoder", mask.len(), &entries);
+            adapter_moments = optim::moments_from("adapter", optim::count(&adapter), &entries);
+            let path = ckpt.join(TRAINER);
+            state = serde_json::from_str(
+                &std::fs::read_to_string(&path).map_err(|e| err(path.display(), e))?,
+            )
+            .map_err(|e| err(path.display(), e))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            recipe,
+            info,
+            encoder,
+            adapter,
+            adapter_config,
+            lm,
+            pairs,
+            pool,
+            reference,
+            mask,
+            encoder_moments,
+            adapter_moments,
+            state,
+            device,
+        })
+    }
+
+    fn example(&self, pair: &InstructPair) -> Result<Example, AlignError> {
+        let path = self.pool.join(&pair.audio);
+        let audio = tutti_audio::decode::load_audio(
+            &path,
+            &tutti_audio::decode::LoadOptions {
+                target_rate_hz: Some(self.encoder.config.fbank.sample_rate_hz),
+                duration_secs: Some(self.recipe.data.max_audio_secs),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| err(path.display(), e))?;
+        Ok(Example {
+            waveform: audio.samples,
+            instruction: pair.instruction.clone(),
+            answer: pair.answer.clone(),
+        })
+    }
+
+    /// Train until `recipe.steps` (or `stop_at` steps, for tests), checkpointing as the recipe
+    /// says; `progress` gets each step's metrics.
+    pub fn train(
+        &mut self,
+        stop_at: Option<usize>,
+        progress: &mut dyn FnMut(&StepMetrics),
+    ) -> Result<(), AlignError> {
+        let end = stop_at.unwrap_or(self.recipe.steps).min(self.recipe.steps);
+        let settings = AdamWSettings {
+            weight_decay: self.recipe.optim.weight_decay,
+            ..Default::default()
+        };
+        while self.state.step < end {
+            let step = self.state.step;
+            let start = Instant::now();
+            let (epoch, indices) = batch_indices(
+                self.pairs.len(),
+                self.recipe.optim.batch,
+                self.recipe.seed,
+                step,
+            );
+            let examples = indices
+                .iter()
+                .map(|&i| self.example(&self.pairs[i]))
+                .collect::<Result<Vec<_>, _>>()?;
+            let audio_secs: f64 = examples
+                .iter()
+                .map(|e| e.waveform.len() as f64 / self.encoder.config.fbank.sample_rate_hz as f64)
+                .sum();
+            let keep = match &self.reference {
+                Some(reference) => {
+                    let waves: Vec<&[f32]> =
+                        examples.iter().map(|e| e.waveform.as_slice()).collect();
+                    let out = reference
+                        .encode(&waves, ForwardOptions::default())
+                        .map_err(|e| AlignError(e.to_string()))?;
+                    let h = out.hidden_states.last().expect("hidden").clone();
+                    let h = Tensor::from_data(h.into_data(), &self.device);
+                    Some((self.recipe.model.keep_close, h))
+                }
+                None => None,
+            };
+            let trainee = Trainee {
+                encoder: &self.encoder,
+                adapter: &self.adapter,
+                config: &self.adapter_config,
+                lm: &self.lm,
+                template: self.recipe.model.template,
+                system: &self.recipe.model.system,
+            };
+            let loss = batch_loss(&trainee, &examples, keep)
+                .map_err(|e| AlignError(format!("step {step}: {e}")))?;
+            if !loss.lm_loss.is_finite() {
+                return Err(AlignError(format!(
+                    "step {step}: the loss is not finite ({}); nothing was updated",
+                    loss.lm_loss
+                )));
+            }
+            let mut enc = optim::gradients(&self.encoder.encoder, &loss.grads);
+            for ((_, g), &train) in enc.iter_mut().zip(&self.mask) {
+                if !train {
+                    *g = None;
+                }
+            }
+            let ada = optim::gradients(&self.adapter, &loss.grads);
+            let norm = optim::grad_norm(&[&enc, &ada]);
+            let max = self.recipe.optim.max_grad_norm;
+            let clip = if norm > max { max / norm } else { 1.0 };
+            let lr = self.recipe.lr(step);
+            let t = step as i32 + 1;
+            let enc_lr = lr * self.recipe.optim.encoder_lr_scale;
+            if self.recipe.model.train_top_layers != Some(0) && enc_lr > 0.0 {
+                let new =
+                    optim::adamw_update(enc, &mut self.encoder_moments, settings, t, enc_lr, clip);
+                self.encoder.encoder = optim::write(self.encoder.encoder.clone(), new);
+            }
+            let new = optim::adamw_update(ada, &mut self.adapter_moments, settings, t, lr, clip);
+            self.adapter = optim::write(self.adapter.clone(), new);
+            let secs = start.elapsed().as_secs_f64();
+            self.state.step += 1;
+            self.state.examples += examples.len();
+            self.state.audio_secs += audio_secs;
+            self.state.train_secs += secs;
+            let metrics = StepMetrics {
+                step,
+                epoch,
+                loss: loss.lm_loss,
+                keep_close: loss.keep_close,
+                lr,
+                grad_norm: norm,
+                clipped: clip < 1.0,
+                examples: examples.len(),
+                answer_tokens: loss.answer_tokens,
+                audio_tokens: loss.audio_tokens,
+                audio_secs,
+                step_secs: secs,
+                examples_per_sec: examples.len() as f64 / secs,
+                audio_per_sec: audio_secs / secs,
+            };
+            let path = self.dir.join(METRICS);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| err(path.display(), e))?;
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(&metrics).expect("metrics serialise")
+            )
+            .map_err(|e| err(path.display(), e))?;
+            progress(&metrics);
+            if self.state.step.is_multiple_of(self.recipe.checkpoint_every)
+                || self.state.step == self.recipe.steps
+            {
+                self.checkpoint()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a checkpoint of the current step and point `latest` at it.
+    pub fn checkpoint(&mut self) -> Result<(), AlignError> {
+        let name = format!("ckpt-{}", self.state.step);
+        let dir = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.partial"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+        tutti_nn::save_safetensors(&self.encoder.encoder, &tmp.join(ENCODER_WEIGHTS), &[])
+            .map_err(|e| AlignError(e.to_string()))?;
+        tutti_nn::save_safetensors(&self.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
+            .map_err(|e| AlignError(e.to_string()))?;
+        let mut entries = optim::moments_entries("encoder", &self.encoder_moments);
+        entries.extend(optim::moments_entries("adapter", &self.adapter_moments));
+        write_moments(&tmp.join(MOMENTS), &entries)?;
+        std::fs::write(
+            tmp.join(TRAINER),
+            serde_json::to_string_pretty(&self.state).expect("state serialises"),
+        )
+        .map_err(|e| err(tmp.display(), e))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(|e| err(dir.display(), e))?;
+        let latest_tmp = self.dir.join(".latest.partial");
+        std::fs::write(&latest_tmp, &name).map_err(|e| err(latest_tmp.display(), e))?;
+        std::fs::rename(&latest_tmp, self.dir.join(LATEST))
+            .map_err(|e| err(self.dir.display(), e))?;
+        // Older checkpoints go once the new one is in place.
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("ckpt-") && n != name {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn trainable_count<M: Module>(module: &M, mask: &[bool]) -> usize {
+    struct Sizes(Vec<usize>);
+    impl ModuleVisitor for Sizes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.val().shape().num_elements());
+        }
+    }
+    let mut s = Sizes(Vec::new());
+    module.visit(&mut s);
+    s.0.iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(n, _)| n)
+        .sum()
+}
+
+/// Make the masked parameters tracked leaves (as after an update).
+fn retrack<M: Module>(module: M, mask: &[bool]) -> M {
+    struct Values(Vec<Vec<f32>>);
+    impl ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(tutti_nn::layers::values(p.val()));
+        }
+    }
+    let mut v = Values(Vec::new());
+    module.visit(&mut v);
+    let values =
+        v.0.into_iter()
+            .zip(mask)
+            .map(|(x, &m)| m.then_some(x))
+            .collect();
+    optim::write(module, values)
+}
+
+fn write_moments(path: &Path, entries: &[(String, Vec<f32>)]) -> Result<(), AlignError> {
+    let bytes: Vec<(String, Vec<u8>, usize)> = entries
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                v.len(),
+            )
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(n, b, len)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![*len], b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| err(path.display(), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = safetensors::serialize(views, None).map_err(|e| err(path.display(), e))?;
+    std::fs::write(path, data).map_err(|e| err(path.display(), e))
+}
+
+fn read_moments(path: &Path) -> Result<HashMap<String, Vec<f32>>, AlignError> {
+    let data = std::fs::read(path).map_err(|e| err(path.display(), e))?;
+    let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| err(path.display(), e))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(err(path.display(), format!("{name}: not f32")));
+        }
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        out.insert(name, values);
+    }
+    Ok(out)
+}
