@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
 use tutti_lm::generate::Lm;
 use tutti_models::encoder::{AudioEncoder, ForwardOptions};
-use tutti_models::tutti::TuttiModel;
+use tutti_models::tutti::{TuttiEncoder, TuttiModel};
 
 use crate::adapter::{Adapter, AdapterConfig};
 use crate::model::{Example, Trainee, batch_loss};
@@ -126,8 +126,14 @@ pub fn parameter_paths<M: Module>(module: &M) -> Vec<String> {
 }
 
 /// Which of a tutti encoder's parameters train when its top `top` of `layers` blocks do
-/// (`None`: all of them): the blocks' own parameters only, front end and positions frozen.
-pub fn trainable_mask(paths: &[String], layers: usize, top: Option<usize>) -> Vec<bool> {
+/// (`None`: all of them): the blocks' own parameters, and the final LayerNorm of a pre-LN
+/// encoder (`final_norm`, which sits after the last block); front end and positions frozen.
+pub fn trainable_mask(
+    paths: &[String],
+    layers: usize,
+    top: Option<usize>,
+    final_norm: bool,
+) -> Vec<bool> {
     let Some(top) = top else {
         return vec![true; paths.len()];
     };
@@ -136,6 +142,9 @@ pub fn trainable_mask(paths: &[String], layers: usize, top: Option<usize>) -> Ve
         .iter()
         .map(|p| {
             let parts: Vec<&str> = p.split('.').collect();
+            if parts.first() == Some(&"layer_norm") {
+                return final_norm && top > 0;
+            }
             parts
                 .iter()
                 .position(|s| *s == "layers")
@@ -284,10 +293,12 @@ impl AlignRun {
             )));
         }
         let paths = parameter_paths(&encoder.encoder);
-        let mask = trainable_mask(&paths, layers, m.train_top_layers);
-        if m.train_top_layers == Some(0) {
-            encoder.encoder = encoder.encoder.no_grad();
-        }
+        let mask = trainable_mask(
+            &paths,
+            layers,
+            m.train_top_layers,
+            encoder.config.layer_norm_first,
+        );
         // The data.
         let d = &recipe.data;
         let (_, pool) = open_instruct(&d.instruct).map_err(|e| AlignError(e.to_string()))?;
@@ -354,6 +365,7 @@ impl AlignRun {
             )
             .map_err(|e| err(path.display(), e))?;
         }
+        encoder.encoder = freeze(encoder.encoder, m.train_top_layers);
         Ok(Self {
             dir: dir.to_path_buf(),
             recipe,
@@ -550,6 +562,28 @@ impl AlignRun {
     }
 }
 
+/// Take the frozen part of a tutti encoder out of autodiff (so the backward stops at the first
+/// trained block): everything when `top` is 0, the front end, positions and lower blocks when
+/// only the top `top` blocks train, nothing when `top` is `None`.
+fn freeze(mut encoder: TuttiEncoder, top: Option<usize>) -> TuttiEncoder {
+    let Some(top) = top else {
+        return encoder;
+    };
+    let first = encoder.layers.len().saturating_sub(top);
+    encoder.subsampler = encoder.subsampler.no_grad();
+    encoder.pos_conv = encoder.pos_conv.no_grad();
+    if !(encoder.layer_norm_first && top > 0) {
+        encoder.layer_norm = encoder.layer_norm.no_grad();
+    }
+    encoder.layers = encoder
+        .layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| if i < first { l.no_grad() } else { l })
+        .collect();
+    encoder
+}
+
 fn trainable_count<M: Module>(module: &M, mask: &[bool]) -> usize {
     struct Sizes(Vec<usize>);
     impl ModuleVisitor for Sizes {
@@ -623,4 +657,48 @@ fn read_moments(path: &Path) -> Result<HashMap<String, Vec<f32>>, AlignError> {
         out.insert(name, values);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_trains_the_top_blocks_and_a_final_norm() {
+        let paths: Vec<String> = [
+            "subsampler.conv.weight",
+            "pos_conv.conv.weight",
+            "layer_norm.gamma",
+            "layers.0.attention.q_proj.weight",
+            "layers.1.attention.q_proj.weight",
+            "layers.2.feed_forward.output_dense.bias",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(trainable_mask(&paths, 3, None, false), vec![true; 6]);
+        assert_eq!(
+            trainable_mask(&paths, 3, Some(2), false),
+            vec![false, false, false, false, true, true]
+        );
+        assert_eq!(
+            trainable_mask(&paths, 3, Some(1), true),
+            vec![false, false, true, false, false, true]
+        );
+        assert_eq!(trainable_mask(&paths, 3, Some(0), true), vec![false; 6]);
+    }
+
+    #[test]
+    fn batches_cover_each_epoch_once() {
+        let mut seen = [0; 10];
+        for step in 0..5 {
+            let (epoch, idx) = batch_indices(10, 2, 7, step);
+            assert_eq!(epoch, 0);
+            for i in idx {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1));
+        assert_ne!(batch_indices(10, 2, 7, 5).1, batch_indices(10, 2, 7, 0).1);
+        assert_eq!(batch_indices(10, 2, 7, 5).0, 1);
+    }
 }

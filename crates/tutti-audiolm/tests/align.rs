@@ -442,3 +442,19 @@ fn the_chat_template_puts_the_audio_inside_the_users_turn() {
     assert_eq!(t[lead - 1], Some(answer[0]));
     assert_eq!(t[t.len() - 1], None);
 }
+
+/// The audio-LM recipes the repository ships (`recipes/uniwhisper/*.toml`) parse and pass the
+/// checks.
+#[test]
+fn the_committed_align_recipes_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes/uniwhisper");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            tutti_audiolm::recipe::AlignRecipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 1);
+}

@@ -122,6 +122,9 @@ pub struct ExportArgs {
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if tutti_audiolm::artifact::is_align_run(&args.run) {
+        return crate::align::export(&args.run, &args.output);
+    }
     let dtype = match args.dtype.as_str() {
         "f16" => WeightsDtype::F16,
         "f32" => WeightsDtype::F32,

@@ -31,6 +31,8 @@ pub enum InstructCommand {
         #[arg(long)]
         suite: Option<PathBuf>,
     },
+    /// An audio-LM on an instruction split: exact match per task, WER for transcription.
+    Eval(crate::align::EvalArgs),
     /// Check instruction data against a suite: no shared source or audio with its validation
     /// and test splits, no reserved package, no source in both splits. Exit status 1 on any.
     Check {
@@ -83,6 +85,7 @@ pub fn run(command: InstructCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         InstructCommand::Check { data, suite } => check(&data, &suite),
+        InstructCommand::Eval(args) => crate::align::eval(args),
     }
 }
 

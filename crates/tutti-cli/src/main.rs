@@ -1,6 +1,7 @@
 //! `tutti`: the command-line front of the toolkit. Each subcommand parses its arguments,
 //! resolves them into a plan and calls the libraries; stdout carries data, logs go to stderr.
 
+mod align;
 mod bench;
 mod convert;
 mod distill;
@@ -42,6 +43,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train an encoder through an adapter into a frozen LM on instruction data (UniWhisper).
+    Align(align::AlignArgs),
+    /// Answer a question about an audio file with an audio-LM (`tutti export` of an align run).
+    Ask(align::AskArgs),
     /// Benchmarks: `--suite DIR --model A ...` scores encoders on a probe suite; `speed` times one.
     Bench(BenchArgs),
     /// Convert a checkpoint from another format into one tutti loads.
@@ -49,7 +54,8 @@ enum Command {
     Convert(convert::ConvertCommand),
     /// Distil a student from teachers on a training pool (a recipe in, a run directory out).
     Distill(distill::DistillArgs),
-    /// Write a run's student as a model directory (heads dropped; f16 or f32 weights).
+    /// Write a run as a model: a distill run's student (heads dropped; f16 or f32), or an
+    /// align run's audio-LM (trained encoder, adapter, LM reference).
     Export(distill::ExportArgs),
     /// A deeper model: stack copies of a model's trained blocks (depth up-scaling).
     Upscale(distill::UpscaleArgs),
@@ -143,6 +149,8 @@ fn main() -> ExitCode {
         Command::Merge(args) => merge::run(args),
         Command::Lm(command) => lm::run(command),
         Command::Instruct(command) => instruct::run(command),
+        Command::Align(args) => align::align(args),
+        Command::Ask(args) => align::ask(args),
         Command::Teachers(command) => teachers::run(command),
     };
     match result {

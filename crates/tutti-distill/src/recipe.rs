@@ -416,14 +416,18 @@ name = "whisper-base"
         assert_eq!(r.distill.target_norm, TargetNorm::None);
     }
 
-    /// Every recipe the repository ships (`recipes/**/*.toml`) parses and passes the checks.
+    /// Every distillation recipe the repository ships (`recipes/**/*.toml`, but for the
+    /// audio-LM recipes under `recipes/uniwhisper`, which tutti-audiolm checks) parses and passes
+    /// the checks.
     #[test]
     fn the_committed_recipes_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
         let mut checked = Vec::new();
         for entry in walkdir::WalkDir::new(&root) {
             let path = entry.unwrap().into_path();
-            if path.extension().is_some_and(|e| e == "toml") {
+            if path.extension().is_some_and(|e| e == "toml")
+                && !path.components().any(|c| c.as_os_str() == "uniwhisper")
+            {
                 Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 checked.push(path);
             }

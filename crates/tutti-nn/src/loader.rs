@@ -109,7 +109,31 @@ pub fn load_safetensors_bytes_strict<M: Module + ModuleSnapshot>(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    verdict(result, path, skip_prefixes)
+    let report = verdict(result, path, skip_prefixes)?;
+    // Half-precision files (`tutti export --dtype f16`) load back into f32 parameters, which every
+    // burn code path (autodiff training included) computes in.
+    *module = module.clone().map(&mut ToF32);
+    Ok(report)
+}
+
+/// Casts every float parameter that is not f32 to f32.
+struct ToF32;
+
+impl burn::module::ModuleMapper for ToF32 {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<D>> {
+        if param.val().dtype() == burn::tensor::DType::F32 {
+            return param;
+        }
+        // A fresh leaf (on an autodiff device the cast would otherwise be a recorded operation).
+        param.map(|t| {
+            let tracked = t.is_require_grad();
+            let cast = t.cast(burn::tensor::DType::F32).detach();
+            if tracked { cast.require_grad() } else { cast }
+        })
+    }
 }
 
 /// Accept an application only if it was exact, but for the tensors skipped on purpose: entries
