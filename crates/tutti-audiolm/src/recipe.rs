@@ -133,23 +133,7 @@ pub struct RecipeError {
     pub reason: String,
 }
 
-/// `~/x`, `$TUTTI_HOME/x`, absolute, or relative to `base`.
-pub fn resolve(path: &Path, base: &Path) -> PathBuf {
-    let text = path.to_string_lossy();
-    if let Some(rest) = text.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
-    {
-        return PathBuf::from(home).join(rest);
-    }
-    if let Some(rest) = text.strip_prefix("$TUTTI_HOME/") {
-        return tutti_models::teachers::tutti_home().join(rest);
-    }
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
+pub use tutti_models::teachers::resolve_path as resolve;
 
 impl AlignRecipe {
     /// Parse and check; paths come back resolved.

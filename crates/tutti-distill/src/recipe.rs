@@ -227,23 +227,7 @@ impl Default for CacheRecipe {
 
 pub const DOMAINS: [&str; 3] = ["speech", "sound", "music"];
 
-/// `~/x` -> the home folder's `x`; a relative path -> relative to `base`.
-pub fn resolve_path(path: &Path, base: &Path) -> PathBuf {
-    let text = path.to_string_lossy();
-    if let Some(rest) = text.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
-    {
-        return PathBuf::from(home).join(rest);
-    }
-    if let Some(rest) = text.strip_prefix("$TUTTI_HOME/") {
-        return tutti_models::teachers::tutti_home().join(rest);
-    }
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
-}
+pub use tutti_models::teachers::resolve_path;
 
 impl Recipe {
     /// Parse and check a recipe file; paths come back resolved.

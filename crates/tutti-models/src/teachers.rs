@@ -162,6 +162,25 @@ pub fn tutti_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".tutti"))
 }
 
+/// A path as recipes write it: `~/x` -> the home folder's `x`, `$TUTTI_HOME/x` -> under
+/// [`tutti_home`], absolute as it is, relative -> relative to `base`.
+pub fn resolve_path(path: &Path, base: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    if let Some(rest) = text.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    if let Some(rest) = text.strip_prefix("$TUTTI_HOME/") {
+        return tutti_home().join(rest);
+    }
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
 pub fn teacher_dir(home: &Path, entry: &TeacherEntry) -> PathBuf {
     home.join("teachers").join(entry.folder)
 }
