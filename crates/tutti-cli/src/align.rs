@@ -112,8 +112,8 @@ pub struct AskArgs {
     /// The LM's GGUF file or folder, when it has moved (its sha256 must match).
     #[arg(long)]
     lm: Option<PathBuf>,
-    /// An audio file, then the question.
-    #[arg(required_unless_present = "batch", num_args = 2, value_names = ["FILE", "QUESTION"])]
+    /// An audio file, then the question (quoted, or as several words).
+    #[arg(required_unless_present = "batch", num_args = 2.., value_names = ["FILE", "QUESTION"])]
     item: Vec<String>,
     /// Many questions: a JSONL file of {"audio": PATH, "question": TEXT} lines (paths relative
     /// to the file); answers go to stdout as JSONL, in order.
@@ -206,11 +206,11 @@ pub fn ask(args: AskArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let (file, question) = (PathBuf::from(&args.item[0]), &args.item[1]);
+    let (file, question) = (PathBuf::from(&args.item[0]), args.item[1..].join(" "));
     let wave = load(&file, rate)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    alm.answer(&wave, question, args.max_new, sampling, |t| {
+    alm.answer(&wave, &question, args.max_new, sampling, |t| {
         let _ = out.write_all(t.as_bytes());
         let _ = out.flush();
         true

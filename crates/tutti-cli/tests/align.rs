@@ -112,6 +112,27 @@ fn align_export_ask_and_eval_run_end_to_end() {
     ok(&["info", alm.join("encoder").to_str().unwrap()]);
     // One question, streamed; the same greedy answer in a batch.
     let answer = ok(&["ask", "--model", alm_s, "--max-new", "5", clip_s, "Pitch?"]);
+    // A question given as several words is the same question.
+    let words = ok(&[
+        "ask",
+        "--model",
+        alm_s,
+        "--max-new",
+        "5",
+        clip_s,
+        "What",
+        "pitch?",
+    ]);
+    let quoted = ok(&[
+        "ask",
+        "--model",
+        alm_s,
+        "--max-new",
+        "5",
+        clip_s,
+        "What pitch?",
+    ]);
+    assert_eq!(words, quoted);
     let items = dir.path().join("items.jsonl");
     std::fs::write(
         &items,
