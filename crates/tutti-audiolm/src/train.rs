@@ -93,11 +93,7 @@ pub struct StepMetrics {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String, AlignError> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(|e| err(path.display(), e))?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| err(path.display(), e))?;
-    Ok(format!("{:x}", hasher.finalize()))
+    tutti_data::pool::sha256_file(path).map_err(|e| AlignError(e.to_string()))
 }
 
 /// The module path of every float parameter, in visiting order.
@@ -545,20 +541,9 @@ impl AlignRun {
         .map_err(|e| err(tmp.display(), e))?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&tmp, &dir).map_err(|e| err(dir.display(), e))?;
-        let latest_tmp = self.dir.join(".latest.partial");
-        std::fs::write(&latest_tmp, &name).map_err(|e| err(latest_tmp.display(), e))?;
-        std::fs::rename(&latest_tmp, self.dir.join(LATEST))
-            .map_err(|e| err(self.dir.display(), e))?;
         // Older checkpoints go once the new one is in place.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("ckpt-") && n != name {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        Ok(())
+        tutti_nn::run_dir::publish_checkpoint(&self.dir, &name)
+            .map_err(|e| err(self.dir.join(LATEST).display(), e))
     }
 }
 

@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tutti_audiolm::artifact;
 use tutti_audiolm::train::AlignRun;
-use tutti_lm::generate::Sampling;
 
 #[derive(Args)]
 pub struct AlignArgs {
@@ -121,13 +120,8 @@ pub struct AskArgs {
     batch: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     max_new: usize,
-    /// 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: crate::lm::SamplingArgs,
 }
 
 fn load(path: &Path, rate: u32) -> anyhow::Result<Vec<f32>> {
@@ -159,12 +153,7 @@ struct BatchItem {
 }
 
 pub fn ask(args: AskArgs) -> anyhow::Result<ExitCode> {
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    sampling.validate().map_err(anyhow::Error::msg)?;
+    let sampling = args.sampling.sampling()?;
     let (alm, _) = artifact::open(&args.model, args.lm.as_deref())?;
     let rate = alm.encoder.info().sample_rate_hz;
     if let Some(batch) = &args.batch {

@@ -70,6 +70,13 @@ pub struct GenerateArgs {
     /// At most this many new tokens.
     #[arg(long, default_value_t = 256)]
     max_new: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+/// How the next token is chosen (`tutti lm generate`, `tutti ask`).
+#[derive(Args)]
+pub struct SamplingArgs {
     /// 0 is greedy; above 0 samples (with --top-p and --seed).
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -77,6 +84,19 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+impl SamplingArgs {
+    /// The checked sampling settings.
+    pub fn sampling(&self) -> anyhow::Result<Sampling> {
+        let sampling = Sampling {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        sampling.validate().map_err(anyhow::Error::msg)?;
+        Ok(sampling)
+    }
 }
 
 #[derive(Args)]
@@ -116,12 +136,7 @@ pub fn run(command: LmCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn generate(args: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let sampling = Sampling {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    sampling.validate().map_err(anyhow::Error::msg)?;
+    let sampling = args.sampling.sampling()?;
     let lm = open(&args.model)?;
     let tok = &lm.tokenizer;
     let text = if args.raw {

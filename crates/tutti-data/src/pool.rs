@@ -232,8 +232,10 @@ fn cuts(n: usize, options: &PoolOptions) -> Vec<(usize, usize)> {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
-    Ok(format!("{:x}", Sha256::digest(&bytes)))
+    let mut file = std::fs::File::open(path).map_err(|e| file_error(path, e))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| file_error(path, e))?;
+    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// The seconds of audio in a written clip.

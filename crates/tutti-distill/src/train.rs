@@ -741,17 +741,9 @@ impl Run {
             .map_err(|e| TrainError(e.to_string()))?;
         let state = serde_json::to_string_pretty(&self.state).expect("state serialises");
         atomic_write(&dir.join("trainer.json"), state.as_bytes())?;
-        atomic_write(&self.dir.join(LATEST), name.as_bytes())?;
         // Older checkpoints go once the new one is in place.
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("ckpt-") && n != name {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
-        }
-        Ok(())
+        tutti_nn::run_dir::publish_checkpoint(&self.dir, &name)
+            .map_err(|e| err(self.dir.join(LATEST).display(), e))
     }
 
     /// The trained student (heads dropped).

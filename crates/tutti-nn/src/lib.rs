@@ -10,6 +10,7 @@ pub mod loader;
 pub mod mask;
 pub mod onnx;
 pub mod quant;
+pub mod run_dir;
 pub mod tf_checkpoint;
 pub mod torch_zip;
 
