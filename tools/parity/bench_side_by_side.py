@@ -282,6 +282,8 @@ def train_side_by_side(args) -> None:
     binary = tutti_binary()
     wave = synthetic(int(args.secs * 16000))
     rows = []
+    bf16_rows = []
+    cpu_flags = cpu_facts()[1]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for preset in args.presets:
@@ -298,30 +300,69 @@ def train_side_by_side(args) -> None:
             targets = [torch.randn(args.train_batch, frames, 768) for _ in layers]
             optimizer = torch.optim.AdamW(list(model.parameters()) + list(heads.parameters()), lr=1e-4, weight_decay=0.01)
 
-            def step():
-                optimizer.zero_grad(set_to_none=True)
+            params = list(model.parameters()) + list(heads.parameters())
+
+            def loss_of():
                 _, ffns = model(feats)
-                loss = sum(distillation_loss(head(ffns[l - 1]), t) for head, l, t in zip(heads, layers, targets)) / len(layers)
-                loss.backward()
+                return sum(distillation_loss(head(ffns[l - 1]), t) for head, l, t in zip(heads, layers, targets)) / len(layers)
+
+            def step(bf16=False):
+                optimizer.zero_grad(set_to_none=True)
+                if bf16:
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss = loss_of()
+                else:
+                    loss = loss_of()
+                loss.float().backward()
                 optimizer.step()
 
-            torch_secs = median_time(step, args.iterations)
+            def gradients(bf16):
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = loss_of()
+                loss.float().backward()
+                return torch.cat([p.grad.flatten() for p in params if p.grad is not None])
 
-            def tutti_step(engine):
+            cpu_bf16 = any(f in cpu_flags for f in ("avx512_bf16", "amx_bf16"))
+            if cpu_bf16:
+                # Autocast's cost on one batch, from the same parameters (before any update).
+                g32, g16 = gradients(False), gradients(True)
+                autocast_grad_error = float((g16 - g32).norm() / g32.norm())
+            torch_secs = median_time(step, args.iterations)
+            autocast_secs = median_time(lambda: step(True), args.iterations) if cpu_bf16 else float("nan")
+
+            def tutti_step(engine, precision="f32"):
                 report = json.loads(subprocess.run(
                     [binary, "--threads", str(args.threads), "--log", "error", "bench", "speed", "--model", model_dir,
                      "--secs", str(args.secs), "--batch", str(args.train_batch), "--iterations", str(args.iterations),
-                     "--train", "--engine", engine], check=True, capture_output=True, text=True).stdout)
-                return report["step_secs_median"]
+                     "--train", "--engine", engine, "--precision", precision], check=True, capture_output=True,
+                    text=True).stdout)
+                return report
 
-            burn_secs = tutti_step("burn") if args.with_burn else float("nan")
-            rows.append((preset, torch_secs, tutti_step("fast"), burn_secs))
+            burn_secs = tutti_step("burn")["step_secs_median"] if args.with_burn else float("nan")
+            fast = tutti_step("fast")
+            rows.append((preset, torch_secs, fast["step_secs_median"], burn_secs))
+            tutti_bf16 = fast["machine"].get("kernel_paths", {}).get("bf16_products", "unavailable") != "unavailable"
+            if cpu_bf16 and tutti_bf16:
+                mixed = tutti_step("fast", "bf16")
+                bf16_rows.append((preset, autocast_secs, autocast_grad_error, mixed["step_secs_median"],
+                                  mixed["accuracy_vs_f32"]["gradient_relative_error"], fast["step_secs_median"]))
     model_name, flags = cpu_facts()
     print(f"machine: {model_name}; {args.threads} threads; features: {' '.join(flags) or 'none'}")
     print(f"torch {torch.__version__}, batch {args.train_batch} x {args.secs:.0f} s")
     print(f"{'model':<8} {'PyTorch step ms':>16} {'tutti step ms':>14} {'speed-up':>9} {'burn-autodiff ms':>17}")
     for preset, t_torch, t_tutti, t_burn in rows:
         print(f"{preset:<8} {t_torch * 1e3:>16.0f} {t_tutti * 1e3:>14.0f} {t_torch / t_tutti:>8.2f}x {t_burn * 1e3:>17.0f}")
+    if bf16_rows:
+        print("mixed precision (bf16): PyTorch under torch.autocast(bfloat16) vs tutti --train --precision bf16;")
+        print("gradient error: |g - g_f32| / |g_f32| over every parameter, one batch, same parameters")
+        print(f"{'model':<8} {'autocast ms':>12} {'grad err':>9} {'tutti bf16 ms':>14} {'grad err':>9} "
+              f"{'vs autocast':>12} {'vs tutti f32':>13}")
+        for preset, t_auto, e_auto, t_mixed, e_mixed, t_f32 in bf16_rows:
+            print(f"{preset:<8} {t_auto * 1e3:>12.0f} {e_auto:>9.4f} {t_mixed * 1e3:>14.0f} {e_mixed:>9.4f} "
+                  f"{t_auto / t_mixed:>11.2f}x {t_f32 / t_mixed:>12.2f}x")
+    elif not any(f in cpu_flags for f in ("avx512_bf16", "amx_bf16")):
+        print("mixed precision (bf16): skipped, this CPU has neither AVX512-BF16 nor AMX-BF16")
 
 
 if __name__ == "__main__":

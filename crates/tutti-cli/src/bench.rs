@@ -38,9 +38,10 @@ pub struct SpeedArgs {
     /// with --train the step burn's autodiff differentiates).
     #[arg(long, value_enum, default_value_t = Engine::Fast)]
     engine: Engine,
-    /// Arithmetic of the fast engine's linear layers: `f32`, `int8` or `bf16`; with `int8` or `bf16` the report
-    /// also gives its accuracy cost against f32 on the same input (per-layer relative error and
-    /// the last layer's mean cosine similarity).
+    /// Arithmetic of the fast engine's products: `f32`, `int8` or `bf16`; with `int8` or `bf16`
+    /// the report also gives its accuracy cost against f32 on the same input (per-layer relative
+    /// error and the last layer's mean cosine similarity). With --train: `f32` or `bf16` (mixed
+    /// precision), the cost as the loss and gradients against f32 on the same batch.
     #[arg(long, default_value = "f32")]
     precision: tutti_models::Precision,
     /// Time (and measure the accuracy cost on) this audio file instead of a synthetic tone,
@@ -137,12 +138,14 @@ fn load(args: &SpeedArgs) -> anyhow::Result<TuttiModel> {
 }
 
 fn speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCode> {
-    if args.precision != tutti_models::Precision::F32 && (args.train || args.engine == Engine::Burn)
-    {
+    if args.precision != tutti_models::Precision::F32 && args.engine == Engine::Burn {
         anyhow::bail!(
-            "--precision {} is an inference mode of the fast engine (not with --train or --engine burn)",
+            "--precision {} runs on the fast engine (not with --engine burn)",
             args.precision
         );
+    }
+    if args.precision == tutti_models::Precision::Int8 && args.train {
+        anyhow::bail!("--precision int8 is an inference mode (--train takes f32 or bf16)");
     }
     if let Some(reason) = args.precision.unavailable() {
         anyhow::bail!("--precision {} cannot run here: {reason}", args.precision);
@@ -381,6 +384,19 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         )),
         Engine::Burn => None,
     };
+    // A reduced precision's cost on this batch (loss, gradients against f32), then its timing.
+    let mut accuracy = None;
+    if let Some((engine, targets, features)) = &mut fast
+        && args.precision != tutti_models::Precision::F32
+    {
+        let cost = engine
+            .precision_cost(args.precision, features, &lengths, targets)
+            .map_err(|e| anyhow::anyhow!("--precision {}: {e}", args.precision))?;
+        accuracy = Some(serde_json::to_value(cost)?);
+        engine
+            .set_precision(args.precision)
+            .map_err(|e| anyhow::anyhow!("--precision {}: {e}", args.precision))?;
+    }
     // Timed with the engine passed in, so that profiling can be switched on after the warm-up.
     let mut time_step = |fast: &mut Option<(_, _, Vec<f32>)>| {
         let start = Instant::now();
@@ -420,6 +436,8 @@ fn train_speed(args: SpeedArgs, threads: Option<usize>) -> anyhow::Result<ExitCo
         "model": plain.name,
         "mode": "train (distillation step: forward, backward, AdamW)",
         "engine": format!("{:?}", args.engine).to_lowercase(),
+        "precision": args.precision,
+        "accuracy_vs_f32": accuracy,
         "parameters": burn::module::Module::num_params(&plain.encoder),
         "audio_secs_per_item": args.secs,
         "batch": args.batch,

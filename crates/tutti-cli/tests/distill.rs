@@ -249,6 +249,66 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
     let warm_metrics = std::fs::read_to_string(warm.join("metrics.jsonl")).unwrap();
     assert!(warm_metrics.contains("\"targets_computed\":0"));
 
+    // Mixed precision ([optim] precision = "bf16"): where the CPU has it, the same run's losses
+    // stay near f32's step by step; elsewhere the run is refused with the reason, nothing trained.
+    let bf16_recipe = tmp.path().join("recipe-bf16.toml");
+    let text = std::fs::read_to_string(&r).unwrap();
+    assert!(text.contains("max_grad_norm = 1.0\n"));
+    std::fs::write(
+        &bf16_recipe,
+        text.replace(
+            "max_grad_norm = 1.0\n",
+            "max_grad_norm = 1.0\nprecision = \"bf16\"\n",
+        ),
+    )
+    .unwrap();
+    let bf16_run = tmp.path().join("bf16");
+    let mut c = tutti();
+    c.args(["distill", "--config"])
+        .arg(&bf16_recipe)
+        .arg("-o")
+        .arg(&bf16_run);
+    match tutti_nn::bf16::unavailable() {
+        Some(reason) => {
+            let out = c.output().unwrap();
+            let message = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(
+                message.contains("precision") && message.contains("bf16"),
+                "{message}"
+            );
+            assert!(!bf16_run.join("latest").exists());
+            println!("skipped: bf16 training on this CPU ({reason})");
+        }
+        None => {
+            ok(&mut c);
+            let loss_of = |line: &str| -> f64 {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            };
+            let f32_metrics = std::fs::read_to_string(reference.join("metrics.jsonl")).unwrap();
+            let bf16_metrics = std::fs::read_to_string(bf16_run.join("metrics.jsonl")).unwrap();
+            let (a, b): (Vec<f64>, Vec<f64>) = (
+                f32_metrics.lines().map(loss_of).collect(),
+                bf16_metrics.lines().map(loss_of).collect(),
+            );
+            assert_eq!(a.len(), b.len());
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| ((x - y) / x).abs())
+                .fold(0.0, f64::max);
+            eprintln!(
+                "bf16 vs f32 over {} steps: worst relative loss gap {worst}",
+                a.len()
+            );
+            assert!(worst < 0.05, "f32 {a:?}\nbf16 {b:?}");
+            assert!(b[b.len() - 1] < b[0], "bf16 did not train: {b:?}");
+            assert!(b != a, "the bf16 run computed the f32 run's exact losses");
+        }
+    }
+
     // Killed at random moments, resumed until done.
     let killed = tmp.path().join("killed");
     let mut rng = 99u64;

@@ -16,7 +16,9 @@ pub mod teacher;
 pub mod train;
 pub mod weights;
 
-pub use fast::{FastDistillStep, FastTargets, NonFiniteStep, StateError, StepReport};
+pub use fast::{
+    FastDistillStep, FastTargets, NonFiniteStep, PrecisionCost, StateError, StepReport,
+};
 pub use heads::PredictionHead;
 pub use loss::distillation_loss;
 pub use step::{DistillModel, DistillStep, StepTargets};

@@ -125,6 +125,10 @@ pub struct OptimRecipe {
     /// pretrained student (`[student] checkpoint`) send it noise until they fit the targets; a
     /// larger rate for them shortens that.
     pub head_lr_scale: f64,
+    /// The step's arithmetic: `f32` (default) or `bf16` (mixed precision on CPUs with AMX or
+    /// AVX512-BF16: bf16 products with f32 sums, f32 master weights and everything else; see
+    /// `FastDistillStep::set_precision`). Refused where the CPU lacks it, and `int8`.
+    pub precision: tutti_models::fast::Precision,
 }
 
 impl Default for OptimRecipe {
@@ -135,6 +139,7 @@ impl Default for OptimRecipe {
             final_lr_ratio: 0.0,
             max_grad_norm: Some(5.0),
             head_lr_scale: 1.0,
+            precision: tutti_models::fast::Precision::F32,
         }
     }
 }

@@ -448,6 +448,12 @@ impl Run {
         let mut engine = FastDistillStep::new(&template, &config, slots, rate, recipe.optim.lr)
             .map_err(|e| TrainError(format!("the fast step cannot run this student: {e}")))?;
         engine.head_lr_scale = recipe.optim.head_lr_scale;
+        engine.set_precision(recipe.optim.precision).map_err(|e| {
+            TrainError(format!(
+                "[optim] precision = \"{}\": {e}",
+                recipe.optim.precision
+            ))
+        })?;
         let fbank = tutti_audio::fbank::KaldiFbank::new(config.fbank.clone())
             .map_err(|e| err("fbank", e))?;
         let plans: Vec<&TeacherPlan> = teachers.iter().map(|t| &t.plan).collect();

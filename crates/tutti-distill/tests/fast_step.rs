@@ -472,3 +472,96 @@ fn a_saved_state_resumes_exactly_and_bad_files_are_refused() {
     let after = collect(&resumed.export(c.burn.model(), Buffer::Value));
     assert!(before.iter().zip(&after).all(|(x, y)| x.1 == y.1));
 }
+
+/// The bf16 mixed-precision step (bf16 products, f32 sums and master weights): on one batch its
+/// loss and gradients stay close to the f32 step's, by far less than a small change of the batch
+/// moves them (the negative control), and a few updates from the same start land near the f32
+/// ones. Where the CPU has neither AMX nor AVX512-BF16 the mode is refused with the reason (and
+/// the comparison is reported as skipped); int8 is refused everywhere.
+#[test]
+fn bf16_mixed_precision_tracks_f32_or_is_refused() {
+    use tutti_models::fast::Precision;
+    let c = case(false, vec![2, 1]);
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let mut fast = c.fast();
+    let int8 = fast.set_precision(Precision::Int8).unwrap_err();
+    assert!(int8.contains("int8"), "{int8}");
+    if let Some(why) = Precision::Bf16.unavailable() {
+        assert_eq!(fast.set_precision(Precision::Bf16).unwrap_err(), why);
+        println!("skipped: the bf16 step's accuracy (this CPU: {why})");
+        return;
+    }
+    let cost = fast
+        .precision_cost(Precision::Bf16, &c.features, &c.lengths, &targets)
+        .unwrap();
+    eprintln!("bf16 against f32 on one batch: {cost:?}");
+    assert_eq!(
+        fast.precision(),
+        Precision::F32,
+        "the step's own precision kept"
+    );
+    assert!(cost.tensors > 20);
+    let loss_error = ((cost.loss - cost.loss_f32) / cost.loss_f32).abs();
+    assert!(loss_error < 0.01, "loss {} vs {}", cost.loss, cost.loss_f32);
+    // The L1 term's gradient is a sign: entries whose prediction lies within bf16's rounding of
+    // its target flip, so gradients move by a few percent (this random tiny model: ~5 %).
+    assert!(cost.gradient_relative_error < 0.1, "{cost:?}");
+    assert!(cost.worst_tensor_cosine > 0.98, "{cost:?}");
+    // Negative control: the same measure between f32 gradients of the batch and of the batch
+    // with 20 % noise added to its features stands well above the bf16 cost (and the bound).
+    fast.loss_and_gradients(&c.features, &c.lengths, &targets);
+    let reference = fast.gradients();
+    let noisy: Vec<f32> = c
+        .features
+        .iter()
+        .zip(lcg(77, c.features.len()))
+        .map(|(v, n)| v + 0.2 * n)
+        .collect();
+    fast.loss_and_gradients(&noisy, &c.lengths, &targets);
+    let moved = fast.gradients();
+    let (diff, norm) = moved
+        .iter()
+        .zip(&reference)
+        .fold((0.0f64, 0.0f64), |acc, (a, b)| {
+            a.iter().zip(b).fold(acc, |(d, n), (&x, &y)| {
+                (d + ((x - y) as f64).powi(2), n + (y as f64).powi(2))
+            })
+        });
+    let control = (diff / norm).sqrt();
+    eprintln!("f32 gradients, 20 % feature noise: relative change {control}");
+    assert!(
+        control > 0.1 && control > 3.0 * cost.gradient_relative_error,
+        "the control {control} does not stand out from the bf16 cost {cost:?}"
+    );
+    // Three updates in each arithmetic from the same start.
+    let run = |precision: Precision| {
+        let mut fast = c.fast();
+        fast.set_precision(precision).unwrap();
+        let losses: Vec<f32> = (0..3)
+            .map(|_| fast.step(&c.features, &c.lengths, &targets).unwrap())
+            .collect();
+        (losses, collect(&fast.export(c.burn.model(), Buffer::Value)))
+    };
+    let (losses32, after32) = run(Precision::F32);
+    let (losses16, after16) = run(Precision::Bf16);
+    let before = collect(c.burn.model());
+    // L2 distances over every parameter (AdamW's first updates are near sign-like, so single
+    // parameters with tiny gradients may differ by a whole step).
+    let distance = |a: &[(ParamId, Vec<f32>)], b: &[(ParamId, Vec<f32>)]| {
+        a.iter()
+            .zip(b)
+            .flat_map(|(x, y)| x.1.iter().zip(&y.1).map(|(p, q)| ((p - q) as f64).powi(2)))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (moved, apart) = (distance(&after32, &before), distance(&after16, &after32));
+    eprintln!("3 steps: losses f32 {losses32:?}, bf16 {losses16:?}; moved {moved}, apart {apart}");
+    assert!(
+        losses16[2] < losses16[0],
+        "bf16 training does not lower the loss: {losses16:?}"
+    );
+    assert!(
+        apart < 0.25 * moved,
+        "bf16 updates {apart} apart, moved {moved}"
+    );
+}

@@ -17,7 +17,7 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::Threads;
+use crate::kernels::{MatMut, MatRef, Threads};
 
 /// Columns per tile.
 const TILE_COLS: usize = 16;
@@ -180,6 +180,11 @@ impl Bf16Matrix {
     /// The `[k, n]` matrix whose row `r` is `src[r stride..][..n]` (attention's values: `V`,
     /// one row a time step of a fused QKV buffer), rounded row by row.
     pub fn from_rows(src: &[f32], stride: usize, k: usize, n: usize) -> Self {
+        Self::from_rows_scaled(src, stride, k, n, 1.0)
+    }
+
+    /// [`Bf16Matrix::from_rows`] of `scale` times the rows.
+    pub fn from_rows_scaled(src: &[f32], stride: usize, k: usize, n: usize, scale: f32) -> Self {
         assert!(
             k == 0 || src.len() >= (k - 1) * stride + n,
             "Bf16Matrix: source view"
@@ -187,8 +192,17 @@ impl Bf16Matrix {
         let mut m = Self::zeroed(k, n);
         let kb = m.kb;
         let mut rounded = vec![0u16; n];
+        let mut scaled = vec![0.0f32; if scale == 1.0 { 0 } else { n }];
         for r in 0..k {
-            round_slice(&src[r * stride..][..n], &mut rounded);
+            let row = &src[r * stride..][..n];
+            if scale == 1.0 {
+                round_slice(row, &mut rounded);
+            } else {
+                for (s, v) in scaled.iter_mut().zip(row) {
+                    *s = v * scale;
+                }
+                round_slice(&scaled, &mut rounded);
+            }
             let (t, p, e) = (r / TILE_K, (r % TILE_K) / 2, r % 2);
             for (tile, values) in rounded.chunks(TILE_COLS).enumerate() {
                 let block = &mut m.packed[(tile * kb + t) * TILE_LEN + p * 32..][..32];
@@ -269,25 +283,49 @@ impl Bf16Matrix {
         accumulate: bool,
         threads: Threads,
     ) {
+        assert!(x_stride >= self.k, "Bf16Matrix: strides");
+        let x = MatRef {
+            data: x,
+            rows,
+            cols: self.k,
+            row_stride: x_stride,
+            col_stride: 1,
+        };
+        self.product_view(kernel, out, out_stride, x, accumulate, threads);
+    }
+
+    /// [`Bf16Matrix::product`] with the activations `x` (`[rows, k]`) any strided view: rows
+    /// contiguous, or columns contiguous (a transposed matrix, gathered as it is rounded).
+    pub fn product_view(
+        &self,
+        kernel: Kernel,
+        out: &mut [f32],
+        out_stride: usize,
+        x: MatRef<'_>,
+        accumulate: bool,
+        threads: Threads,
+    ) {
         assert!(
             kernel.available(),
             "the {kernel:?} bf16 kernel is not available on this CPU"
         );
+        assert_eq!(x.cols, self.k, "Bf16Matrix: inner dimensions differ");
+        let rows = x.rows;
         if rows == 0 || self.n == 0 {
             return;
         }
-        assert!(
-            out_stride >= self.n && x_stride >= self.k,
-            "Bf16Matrix: strides"
-        );
+        assert!(out_stride >= self.n, "Bf16Matrix: strides");
         assert!(
             out.len() >= (rows - 1) * out_stride + self.n,
             "Bf16Matrix: output view exceeds its buffer"
         );
-        assert!(
-            x.len() >= (rows - 1) * x_stride + self.k,
-            "Bf16Matrix: input view exceeds its buffer"
-        );
+        if self.k > 0 {
+            let last = (rows - 1) * x.row_stride + (self.k - 1) * x.col_stride;
+            assert!(
+                last < x.data.len(),
+                "Bf16Matrix: input view exceeds its buffer"
+            );
+        }
         let k_pad = self.k_pad();
         let out = &mut out[..(rows - 1) * out_stride + self.n];
         let task = |task: usize, out: &mut [f32]| {
@@ -296,12 +334,7 @@ impl Bf16Matrix {
             let padded = count.div_ceil(32) * 32;
             // The task's activations in bf16, zero-padded to whole tiles (rows and k).
             let mut a = vec![0u16; padded * k_pad];
-            for r in 0..count {
-                round_slice(
-                    &x[(first + r) * x_stride..][..self.k],
-                    &mut a[r * k_pad..][..self.k],
-                );
-            }
+            round_rows(&x, first, count, k_pad, &mut a);
             // What the x86 kernels read and write, checked once: the task's padded rows, its
             // output rows, every column tile's panel.
             assert!(a.len() >= padded * k_pad && out.len() >= (count - 1) * out_stride + self.n);
@@ -637,6 +670,91 @@ unsafe fn store_c(index: usize, dst: *mut f32, stride: usize) {
     }
 }
 
+/// Rows `first..first + count` of the view `x` (`[rows, k]`) rounded to bf16 into `dst`, row
+/// `r` at `r k_pad` (the padding left as it is: zero). Rows contiguous: each row rounded at once;
+/// columns contiguous (a transpose): each column's `count` values read in one run and scattered.
+fn round_rows(x: &MatRef<'_>, first: usize, count: usize, k_pad: usize, dst: &mut [u16]) {
+    let k = x.cols;
+    if x.col_stride == 1 {
+        for r in 0..count {
+            round_slice(
+                &x.data[(first + r) * x.row_stride..][..k],
+                &mut dst[r * k_pad..][..k],
+            );
+        }
+    } else if x.row_stride == 1 {
+        let mut column = [0u16; ROWS_PER_TASK];
+        for t in 0..k {
+            round_slice(
+                &x.data[t * x.col_stride + first..][..count],
+                &mut column[..count],
+            );
+            for (r, v) in column[..count].iter().enumerate() {
+                dst[r * k_pad + t] = *v;
+            }
+        }
+    } else {
+        for r in 0..count {
+            for t in 0..k {
+                dst[r * k_pad + t] = to_bf16(x.data[(first + r) * x.row_stride + t * x.col_stride]);
+            }
+        }
+    }
+}
+
+/// `dst = (accumulate ? dst : 0) + scale · a · b` with both operands rounded to bf16 and the sums
+/// in f32, on this process's kernel: [`crate::kernels::matmul`]'s contract for the bf16 training
+/// step, where both sides are activations or gradients and either may be a transposed view.
+/// `scale` multiplies `b` before it is rounded (exact for a power of two, as attention's
+/// `1 / sqrt(64)`). `b` is packed on every call; `dst`'s columns must be contiguous.
+pub fn matmul(
+    dst: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    assert_eq!(a.cols, b.rows, "bf16::matmul: inner dimensions differ");
+    assert!(
+        dst.rows == a.rows && dst.cols == b.cols,
+        "bf16::matmul: output shape"
+    );
+    assert_eq!(
+        dst.col_stride, 1,
+        "bf16::matmul: output columns must be contiguous"
+    );
+    let (k, n) = (b.rows, b.cols);
+    if dst.rows == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..dst.rows {
+                dst.data[r * dst.row_stride..][..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let packed = if b.col_stride == 1 {
+        Bf16Matrix::from_rows_scaled(b.data, b.row_stride, k, n, scale)
+    } else if b.row_stride == 1 {
+        Bf16Matrix::from_transposed(b.data, b.col_stride, n, k, scale)
+    } else {
+        Bf16Matrix::from_fn(k, n, |r, c| {
+            scale * b.data[r * b.row_stride + c * b.col_stride]
+        })
+    };
+    packed.product_view(
+        Kernel::chosen(),
+        dst.data,
+        dst.row_stride,
+        a,
+        accumulate,
+        threads,
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -817,5 +935,88 @@ mod tests {
         );
         println!("bf16 kernels tested: {ran:?}");
         assert!(ran.contains(&Kernel::Portable));
+    }
+
+    /// The general product: every layout of `a` and `b` (as stored, transposed, strided), with a
+    /// scale, added or written over, against the f64 product of the rounded operands.
+    #[test]
+    fn general_product_takes_any_view() {
+        let r = |v: f32| from_bf16(to_bf16(v)) as f64;
+        let (m, k, n) = (70, 45, 37);
+        // Stored with extra columns (strides wider than the views).
+        let a_rows = lcg(61, m * (k + 3));
+        let a_cols = lcg(62, k * (m + 5));
+        let b_rows = lcg(63, k * (n + 2));
+        let b_cols = lcg(64, n * (k + 4));
+        let a_views = [
+            MatRef::new(&a_rows, m, k + 3).columns(0, k),
+            MatRef::new(&a_cols, k, m + 5).columns(2, m).t(),
+        ];
+        let b_views = [
+            MatRef::new(&b_rows, k, n + 2).columns(1, n),
+            MatRef::new(&b_cols, n, k + 4).columns(0, k).t(),
+            MatRef {
+                data: &b_rows,
+                rows: k,
+                cols: n,
+                row_stride: 1,
+                col_stride: k,
+            },
+        ];
+        let at = |v: &MatRef<'_>, i: usize, j: usize| v.data[i * v.row_stride + j * v.col_stride];
+        let mut checked = 0;
+        for a in &a_views {
+            for b in &b_views {
+                for accumulate in [false, true] {
+                    let scale = 0.125;
+                    let mut out = vec![2.0f32; m * (n + 6)];
+                    matmul(
+                        MatMut::new(&mut out, m, n + 6).columns(3, n),
+                        *a,
+                        *b,
+                        scale,
+                        accumulate,
+                        Threads::Pool,
+                    );
+                    for i in 0..m {
+                        for j in 0..n + 6 {
+                            let got = out[i * (n + 6) + j];
+                            if !(3..3 + n).contains(&j) {
+                                assert_eq!(got, 2.0, "outside the view");
+                                continue;
+                            }
+                            let c = j - 3;
+                            let sum: f64 = (0..k)
+                                .map(|t| r(at(a, i, t)) * r(scale * at(b, t, c)))
+                                .sum();
+                            let expected = sum + if accumulate { 2.0 } else { 0.0 };
+                            assert!(
+                                (got as f64 - expected).abs() < 1e-4,
+                                "({i}, {c}) accumulate {accumulate}: {got} vs {expected}"
+                            );
+                        }
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 12);
+        // Negative control: swapping the operands' roles (a transposed b) is caught.
+        let mut wrong = vec![0.0f32; m * n];
+        let (a, b) = (a_views[0], b_views[0]);
+        matmul(
+            MatMut::new(&mut wrong, m, n),
+            a,
+            b_views[1],
+            1.0,
+            false,
+            Threads::One,
+        );
+        let differs = (0..m * n).any(|e| {
+            let (i, c) = (e / n, e % n);
+            let sum: f64 = (0..k).map(|t| r(at(&a, i, t)) * r(at(&b, t, c))).sum();
+            (wrong[e] as f64 - sum).abs() > 1e-2
+        });
+        assert!(differs);
     }
 }

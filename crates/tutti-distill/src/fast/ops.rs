@@ -66,6 +66,34 @@ impl Weight {
     }
 }
 
+/// The arithmetic of the step's linear layers' products (student and heads); attention,
+/// convolutions, norms, activations, the loss and the AdamW update stay f32 in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Products {
+    /// f32 operands and sums (the reference).
+    #[default]
+    F32,
+    /// Both operands rounded to bf16, sums in f32 ([`tutti_nn::bf16::matmul`]): mixed precision
+    /// with the f32 master weights kept by [`Weight`].
+    Bf16,
+}
+
+/// `dst = (accumulate ? dst : 0) + scale a b` in the given arithmetic.
+pub(crate) fn product(
+    products: Products,
+    dst: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    scale: f32,
+    accumulate: bool,
+    threads: Threads,
+) {
+    match products {
+        Products::F32 => matmul(dst, a, b, scale, accumulate, threads),
+        Products::Bf16 => tutti_nn::bf16::matmul(dst, a, b, scale, accumulate, threads),
+    }
+}
+
 /// A linear layer, `y = x W + b` with `W` `[inputs, outputs]` (burn's layout).
 #[derive(Debug, Clone)]
 pub(crate) struct Dense {
@@ -73,12 +101,14 @@ pub(crate) struct Dense {
     pub b: Weight,
     pub inputs: usize,
     pub outputs: usize,
+    pub products: Products,
 }
 
 impl Dense {
     pub fn forward(&self, x: &[f32], rows: usize, y: &mut [f32]) {
         fill_rows(y, &self.b.value);
-        matmul(
+        product(
+            self.products,
             MatMut::new(y, rows, self.outputs),
             MatRef::new(x, rows, self.inputs),
             MatRef::new(&self.w.value, self.inputs, self.outputs),
@@ -98,7 +128,8 @@ impl Dense {
         dx: Option<&mut [f32]>,
         accumulate: bool,
     ) {
-        matmul(
+        product(
+            self.products,
             MatMut::new(&mut self.w.grad, self.inputs, self.outputs),
             MatRef::new(x, rows, self.inputs).t(),
             MatRef::new(dy, rows, self.outputs),
@@ -108,7 +139,8 @@ impl Dense {
         );
         add_column_sums(&mut self.b.grad, dy);
         if let Some(dx) = dx {
-            matmul(
+            product(
+                self.products,
                 MatMut::new(dx, rows, self.inputs),
                 MatRef::new(dy, rows, self.outputs),
                 MatRef::new(&self.w.value, self.inputs, self.outputs).t(),
