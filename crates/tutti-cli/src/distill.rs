@@ -24,10 +24,18 @@ pub struct DistillArgs {
     /// Stop after this many steps in this invocation (checkpointed), e.g. to share the machine.
     #[arg(long)]
     max_steps: Option<usize>,
+    /// The step's arithmetic, overriding the recipe's `[optim] precision`: `f32`, or `bf16`
+    /// (mixed precision on CPUs with AMX or AVX512-BF16). Checkpoints are f32 either way, so a
+    /// run may resume in the other (on another machine).
+    #[arg(long)]
+    precision: Option<tutti_models::Precision>,
 }
 
 pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
-    let recipe = Recipe::load(&args.config)?;
+    let mut recipe = Recipe::load(&args.config)?;
+    if let Some(precision) = args.precision {
+        recipe.optim.precision = precision;
+    }
     let dir = args.output.unwrap_or_else(|| {
         PathBuf::from("runs").join(
             args.config
@@ -44,7 +52,7 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     tracing::info!(
-        "{}: {} clips ({:.2} h) from {}, teachers {}, steps {start}..{total}",
+        "{}: {} clips ({:.2} h) from {}, teachers {}, steps {start}..{total}, {} products",
         dir.display(),
         run.pool.len(),
         run.pool.iter().map(|e| e.seconds).sum::<f64>() / 3600.0,
@@ -56,7 +64,8 @@ pub fn distill(args: DistillArgs) -> anyhow::Result<ExitCode> {
                 t.plan.name, t.plan.domain, t.plan.layers, t.plan.student_layers, t.plan.dim
             ))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        run.recipe.optim.precision
     );
     // Ctrl-C or a kill loses at most the steps since the last checkpoint (`checkpoint_every`):
     // `--resume` continues from there with the same result as an uninterrupted run.

@@ -306,6 +306,31 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
             assert!(worst < 0.05, "f32 {a:?}\nbf16 {b:?}");
             assert!(b[b.len() - 1] < b[0], "bf16 did not train: {b:?}");
             assert!(b != a, "the bf16 run computed the f32 run's exact losses");
+            // Half the run in bf16, resumed in f32 (`--precision` overrides the recipe; the
+            // checkpoint is f32 either way): the first half is the bf16 run's, the whole is done.
+            let switch = tmp.path().join("switch");
+            ok(tutti()
+                .args(["distill", "--config"])
+                .arg(&bf16_recipe)
+                .arg("-o")
+                .arg(&switch)
+                .args(["--max-steps", "30"]));
+            ok(tutti()
+                .args(["distill", "--config"])
+                .arg(&bf16_recipe)
+                .arg("-o")
+                .arg(&switch)
+                .args(["--resume", "--precision", "f32"]));
+            let switched: Vec<f64> = std::fs::read_to_string(switch.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(loss_of)
+                .collect();
+            assert_eq!(switched.len(), b.len());
+            assert_eq!(switched[..30], b[..30]);
+            assert_ne!(switched[30..], b[30..], "the second half ran in bf16");
+            let stored = std::fs::read_to_string(switch.join("recipe.toml")).unwrap();
+            assert!(stored.contains("precision = \"f32\""), "{stored}");
         }
     }
 
@@ -395,7 +420,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only `steps` may change"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only `steps` and `[optim] precision` may change"));
     let out = tutti()
         .args(["distill", "--config"])
         .arg(&r)

@@ -501,9 +501,11 @@ impl Run {
             let mut previous: Recipe =
                 toml::from_str(&stored).map_err(|e| err(dir.join("recipe.toml").display(), e))?;
             previous.steps = recipe.steps;
+            // The arithmetic is the machine's business: checkpoints are f32 in both.
+            previous.optim.precision = recipe.optim.precision;
             if previous != recipe {
                 return Err(TrainError(format!(
-                    "{}: the recipe differs from the run's (only `steps` may change on resume)",
+                    "{}: the recipe differs from the run's (only `steps` and `[optim] precision` may change on resume)",
                     dir.display()
                 )));
             }
