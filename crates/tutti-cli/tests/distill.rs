@@ -420,7 +420,10 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("only `steps` and `[optim] precision` may change"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("only `steps` and `[optim] precision` may change")
+    );
     let out = tutti()
         .args(["distill", "--config"])
         .arg(&r)

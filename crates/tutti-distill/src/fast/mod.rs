@@ -542,8 +542,9 @@ impl FastDistillStep {
     /// (forward, input and weight gradients) take bf16-rounded operands with f32 sums, while the
     /// master weights, gradients, AdamW moments, attention (scores, softmax, context: measured
     /// slower in bf16 at these shapes, 0.70 s against 0.51 s per `small` step's backward),
-    /// convolutions, norms, activations and the loss stay f32. Checkpoints are the same in both (a run may resume in the other). `Int8` is for
-    /// inference only and refused, as is `Bf16` where the CPU lacks it (with the reason).
+    /// convolutions, norms, activations and the loss stay f32. Checkpoints are the same in both
+    /// (a run may resume in the other). `Int8` is for inference only and refused, as is `Bf16`
+    /// where the CPU lacks it (with the reason).
     pub fn set_precision(&mut self, precision: Precision) -> Result<(), String> {
         let products = match precision {
             Precision::F32 => Products::F32,
