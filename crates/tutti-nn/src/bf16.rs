@@ -683,14 +683,24 @@ fn round_rows(x: &MatRef<'_>, first: usize, count: usize, k_pad: usize, dst: &mu
             );
         }
     } else if x.row_stride == 1 {
-        let mut column = [0u16; ROWS_PER_TASK];
-        for t in 0..k {
-            round_slice(
-                &x.data[t * x.col_stride + first..][..count],
-                &mut column[..count],
-            );
-            for (r, v) in column[..count].iter().enumerate() {
-                dst[r * k_pad + t] = *v;
+        // Blocks of 16 columns: each column's run rounded into a small buffer, then written out
+        // as 16 contiguous values per row (one scattered store per element is several times
+        // slower than the product it feeds).
+        const BLOCK: usize = 16;
+        let mut block = [[0u16; ROWS_PER_TASK]; BLOCK];
+        for t0 in (0..k).step_by(BLOCK) {
+            let width = BLOCK.min(k - t0);
+            for (j, column) in block[..width].iter_mut().enumerate() {
+                round_slice(
+                    &x.data[(t0 + j) * x.col_stride + first..][..count],
+                    &mut column[..count],
+                );
+            }
+            for r in 0..count {
+                let row = &mut dst[r * k_pad + t0..][..width];
+                for (j, d) in row.iter_mut().enumerate() {
+                    *d = block[j][r];
+                }
             }
         }
     } else {
