@@ -958,9 +958,19 @@ mod tests {
         let a_cols = lcg(62, k * (m + 5));
         let b_rows = lcg(63, k * (n + 2));
         let b_cols = lcg(64, n * (k + 4));
+        // Neither stride 1: every other element of every other row.
+        let a_sparse = lcg(65, 2 * m * 2 * k);
+        let b_sparse = lcg(66, 2 * k * 2 * n);
         let a_views = [
             MatRef::new(&a_rows, m, k + 3).columns(0, k),
             MatRef::new(&a_cols, k, m + 5).columns(2, m).t(),
+            MatRef {
+                data: &a_sparse,
+                rows: m,
+                cols: k,
+                row_stride: 4 * k,
+                col_stride: 2,
+            },
         ];
         let b_views = [
             MatRef::new(&b_rows, k, n + 2).columns(1, n),
@@ -971,6 +981,13 @@ mod tests {
                 cols: n,
                 row_stride: 1,
                 col_stride: k,
+            },
+            MatRef {
+                data: &b_sparse,
+                rows: k,
+                cols: n,
+                row_stride: 4 * n,
+                col_stride: 2,
             },
         ];
         let at = |v: &MatRef<'_>, i: usize, j: usize| v.data[i * v.row_stride + j * v.col_stride];
@@ -1010,7 +1027,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(checked, 12);
+        assert_eq!(checked, 24);
         // Negative control: swapping the operands' roles (a transposed b) is caught.
         let mut wrong = vec![0.0f32; m * n];
         let (a, b) = (a_views[0], b_views[0]);

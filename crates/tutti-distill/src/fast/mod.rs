@@ -36,10 +36,9 @@ use tutti_nn::layers::relu;
 use tutti_nn::mask::conv_output_length;
 
 use crate::step::{ADAM_BETAS, ADAM_EPSILON, DistillModel, StepTargets, TeacherSlot, WEIGHT_DECAY};
-use ops::Products;
 use ops::{
-    Attention, ConvGeometry, Dense, GroupedConv, Norm, Profile, Span, Weight, copy, gelu_backward,
-    gelu_into, sized, split_ragged_mut, sum_into, zeroed,
+    Attention, ConvGeometry, Dense, GroupedConv, Norm, Products, Profile, Span, Weight, copy,
+    gelu_backward, gelu_into, sized, split_ragged_mut, sum_into, zeroed,
 };
 use tutti_models::fast::Precision;
 
