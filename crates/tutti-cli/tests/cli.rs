@@ -920,3 +920,81 @@ fn tag_prints_the_top_classes_and_refuses_bad_input() {
     assert!(text(&out).contains("junk.wav"), "{}", text(&out));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn text_embed_gives_unit_vectors_as_json_npy_and_cosines() {
+    let model = tutti_nn::fixtures::repo_root().join("fixtures/parity/bert_tiny");
+    let out = tutti(&[
+        "text",
+        "embed",
+        "--model",
+        s(&model),
+        "a dog barks",
+        "piano music",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["text"], "piano music");
+    let v: Vec<f64> = lines[0]["vector"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(v.len(), 32);
+    assert!((v.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("texts.txt");
+    std::fs::write(&list, "a dog barks\n\npiano music\n").unwrap();
+    let npy = tmp.path().join("v.npy");
+    let out = tutti(&[
+        "text",
+        "embed",
+        "--model",
+        s(&model),
+        "--file",
+        s(&list),
+        "-o",
+        s(&npy),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(npy_shape(&npy), vec![2, 32]);
+    let values = npy_values(&npy);
+    let worst = values[..32]
+        .iter()
+        .zip(&v)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-6, "{worst}");
+
+    let out = tutti(&[
+        "text",
+        "embed",
+        "--model",
+        s(&model),
+        "--cosine",
+        "a dog barks",
+        "a dog barks",
+        "piano",
+    ]);
+    let cos: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().parse().unwrap())
+        .collect();
+    assert!((cos[0] - 1.0).abs() < 1e-3 && (cos[1] - 1.0).abs() < 1e-3 && cos[2] < 0.999);
+
+    // No texts, and a folder that is not a model, are explained.
+    let out = tutti(&["text", "embed", "--model", s(&model)]);
+    assert!(!out.status.success() && text(&out).contains("no texts"));
+    let out = tutti(&["text", "embed", "--model", s(tmp.path()), "x"]);
+    assert!(
+        !out.status.success() && text(&out).contains("config.json"),
+        "{}",
+        text(&out)
+    );
+}

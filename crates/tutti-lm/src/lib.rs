@@ -2,8 +2,10 @@
 //! ([`gguf`]: header, metadata, tensor infos, alignment, bounds-checked, dequantisation of the
 //! block formats the shipped SmolLM2 file uses), the llama architecture ([`llama`], with a KV
 //! cache), the tokenizer and chat template ([`tokenizer`]), and generation and scoring
-//! ([`generate`]).
+//! ([`generate`]); a BERT sentence encoder ([`bert`], the router and loss text encoder of U-SAM).
 
+pub mod bert;
+mod dense;
 pub mod generate;
 pub mod gguf;
 pub mod grad;

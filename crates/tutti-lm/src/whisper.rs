@@ -13,9 +13,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::{Dtype, SafeTensors};
-use tutti_nn::kernels::{add_rows, bias_gelu_rows, layer_norm_rows};
+use safetensors::SafeTensors;
+use tutti_nn::kernels::bias_gelu_rows;
 
+use crate::dense::{Affine, JsonConfig, Norm, attend, map_file, tensor_f32};
 use crate::llama::linear;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,36 +27,6 @@ pub struct WhisperDecoderConfig {
     pub heads: usize,
     pub ffn: usize,
     pub max_positions: usize,
-}
-
-struct Affine {
-    w: Vec<f32>,
-    b: Option<Vec<f32>>,
-    outputs: usize,
-    inputs: usize,
-}
-
-impl Affine {
-    fn apply(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = linear(x, rows, &self.w, self.outputs, self.inputs);
-        if let Some(b) = &self.b {
-            add_rows(&mut y, b);
-        }
-        y
-    }
-}
-
-struct Norm {
-    w: Vec<f32>,
-    b: Vec<f32>,
-}
-
-impl Norm {
-    fn apply(&self, x: &[f32]) -> Vec<f32> {
-        let mut y = x.to_vec();
-        layer_norm_rows(&mut y, self.w.len(), Some(&self.w), Some(&self.b), 1e-5);
-        y
-    }
 }
 
 struct Attention {
@@ -106,68 +77,14 @@ impl WhisperCache {
     }
 }
 
-/// Scaled dot-product attention of `q` `[n, heads * hd]` over `k`, `v` `[m, heads * hd]`; with
-/// `causal_offset = Some(p)`, query `i` sees keys `..= p + i`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    m: usize,
-    heads: usize,
-    hd: usize,
-    causal_offset: Option<usize>,
-) -> Vec<f32> {
-    let w = heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0.0f32; n * w];
-    let mut scores = vec![0.0f32; m];
-    for h in 0..heads {
-        for i in 0..n {
-            let visible = causal_offset.map_or(m, |p| (p + i + 1).min(m));
-            let qi = &q[i * w + h * hd..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate().take(visible) {
-                let kj = &k[j * w + h * hd..][..hd];
-                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0f32;
-            for s in scores.iter_mut().take(visible) {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let o = &mut out[i * w + h * hd..][..hd];
-            for (j, s) in scores.iter().enumerate().take(visible) {
-                let vj = &v[j * w + h * hd..][..hd];
-                let p = s / sum;
-                for (o, x) in o.iter_mut().zip(vj) {
-                    *o += p * x;
-                }
-            }
-        }
-    }
-    out
-}
-
 impl WhisperDecoder {
     /// The decoder of a Whisper model directory (`config.json`, `model.safetensors`).
     pub fn open(dir: &Path) -> Result<Self, String> {
         let fail = |m: String| format!("{}: {m}", dir.display());
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| format!("{}: {e}", config_path.display()))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-        let int = |k: &str| {
-            json.get(k)
-                .and_then(|v| v.as_u64())
-                .map(|v| v as usize)
-                .ok_or_else(|| format!("{}: no integer '{k}'", config_path.display()))
-        };
-        if json.get("model_type").and_then(|v| v.as_str()) != Some("whisper") {
-            return Err(format!("{}: not a Whisper config", config_path.display()));
+        let cfg = JsonConfig::open(dir)?;
+        let int = |k: &str| cfg.int(k);
+        if cfg.str("model_type") != Some("whisper") {
+            return Err(format!("{}: not a Whisper config", cfg.path.display()));
         }
         let config = WhisperDecoderConfig {
             vocab: int("vocab_size")?,
@@ -184,11 +101,7 @@ impl WhisperDecoder {
             )));
         }
         let weights = dir.join("model.safetensors");
-        let file =
-            std::fs::File::open(&weights).map_err(|e| format!("{}: {e}", weights.display()))?;
-        // SAFETY: read-only map of a file this process does not modify.
-        let map = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|e| format!("{}: {e}", weights.display()))?;
+        let map = map_file(&weights)?;
         let st =
             SafeTensors::deserialize(&map).map_err(|e| format!("{}: {e}", weights.display()))?;
         let names: HashMap<String, String> = st
@@ -214,40 +127,7 @@ impl WhisperDecoder {
             let t = st
                 .tensor(full)
                 .map_err(|e| format!("{}: {e}", weights.display()))?;
-            if t.shape() != shape {
-                return Err(format!(
-                    "{}: {name} has shape {:?}, expected {shape:?}",
-                    weights.display(),
-                    t.shape()
-                ));
-            }
-            let values: Vec<f32> = match t.dtype() {
-                Dtype::F32 => t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().expect("4")))
-                    .collect(),
-                Dtype::F16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes(b.try_into().expect("2")).to_f32())
-                    .collect(),
-                Dtype::BF16 => t
-                    .data()
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes(b.try_into().expect("2")).to_f32())
-                    .collect(),
-                other => {
-                    return Err(format!("{}: {name} is {other:?}", weights.display()));
-                }
-            };
-            if values.iter().any(|v| !v.is_finite()) {
-                return Err(format!(
-                    "{}: {name} holds NaN or infinite values",
-                    weights.display()
-                ));
-            }
-            Ok(values)
+            tensor_f32(&t, &weights, name, shape)
         };
         let c = &config;
         let d = c.dim;
@@ -268,6 +148,7 @@ impl WhisperDecoder {
             Ok(Norm {
                 w: get(&format!("{name}.weight"), &[d])?,
                 b: get(&format!("{name}.bias"), &[d])?,
+                eps: 1e-5,
             })
         };
         let attention = |p: &str| -> Result<Attention, String> {
