@@ -20,7 +20,12 @@ pub const FORMAT: &str = "tutti-audiolm/1";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AudioLmManifest {
     pub format: String,
-    pub adapter: AdapterConfig,
+    /// A UniWhisper audio-LM's adapter (its encoder in `encoder/`).
+    #[serde(default)]
+    pub adapter: Option<AdapterConfig>,
+    /// A U-SAM audio-LM's fusion (`fusion.safetensors`; encoders by reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<crate::usam::FusionManifest>,
     pub system: String,
     #[serde(default)]
     pub template: crate::prompt::Template,
@@ -88,7 +93,8 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError>
         .map_err(|e| AlignError(e.to_string()))?;
     let manifest = AudioLmManifest {
         format: FORMAT.into(),
-        adapter: run.adapter_config,
+        adapter: Some(run.adapter_config),
+        fusion: None,
         system: run.recipe.model.system.clone(),
         template: run.recipe.model.template,
         lm: run.info.lm.clone(),
@@ -129,10 +135,6 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
             format!("format {} (this build reads {FORMAT})", manifest.format),
         ));
     }
-    manifest
-        .adapter
-        .check()
-        .map_err(|e| err(path.display(), e))?;
     let lm_path = lm.map(Path::to_path_buf).unwrap_or(manifest.lm.clone());
     let gguf = tutti_lm::generate::find_gguf(&lm_path).map_err(|e| {
         AlignError(format!(
@@ -150,36 +152,58 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
         ));
     }
     let lm = Lm::open(&gguf).map_err(AlignError)?;
-    if lm.model.config.dim != manifest.adapter.lm_dim {
+    let lm_dim = match (&manifest.adapter, &manifest.fusion) {
+        (Some(a), None) => {
+            a.check().map_err(|e| err(path.display(), e))?;
+            a.lm_dim
+        }
+        (None, Some(f)) => f.config.lm_dim,
+        _ => {
+            return Err(err(
+                path.display(),
+                "holds neither an adapter nor a fusion part (or both)",
+            ));
+        }
+    };
+    if lm.model.config.dim != lm_dim {
         return Err(err(
             gguf.display(),
             format!(
-                "the LM is {}-wide, the adapter gives {}",
-                lm.model.config.dim, manifest.adapter.lm_dim
+                "the LM is {}-wide, the audio tokens are {lm_dim}",
+                lm.model.config.dim
             ),
         ));
     }
-    let device = tutti_nn::device::cpu();
-    let encoder = tutti_models::artifact::load_encoder(&dir.join("encoder"), &device)
-        .map_err(|e| AlignError(e.to_string()))?;
-    if encoder.info().hidden_size != manifest.adapter.encoder_dim {
-        return Err(err(
-            dir.join("encoder").display(),
-            format!(
-                "the encoder is {}-wide, the adapter takes {}",
-                encoder.info().hidden_size,
-                manifest.adapter.encoder_dim
-            ),
-        ));
-    }
-    let mut adapter = manifest.adapter.init(&device);
-    tutti_nn::load_safetensors_strict(&mut adapter, &dir.join(ADAPTER_WEIGHTS), &[], &[])
-        .map_err(|e| AlignError(e.to_string()))?;
+    let front = match (&manifest.adapter, &manifest.fusion) {
+        (None, Some(f)) => crate::model::Front::Fusion(Box::new(crate::usam::open_front(dir, f)?)),
+        (Some(config), _) => {
+            let device = tutti_nn::device::cpu();
+            let encoder = tutti_models::artifact::load_encoder(&dir.join("encoder"), &device)
+                .map_err(|e| AlignError(e.to_string()))?;
+            if encoder.info().hidden_size != config.encoder_dim {
+                return Err(err(
+                    dir.join("encoder").display(),
+                    format!(
+                        "the encoder is {}-wide, the adapter takes {}",
+                        encoder.info().hidden_size,
+                        config.encoder_dim
+                    ),
+                ));
+            }
+            let mut adapter = config.init(&device);
+            tutti_nn::load_safetensors_strict(&mut adapter, &dir.join(ADAPTER_WEIGHTS), &[], &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            crate::model::Front::Adapter {
+                encoder,
+                adapter,
+                config: *config,
+            }
+        }
+        (None, None) => unreachable!("checked above"),
+    };
     Ok((
         AudioLm {
-            encoder,
-            adapter,
-            config: manifest.adapter,
+            front,
             lm,
             template: manifest.template,
             system: manifest.system.clone(),

@@ -25,6 +25,9 @@ pub struct TaskScore {
     /// Share of the most frequent answer among the evaluated pairs (what always answering it
     /// would score).
     pub majority: f64,
+    /// The router's mean expert weights over the task's pairs (fusion audio-LMs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Vec<f64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +37,8 @@ pub struct Answer {
     pub instruction: String,
     pub expected: String,
     pub answer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +67,7 @@ pub fn evaluate(
     for p in pairs {
         by_task.entry(&p.task).or_default().push(p);
     }
-    let rate = alm.encoder.info().sample_rate_hz;
+    let rate = alm.sample_rate_hz();
     let mut tasks = Vec::new();
     let mut answers = Vec::new();
     for (task, list) in by_task {
@@ -70,6 +75,7 @@ pub fn evaluate(
         let chosen: Vec<&InstructPair> = (0..n).map(|i| list[i * list.len() / n]).collect();
         let (mut hits, mut wer) = (0usize, 0.0f64);
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut router: Option<Vec<f64>> = None;
         for p in &chosen {
             let path = pool.join(&p.audio);
             let audio = tutti_audio::decode::load_audio(
@@ -89,6 +95,19 @@ pub fn evaluate(
                     |_| true,
                 )
                 .map_err(|e| AlignError(format!("{}: {e}", p.id)))?;
+            let weights = match &alm.front {
+                crate::model::Front::Fusion(f) => Some(
+                    f.router_weights(&p.instruction)
+                        .map_err(|e| AlignError(format!("{}: {e}", p.id)))?,
+                ),
+                crate::model::Front::Adapter { .. } => None,
+            };
+            if let Some(w) = &weights {
+                let sum = router.get_or_insert_with(|| vec![0.0; w.len()]);
+                sum.iter_mut()
+                    .zip(w)
+                    .for_each(|(a, b)| *a += *b as f64 / n as f64);
+            }
             if normalise_answer(&text) == normalise_answer(&p.answer) {
                 hits += 1;
             }
@@ -102,6 +121,7 @@ pub fn evaluate(
                 instruction: p.instruction.clone(),
                 expected: p.answer.clone(),
                 answer: text,
+                router: weights,
             };
             progress(&a);
             answers.push(a);
@@ -113,6 +133,7 @@ pub fn evaluate(
             wer: (task == "transcribe").then(|| wer / n as f64),
             zero_shot: hold_out.iter().any(|h| h == task),
             majority: counts.values().max().copied().unwrap_or(0) as f64 / n as f64,
+            router,
         });
     }
     Ok(EvalReport {

@@ -16,3 +16,4 @@ pub mod prompt;
 pub mod recipe;
 pub mod sacl;
 pub mod train;
+pub mod usam;

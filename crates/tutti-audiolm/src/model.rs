@@ -63,9 +63,67 @@ pub fn audio_tokens(
 }
 
 /// Row `item`'s first `count` vectors of `values` (`[batch, tokens, dim]` row-major).
-fn rows(values: &[f32], item: usize, tokens: usize, count: usize, dim: usize) -> &[f32] {
+pub(crate) fn rows(values: &[f32], item: usize, tokens: usize, count: usize, dim: usize) -> &[f32] {
     let start = item * tokens * dim;
     &values[start..start + count * dim]
+}
+
+/// The frozen LM's part of a batch: each example's mean answer-token cross-entropy with its
+/// audio tokens (`values`, `[batch, width, dim]` row-major, item `i`'s first `counts[i]` valid)
+/// spliced into its prompt, and d (mean loss over the batch) / d audio token (`[batch, width,
+/// dim]`, zero at padding).
+pub struct LmTokenGrads {
+    pub loss: f64,
+    pub answer_tokens: usize,
+    pub grad: Vec<f32>,
+}
+
+pub fn lm_token_grads(
+    lm: &Lm,
+    template: Template,
+    system: &str,
+    examples: &[Example],
+    values: &[f32],
+    width: usize,
+    counts: &[usize],
+) -> Result<LmTokenGrads, String> {
+    let batch = examples.len();
+    let dim = lm.model.config.dim;
+    if values.len() != batch * width * dim {
+        return Err(format!(
+            "{} audio-token values for {batch} x {width} tokens of {dim}",
+            values.len()
+        ));
+    }
+    let mut grad = vec![0.0f32; values.len()];
+    let (mut loss, mut answer_count) = (0.0, 0);
+    for (i, e) in examples.iter().enumerate() {
+        let p = prompt(&lm.tokenizer, template, system, &e.instruction)?;
+        let answer = answer_tokens(&lm.tokenizer, &e.answer)?;
+        let audio = rows(values, i, width, counts[i], dim);
+        let mut rest = p.after.clone();
+        rest.extend_from_slice(&answer);
+        let inputs = lm.model.embed_spans(&[
+            Span::Tokens(&p.before),
+            Span::Embeddings(audio),
+            Span::Tokens(&rest),
+        ])?;
+        let t = targets(&p, counts[i], &answer);
+        let g = lm.model.loss_and_input_grad(&inputs, &t)?;
+        loss += g.loss / batch as f64;
+        answer_count += g.targets;
+        let from = p.before.len() * dim;
+        let scale = 1.0 / batch as f32;
+        let dst = &mut grad[i * width * dim..i * width * dim + counts[i] * dim];
+        for (d, s) in dst.iter_mut().zip(&g.grad[from..from + counts[i] * dim]) {
+            *d = s * scale;
+        }
+    }
+    Ok(LmTokenGrads {
+        loss,
+        answer_tokens: answer_count,
+        grad,
+    })
 }
 
 /// Forward and backward of one batch on an autodiff device: the LM loss of every example's
@@ -101,30 +159,8 @@ pub fn batch_loss(
         ));
     }
     let values = tutti_nn::layers::values(tokens.clone().detach());
-    let mut grad = vec![0.0f32; values.len()];
-    let (mut lm_loss, mut answer_count) = (0.0, 0);
-    for (i, e) in examples.iter().enumerate() {
-        let p = prompt(&lm.tokenizer, template, system, &e.instruction)?;
-        let answer = answer_tokens(&lm.tokenizer, &e.answer)?;
-        let audio = rows(&values, i, width, counts[i], dim);
-        let mut rest = p.after.clone();
-        rest.extend_from_slice(&answer);
-        let inputs = lm.model.embed_spans(&[
-            Span::Tokens(&p.before),
-            Span::Embeddings(audio),
-            Span::Tokens(&rest),
-        ])?;
-        let t = targets(&p, counts[i], &answer);
-        let g = lm.model.loss_and_input_grad(&inputs, &t)?;
-        lm_loss += g.loss / batch as f64;
-        answer_count += g.targets;
-        let from = p.before.len() * dim;
-        let scale = 1.0 / batch as f32;
-        let dst = &mut grad[i * width * dim..i * width * dim + counts[i] * dim];
-        for (d, s) in dst.iter_mut().zip(&g.grad[from..from + counts[i] * dim]) {
-            *d = s * scale;
-        }
-    }
+    let lm_grad = lm_token_grads(lm, template, system, examples, &values, width, &counts)?;
+    let (lm_loss, answer_count, grad) = (lm_grad.loss, lm_grad.answer_tokens, lm_grad.grad);
     let device = tokens.device();
     let g = Tensor::<3>::from_data(TensorData::new(grad, [batch, width, dim]), &device);
     let mut surrogate = (tokens * g).sum();
@@ -152,28 +188,61 @@ pub fn batch_loss(
     })
 }
 
-/// An audio-LM ready to answer: an encoder (any tutti-loadable one), its adapter and the LM.
+/// How an audio-LM turns a clip into audio tokens (one per process: the variants' sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Front {
+    /// UniWhisper: one encoder (any tutti-loadable one) and its adapter.
+    Adapter {
+        encoder: Box<dyn AudioEncoder>,
+        adapter: Adapter,
+        config: AdapterConfig,
+    },
+    /// U-SAM: frozen encoders fused through the window Q-Former and the routed projector.
+    Fusion(Box<crate::usam::FusionFront>),
+}
+
+/// An audio-LM ready to answer: its front and the LM.
 pub struct AudioLm {
-    pub encoder: Box<dyn AudioEncoder>,
-    pub adapter: Adapter,
-    pub config: AdapterConfig,
+    pub front: Front,
     pub lm: Lm,
     pub template: Template,
     pub system: String,
 }
 
 impl AudioLm {
-    /// The audio tokens of one clip (`[tokens, lm_dim]` row-major).
-    pub fn audio_tokens(&self, waveform: &[f32]) -> Result<Vec<f32>, String> {
-        let out = self
-            .encoder
-            .encode(&[waveform], ForwardOptions::default())
-            .map_err(|e| e.to_string())?;
-        let hidden = out.hidden_states.last().expect("hidden states").clone();
-        let (tokens, counts) = audio_tokens(hidden, &out.lengths, &self.adapter, &self.config);
-        let [_, width, dim] = tokens.dims();
-        let values = tutti_nn::layers::values(tokens);
-        Ok(rows(&values, 0, width, counts[0], dim).to_vec())
+    /// The rate the front takes audio at.
+    pub fn sample_rate_hz(&self) -> u32 {
+        match &self.front {
+            Front::Adapter { encoder, .. } => encoder.info().sample_rate_hz,
+            Front::Fusion(f) => f.frozen.sample_rate_hz,
+        }
+    }
+
+    /// The audio tokens of one clip for `instruction` (`[tokens, lm_dim]` row-major), and the
+    /// router's expert weights where the front has a router.
+    pub fn audio_tokens(
+        &self,
+        waveform: &[f32],
+        instruction: &str,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>), String> {
+        match &self.front {
+            Front::Adapter {
+                encoder,
+                adapter,
+                config,
+            } => {
+                let out = encoder
+                    .encode(&[waveform], ForwardOptions::default())
+                    .map_err(|e| e.to_string())?;
+                let hidden = out.hidden_states.last().expect("hidden states").clone();
+                let (tokens, counts) = audio_tokens(hidden, &out.lengths, adapter, config);
+                let [_, width, dim] = tokens.dims();
+                let values = tutti_nn::layers::values(tokens);
+                Ok((rows(&values, 0, width, counts[0], dim).to_vec(), None))
+            }
+            Front::Fusion(f) => f.audio_tokens(waveform, instruction),
+        }
     }
 
     /// Answer `instruction` about `waveform`; each new token's text goes to `on_text` as it comes
@@ -186,7 +255,7 @@ impl AudioLm {
         sampling: Sampling,
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<String, String> {
-        let audio = self.audio_tokens(waveform)?;
+        let (audio, _) = self.audio_tokens(waveform, instruction)?;
         let p: Prompt = prompt(&self.lm.tokenizer, self.template, &self.system, instruction)?;
         let h = self.lm.model.embed_spans(&[
             Span::Tokens(&p.before),

@@ -171,52 +171,56 @@ impl AlignRecipe {
         if !(self.model.keep_close >= 0.0 && self.model.keep_close.is_finite()) {
             return Err("[model] keep_close must be 0 or more".into());
         }
-        if o.batch == 0 {
-            return Err("[optim] batch must be above 0".into());
-        }
-        for (name, v) in [
-            ("lr", o.lr),
-            ("max_grad_norm", o.max_grad_norm),
-            ("final_lr_ratio", o.final_lr_ratio),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                return Err(format!("[optim] {name} must be above 0"));
-            }
-        }
-        if !(o.encoder_lr_scale >= 0.0 && o.weight_decay >= 0.0) {
-            return Err("[optim] encoder_lr_scale and weight_decay must be 0 or more".into());
-        }
-        if self.data.max_audio_secs.is_nan() || self.data.max_audio_secs <= 0.0 {
-            return Err("[data] max_audio_secs must be above 0".into());
-        }
-        for t in self.data.tasks.iter().chain(&self.data.hold_out) {
-            if !tutti_data::instruct::TASKS.contains(&t.as_str()) {
-                return Err(format!(
-                    "[data] unknown task '{t}' (known: {})",
-                    tutti_data::instruct::TASKS.join(", ")
-                ));
-            }
-        }
-        if self
-            .data
-            .tasks
-            .iter()
-            .any(|t| self.data.hold_out.contains(t))
-        {
-            return Err("[data] a task cannot be both trained on and held out".into());
-        }
-        Ok(())
+        check_data_optim(&self.data, o)
     }
 
     /// The learning rate of `step` (0-based): linear warm-up, then cosine to `lr x ratio`.
     pub fn lr(&self, step: usize) -> f64 {
-        let o = &self.optim;
-        if step < o.warmup_steps {
-            return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
-        }
-        let span = (self.steps - o.warmup_steps.min(self.steps)).max(1) as f64;
-        let t = ((step - o.warmup_steps) as f64 / span).min(1.0);
-        let floor = o.lr * o.final_lr_ratio;
-        floor + (o.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+        schedule(&self.optim, self.steps, step)
     }
+}
+
+/// The checks `[data]` and `[optim]` share between the align recipes.
+pub(crate) fn check_data_optim(data: &DataSection, o: &OptimSection) -> Result<(), String> {
+    if o.batch == 0 {
+        return Err("[optim] batch must be above 0".into());
+    }
+    for (name, v) in [
+        ("lr", o.lr),
+        ("max_grad_norm", o.max_grad_norm),
+        ("final_lr_ratio", o.final_lr_ratio),
+    ] {
+        if !(v > 0.0 && v.is_finite()) {
+            return Err(format!("[optim] {name} must be above 0"));
+        }
+    }
+    if !(o.encoder_lr_scale >= 0.0 && o.weight_decay >= 0.0) {
+        return Err("[optim] encoder_lr_scale and weight_decay must be 0 or more".into());
+    }
+    if data.max_audio_secs.is_nan() || data.max_audio_secs <= 0.0 {
+        return Err("[data] max_audio_secs must be above 0".into());
+    }
+    for t in data.tasks.iter().chain(&data.hold_out) {
+        if !tutti_data::instruct::TASKS.contains(&t.as_str()) {
+            return Err(format!(
+                "[data] unknown task '{t}' (known: {})",
+                tutti_data::instruct::TASKS.join(", ")
+            ));
+        }
+    }
+    if data.tasks.iter().any(|t| data.hold_out.contains(t)) {
+        return Err("[data] a task cannot be both trained on and held out".into());
+    }
+    Ok(())
+}
+
+/// Linear warm-up, then cosine to `lr x final_lr_ratio` at `steps`.
+pub(crate) fn schedule(o: &OptimSection, steps: usize, step: usize) -> f64 {
+    if step < o.warmup_steps {
+        return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+    }
+    let span = (steps - o.warmup_steps.min(steps)).max(1) as f64;
+    let t = ((step - o.warmup_steps) as f64 / span).min(1.0);
+    let floor = o.lr * o.final_lr_ratio;
+    floor + (o.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }

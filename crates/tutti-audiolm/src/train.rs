@@ -586,7 +586,7 @@ fn trainable_count<M: Module>(module: &M, mask: &[bool]) -> usize {
 }
 
 /// Make the masked parameters tracked leaves (as after an update).
-fn retrack<M: Module>(module: M, mask: &[bool]) -> M {
+pub(crate) fn retrack<M: Module>(module: M, mask: &[bool]) -> M {
     struct Values(Vec<Vec<f32>>);
     impl ModuleVisitor for Values {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
@@ -603,7 +603,7 @@ fn retrack<M: Module>(module: M, mask: &[bool]) -> M {
     optim::write(module, values)
 }
 
-fn write_moments(path: &Path, entries: &[(String, Vec<f32>)]) -> Result<(), AlignError> {
+pub(crate) fn write_moments(path: &Path, entries: &[(String, Vec<f32>)]) -> Result<(), AlignError> {
     let bytes: Vec<(String, Vec<u8>, usize)> = entries
         .iter()
         .map(|(n, v)| {
@@ -626,7 +626,7 @@ fn write_moments(path: &Path, entries: &[(String, Vec<f32>)]) -> Result<(), Alig
     std::fs::write(path, data).map_err(|e| err(path.display(), e))
 }
 
-fn read_moments(path: &Path) -> Result<HashMap<String, Vec<f32>>, AlignError> {
+pub(crate) fn read_moments(path: &Path) -> Result<HashMap<String, Vec<f32>>, AlignError> {
     let data = std::fs::read(path).map_err(|e| err(path.display(), e))?;
     let st = safetensors::SafeTensors::deserialize(&data).map_err(|e| err(path.display(), e))?;
     let mut out = HashMap::new();

@@ -34,6 +34,19 @@ pub fn align(args: AlignArgs) -> anyhow::Result<ExitCode> {
         ),
         (None, None) => bail!("give --config RECIPE.toml (and -o RUN), or -o RUN --resume"),
     };
+    let fusion = if args.resume && dir.join(tutti_audiolm::train::RUN_INFO).is_file() {
+        tutti_audiolm::usam::is_fusion_run(&dir)
+    } else {
+        let config = args
+            .config
+            .as_ref()
+            .context("a new run needs --config RECIPE.toml")?;
+        let text = std::fs::read_to_string(config).with_context(|| config.display().to_string())?;
+        tutti_audiolm::usam::is_fusion_recipe(&text)
+    };
+    if fusion {
+        return align_fusion(&args, &dir);
+    }
     let mut run = if args.resume && dir.join(tutti_audiolm::train::RUN_INFO).is_file() {
         AlignRun::resume(&dir)?
     } else {
@@ -89,14 +102,88 @@ pub fn align(args: AlignArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `tutti export` of an align run.
+/// U-SAM: a fusion recipe's run (`[fusion]` in the recipe).
+fn align_fusion(args: &AlignArgs, dir: &Path) -> anyhow::Result<ExitCode> {
+    use tutti_audiolm::usam::FusionRun;
+    let mut run = if args.resume && dir.join(tutti_audiolm::train::RUN_INFO).is_file() {
+        FusionRun::resume(dir)?
+    } else {
+        let config = args
+            .config
+            .as_ref()
+            .context("a new run needs --config RECIPE.toml")?;
+        FusionRun::create(config, dir)?
+    };
+    let (start, total) = (run.state.step, run.recipe.steps);
+    if start >= total {
+        tracing::info!("{}: already at step {start} of {total}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing::info!(
+        "{}: U-SAM fusion of {} encoders ({:?} wide) at {} Hz, windows of {}, {} experts, {} parameters; {} pairs ({}), LM {}, steps {start}..{total}",
+        dir.display(),
+        run.info.encoders.len(),
+        run.config.input_dims,
+        run.recipe.fusion.frame_rate_hz,
+        run.config.window,
+        run.config.experts,
+        run.info.fusion_parameters,
+        run.pairs.len(),
+        run.info.tasks.join(", "),
+        run.info.lm.display()
+    );
+    run.train(None, &mut |m| {
+        if m.step % 10 == 0 || m.step + 1 == total {
+            tracing::info!(
+                "step {}/{total}: loss {:.4} (ce {:.4}, sac {:.4}: triplet {:.4}, |S| {:.2}, {:.0}% selected) router {:?} lr {:.2e} |g| {:.2} {:.2} examples/s",
+                m.step + 1,
+                m.loss,
+                m.ce,
+                m.sac,
+                m.triplet,
+                m.l1,
+                100.0 * m.selected,
+                m.router.iter().map(|w| (w * 100.0).round() / 100.0).collect::<Vec<_>>(),
+                m.lr,
+                m.grad_norm,
+                m.examples_per_sec,
+            );
+        }
+    })?;
+    tracing::info!(
+        "{}: done, {} steps, {} examples, {:.2} h of audio in {:.0} s",
+        dir.display(),
+        run.state.step,
+        run.state.examples,
+        run.state.audio_secs / 3600.0,
+        run.state.train_secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn export(run: &Path, output: &Path) -> anyhow::Result<ExitCode> {
+    if tutti_audiolm::usam::is_fusion_run(run) {
+        let manifest = tutti_audiolm::usam::export(run, output)?;
+        let f = manifest.fusion.as_ref().expect("a fusion manifest");
+        println!(
+            "{}: U-SAM audio-LM (fusion of {} encoders, {} experts -> {}, LM {}), tasks {}",
+            output.display(),
+            f.encoders.len(),
+            f.config.experts,
+            f.config.lm_dim,
+            manifest.lm.display(),
+            manifest.tasks.join(", ")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let manifest = artifact::export(run, output)?;
+    let adapter = manifest.adapter.as_ref().expect("an adapter manifest");
     println!(
         "{}: audio-LM (encoder/, adapter {}x{} -> {}, LM {}), tasks {}",
         output.display(),
-        manifest.adapter.downsample,
-        manifest.adapter.encoder_dim,
-        manifest.adapter.lm_dim,
+        adapter.downsample,
+        adapter.encoder_dim,
+        adapter.lm_dim,
         manifest.lm.display(),
         manifest.tasks.join(", ")
     );
@@ -155,7 +242,7 @@ struct BatchItem {
 pub fn ask(args: AskArgs) -> anyhow::Result<ExitCode> {
     let sampling = args.sampling.sampling()?;
     let (alm, _) = artifact::open(&args.model, args.lm.as_deref())?;
-    let rate = alm.encoder.info().sample_rate_hz;
+    let rate = alm.sample_rate_hz();
     if let Some(batch) = &args.batch {
         let text = std::fs::read_to_string(batch).with_context(|| batch.display().to_string())?;
         let base = batch.parent().unwrap_or(Path::new("."));
