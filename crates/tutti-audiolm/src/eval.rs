@@ -142,3 +142,173 @@ pub fn evaluate(
         secs: start.elapsed().as_secs_f64(),
     })
 }
+
+/// The mean accuracy over a report's trained (not zero-shot) tasks.
+pub fn mean_accuracy(report: &EvalReport) -> f64 {
+    let trained: Vec<f64> = report
+        .tasks
+        .iter()
+        .filter(|t| !t.zero_shot)
+        .map(|t| t.accuracy)
+        .collect();
+    trained.iter().sum::<f64>() / trained.len().max(1) as f64
+}
+
+/// Several models' instruction tests side by side as a markdown table: accuracy per task (WER
+/// beside transcription's, zero-shot tasks marked), the mean over trained tasks, and each
+/// routed model's mean expert weights per task.
+pub fn comparison_table(reports: &[(String, EvalReport)]) -> String {
+    let mut tasks: Vec<&str> = reports
+        .iter()
+        .flat_map(|(_, r)| r.tasks.iter().map(|t| t.task.as_str()))
+        .collect();
+    tasks.sort();
+    tasks.dedup();
+    let mut out = format!(
+        "| model | {} | mean (trained tasks) |\n|---|{}---|\n",
+        tasks.join(" | "),
+        "---|".repeat(tasks.len())
+    );
+    for (name, r) in reports {
+        let cells: Vec<String> = tasks
+            .iter()
+            .map(|task| match r.tasks.iter().find(|t| t.task == *task) {
+                None => String::new(),
+                Some(t) => {
+                    let mut c = format!("{:.2}", t.accuracy);
+                    if let Some(w) = t.wer {
+                        c.push_str(&format!(" (WER {w:.2})"));
+                    }
+                    if t.zero_shot {
+                        c.push_str(" (zero-shot)");
+                    }
+                    c
+                }
+            })
+            .collect();
+        out.push_str(&format!(
+            "| {name} | {} | {:.3} |\n",
+            cells.join(" | "),
+            mean_accuracy(r)
+        ));
+    }
+    let routed: Vec<&(String, EvalReport)> = reports
+        .iter()
+        .filter(|(_, r)| {
+            r.tasks
+                .iter()
+                .any(|t| t.router.as_ref().is_some_and(|w| w.len() > 1))
+        })
+        .collect();
+    if !routed.is_empty() {
+        out.push_str("\nMean router weights per task (experts 1 / 2 / 3):\n\n");
+        for (name, r) in routed {
+            let parts: Vec<String> = r
+                .tasks
+                .iter()
+                .filter_map(|t| {
+                    t.router.as_ref().map(|w| {
+                        let w: Vec<String> = w.iter().map(|x| format!("{x:.2}")).collect();
+                        format!("{} {}", t.task, w.join(" / "))
+                    })
+                })
+                .collect();
+            out.push_str(&format!("- {name}: {}\n", parts.join("; ")));
+        }
+    }
+    out
+}
+
+/// The router's mean expert weights per task as an HTML page with one stacked bar per task (an
+/// inline SVG): does routing follow the domain?
+pub fn router_chart(name: &str, report: &EvalReport) -> String {
+    let colours = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"];
+    let rows: Vec<(&str, &Vec<f64>)> = report
+        .tasks
+        .iter()
+        .filter_map(|t| t.router.as_ref().map(|w| (t.task.as_str(), w)))
+        .collect();
+    let (bar, left, width) = (22.0, 110.0, 400.0);
+    let height = rows.len() as f64 * (bar + 8.0) + 40.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">",
+        left + width + 20.0
+    );
+    for (i, (task, w)) in rows.iter().enumerate() {
+        let y = 10.0 + i as f64 * (bar + 8.0);
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{task}</text>",
+            left - 6.0,
+            y + bar * 0.7
+        ));
+        let mut x = left;
+        for (e, v) in w.iter().enumerate() {
+            let dx = v * width;
+            svg.push_str(&format!(
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{dx:.1}\" height=\"{bar}\" fill=\"{}\"><title>expert {} {v:.3}</title></rect>",
+                colours[e % colours.len()],
+                e + 1
+            ));
+            x += dx;
+        }
+    }
+    let y = height - 12.0;
+    let experts = rows.first().map_or(0, |(_, w)| w.len());
+    for e in 0..experts {
+        let x = left + e as f64 * 90.0;
+        svg.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{y}\">expert {}</text>",
+            y - 10.0,
+            colours[e % colours.len()],
+            x + 16.0,
+            e + 1
+        ));
+    }
+    svg.push_str("</svg>");
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{name}: router weights</title></head><body><h1>{name}: the router's mean expert weights per task</h1>{svg}</body></html>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(router: Option<Vec<f64>>) -> EvalReport {
+        let task = |name: &str, acc: f64, zero: bool| TaskScore {
+            task: name.into(),
+            pairs: 10,
+            accuracy: acc,
+            wer: (name == "transcribe").then_some(0.5),
+            zero_shot: zero,
+            majority: 0.5,
+            router: router.clone(),
+        };
+        EvalReport {
+            tasks: vec![
+                task("domain", 0.9, false),
+                task("gender", 0.5, true),
+                task("transcribe", 0.1, false),
+            ],
+            answers: vec![],
+            secs: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_table_means_trained_tasks_and_lists_router_weights() {
+        let t = comparison_table(&[
+            ("fused".into(), report(Some(vec![0.5, 0.3, 0.2]))),
+            ("single".into(), report(None)),
+        ]);
+        // Mean over the two trained tasks (0.9, 0.1), not the zero-shot one.
+        assert!(
+            t.contains("| fused | 0.90 | 0.50 (zero-shot) | 0.10 (WER 0.50) | 0.500 |"),
+            "{t}"
+        );
+        assert!(t.contains("- fused: domain 0.50 / 0.30 / 0.20"), "{t}");
+        assert!(!t.contains("- single"), "{t}");
+        let html = router_chart("fused", &report(Some(vec![0.5, 0.3, 0.2])));
+        assert_eq!(html.matches("<rect").count(), 3 * 3 + 3);
+    }
+}

@@ -33,6 +33,14 @@ pub enum InstructCommand {
     },
     /// An audio-LM on an instruction split: exact match per task, WER for transcription.
     Eval(crate::align::EvalArgs),
+    /// Several `instruct eval` reports side by side (markdown on stdout); `--router-html DIR`
+    /// also draws each routed model's expert weights per task.
+    Table {
+        /// `NAME=REPORT.json` or `REPORT.json` (named by its file stem).
+        reports: Vec<String>,
+        #[arg(long)]
+        router_html: Option<PathBuf>,
+    },
     /// Check instruction data against a suite: no shared source or audio with its validation
     /// and test splits, no reserved package, no source in both splits. Exit status 1 on any.
     Check {
@@ -86,6 +94,10 @@ pub fn run(command: InstructCommand) -> anyhow::Result<ExitCode> {
         }
         InstructCommand::Check { data, suite } => check(&data, &suite),
         InstructCommand::Eval(args) => crate::align::eval(args),
+        InstructCommand::Table {
+            reports,
+            router_html,
+        } => table(&reports, router_html.as_deref()),
     }
 }
 
@@ -115,4 +127,46 @@ fn check(data: &std::path::Path, suite: &std::path::Path) -> anyhow::Result<Exit
         suite.display()
     );
     Ok(ExitCode::from(1))
+}
+
+fn table(reports: &[String], router_html: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    if reports.is_empty() {
+        anyhow::bail!("give the reports of `tutti instruct eval` (NAME=REPORT.json)");
+    }
+    let mut loaded = Vec::new();
+    for r in reports {
+        let (name, path) = match r.split_once('=') {
+            Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+            None => {
+                let p = PathBuf::from(r);
+                let n = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (n, p)
+            }
+        };
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        let report: tutti_audiolm::eval::EvalReport = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not an instruct eval report", path.display()))?;
+        loaded.push((name, report));
+    }
+    print!("{}", tutti_audiolm::eval::comparison_table(&loaded));
+    if let Some(dir) = router_html {
+        for (name, r) in &loaded {
+            if r.tasks
+                .iter()
+                .any(|t| t.router.as_ref().is_some_and(|w| w.len() > 1))
+            {
+                let path = dir.join(format!("{name}-router.html"));
+                crate::output::write_atomic(
+                    &path,
+                    tutti_audiolm::eval::router_chart(name, r).as_bytes(),
+                )?;
+                eprintln!("{}", path.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
