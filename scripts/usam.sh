@@ -4,7 +4,7 @@
 #   scripts/usam.sh [STAGE]     STAGE: train | eval | table | all (default all)
 #
 # 1. train: each recipe of recipes/usam/ (the full model and its ablations: one projector, no
-#    contrastive loss, each encoder alone) -> $T/runs/usam/<name> -> $T/models/<name> (an audio-LM
+#    contrastive loss, each encoder alone; then the per-token |S|_1 and LoRA variants) -> $T/runs/usam/<name> -> $T/models/<name> (an audio-LM
 #    `tutti ask` runs). Needs the teachers (scripts/fetch_teachers.sh), the LM and the sentence
 #    encoder (scripts/fetch_lm.sh) and the instruction data (scripts/uniwhisper.sh data). A killed
 #    run resumes from its newest checkpoint when the script is started again; finished exports
@@ -26,7 +26,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tutti/target}"
 cargo build --release -p tutti-cli
 tutti="$CARGO_TARGET_DIR/release/tutti"
 mkdir -p "$home/runs/usam" "$home/models" "$home/results/usam"
-names="${USAM_ONLY:-usam usam-one-projector usam-no-sacl usam-whisper usam-yamnet usam-musicnn}"
+names="${USAM_ONLY:-usam usam-one-projector usam-no-sacl usam-whisper usam-yamnet usam-musicnn usam-l1-mean usam-lora}"
 
 train() {
   for name in $names; do

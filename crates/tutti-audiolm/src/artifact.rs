@@ -151,7 +151,7 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
             ),
         ));
     }
-    let lm = Lm::open(&gguf).map_err(AlignError)?;
+    let mut lm = Lm::open(&gguf).map_err(AlignError)?;
     let lm_dim = match (&manifest.adapter, &manifest.fusion) {
         (Some(a), None) => {
             a.check().map_err(|e| err(path.display(), e))?;
@@ -175,7 +175,14 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
         ));
     }
     let front = match (&manifest.adapter, &manifest.fusion) {
-        (None, Some(f)) => crate::model::Front::Fusion(Box::new(crate::usam::open_front(dir, f)?)),
+        (None, Some(f)) => {
+            if f.lora {
+                let path = dir.join(crate::usam::LORA_WEIGHTS);
+                let lora = tutti_lm::lora::Lora::load(&path, &lm.model).map_err(AlignError)?;
+                lm.model.set_lora(Some(lora)).map_err(AlignError)?;
+            }
+            crate::model::Front::Fusion(Box::new(crate::usam::open_front(dir, f)?))
+        }
         (Some(config), _) => {
             let device = tutti_nn::device::cpu();
             let encoder = tutti_models::artifact::load_encoder(&dir.join("encoder"), &device)

@@ -76,6 +76,8 @@ pub struct LmTokenGrads {
     pub loss: f64,
     pub answer_tokens: usize,
     pub grad: Vec<f32>,
+    /// d (mean loss) / d LoRA value (in `Lora::values` order), when the LM has adapters.
+    pub lora: Option<Vec<f32>>,
 }
 
 pub fn lm_token_grads(
@@ -97,6 +99,7 @@ pub fn lm_token_grads(
     }
     let mut grad = vec![0.0f32; values.len()];
     let (mut loss, mut answer_count) = (0.0, 0);
+    let mut lora: Option<Vec<f32>> = None;
     for (i, e) in examples.iter().enumerate() {
         let p = prompt(&lm.tokenizer, template, system, &e.instruction)?;
         let answer = answer_tokens(&lm.tokenizer, &e.answer)?;
@@ -114,6 +117,12 @@ pub fn lm_token_grads(
         answer_count += g.targets;
         let from = p.before.len() * dim;
         let scale = 1.0 / batch as f32;
+        if let Some(l) = &g.lora {
+            let acc = lora.get_or_insert_with(|| vec![0.0; l.parameters()]);
+            acc.iter_mut()
+                .zip(l.values())
+                .for_each(|(a, v)| *a += v * scale);
+        }
         let dst = &mut grad[i * width * dim..i * width * dim + counts[i] * dim];
         for (d, s) in dst.iter_mut().zip(&g.grad[from..from + counts[i] * dim]) {
             *d = s * scale;
@@ -123,6 +132,7 @@ pub fn lm_token_grads(
         loss,
         answer_tokens: answer_count,
         grad,
+        lora,
     })
 }
 

@@ -12,7 +12,10 @@
 //!   (another item's answer in the batch, the next one whose answer differs):
 //!   `L_triplet = max(0, d(A, e+) - d(A, e-) + alpha)`; an item without such a negative adds 0;
 //! - `L_SAC = L_triplet + l1 |S|_1` per item (`|S|_1` the sum over the item's valid tokens,
-//!   `l1 = 0.01`), averaged over the batch. The trainer adds `0.5 L_CE + 0.5 L_SAC`.
+//!   `l1 = 0.01`), averaged over the batch. The trainer adds `0.5 L_CE + 0.5 L_SAC`. With
+//!   `l1_mean`, `|S|_1` is divided by the item's token count (a sparsity pull that does not grow
+//!   with the clip's length: with the sum, the scores of every token fall below 0.5 within ~12
+//!   steps of the full recipe and the selection empties).
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -30,6 +33,8 @@ pub struct SaclSettings {
     pub margin: f64,
     /// Weight of `|S|_1`.
     pub l1: f64,
+    /// `|S|_1` as the mean over the item's tokens instead of their sum.
+    pub l1_mean: bool,
 }
 
 impl Default for SaclSettings {
@@ -38,6 +43,7 @@ impl Default for SaclSettings {
             temperature: 0.1,
             margin: 0.2,
             l1: 0.01,
+            l1_mean: false,
         }
     }
 }
@@ -141,7 +147,11 @@ pub fn sacl(
     let d_pos = (agg.clone() * pos).sum_dim(2).neg() + 1.0;
     let d_neg = (agg * neg).sum_dim(2).neg() + 1.0;
     let triplet = (d_pos - d_neg + s.margin).clamp_min(0.0).reshape([batch]) * has_neg;
-    let l1 = (score * valid).sum_dim(1).reshape([batch]);
+    let mut l1 = (score * valid).sum_dim(1).reshape([batch]);
+    if s.l1_mean {
+        let inv: Vec<f32> = counts.iter().map(|&c| 1.0 / c.clamp(1, n) as f32).collect();
+        l1 = l1 * Tensor::<1>::from_data(TensorData::new(inv, [batch]), &device);
+    }
     let triplet_mean = triplet.clone().mean();
     let l1_mean = l1.clone().mean();
     let loss = triplet_mean.clone() + l1_mean.clone() * s.l1;
@@ -199,6 +209,7 @@ mod tests {
             temperature: 0.5,
             margin: 1.2,
             l1: 0.01,
+            l1_mean: false,
         };
         let out = sacl(
             &head,
@@ -237,8 +248,25 @@ mod tests {
         );
         assert!(calm.triplet.abs() < 1e-9);
         // ... and counting the padded token changes |S|_1.
-        let padded = sacl(&head, tokens2, &[4, 3], answers2, &[Some(1), None], s);
+        let padded = sacl(
+            &head,
+            tokens2.clone(),
+            &[4, 3],
+            answers2.clone(),
+            &[Some(1), None],
+            s,
+        );
         assert!((padded.l1 - out.l1).abs() > 0.1);
+        // The per-token mean: each item's sum over its 3 tokens, divided by 3.
+        let mean = sacl(
+            &head,
+            tokens2,
+            &[3, 3],
+            answers2,
+            &[Some(1), None],
+            SaclSettings { l1_mean: true, ..s },
+        );
+        assert!((mean.l1 - want_l1 / 3.0).abs() < 1e-5, "{}", mean.l1);
     }
 
     #[test]

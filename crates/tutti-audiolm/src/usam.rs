@@ -21,6 +21,8 @@
 //! experts = 3                # 1: one projector, no router (the ablation)
 //! expert_hidden = 1024
 //! pad_to_window = false      # Whisper on the clip's own length (not padded to 30 s)
+//! lora_rank = 0              # LoRA on the frozen LM (the paper: 8); lora_alpha = 16.0,
+//!                            # lora_targets = ["q", "v"]
 //! system = "You listen to audio and answer briefly."
 //!
 //! [loss]
@@ -29,6 +31,7 @@
 //! temperature = 0.1
 //! margin = 0.2
 //! l1 = 0.01
+//! l1_mean = false          # true: |S|_1 over the token count (sum: as the paper writes it)
 //!
 //! [data]                     # as the align recipe's
 //! [optim]                    # as the align recipe's (encoder_lr_scale unused: encoders frozen)
@@ -51,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
 use tutti_lm::bert::SentenceEncoder;
 use tutti_lm::generate::Lm;
+use tutti_lm::lora::{Lora, LoraConfig, Target};
 use tutti_models::encoder::{AudioEncoder, ForwardOptions};
 
 use crate::fusion::{Fusion, FusionConfig, fuse, resample_frames};
@@ -70,6 +74,7 @@ fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> AlignError
 const LATEST: &str = "latest";
 pub const FUSION_WEIGHTS: &str = "fusion.safetensors";
 const SEMANTIC_WEIGHTS: &str = "semantic.safetensors";
+pub const LORA_WEIGHTS: &str = "lora.safetensors";
 const MOMENTS: &str = "moments.safetensors";
 const TRAINER: &str = "trainer.json";
 
@@ -119,6 +124,13 @@ pub struct FusionSection {
     pub expert_hidden: usize,
     #[serde(default)]
     pub pad_to_window: bool,
+    /// LoRA on the frozen LM (0: none; the paper: rank 8 on q and v).
+    #[serde(default)]
+    pub lora_rank: usize,
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f32,
+    #[serde(default = "default_lora_targets")]
+    pub lora_targets: Vec<String>,
     #[serde(default = "default_system")]
     pub system: String,
     #[serde(default)]
@@ -152,6 +164,33 @@ fn default_ffn() -> usize {
 fn default_system() -> String {
     crate::prompt::DEFAULT_SYSTEM.to_string()
 }
+fn default_lora_alpha() -> f32 {
+    16.0
+}
+fn default_lora_targets() -> Vec<String> {
+    vec!["q".into(), "v".into()]
+}
+
+impl FusionSection {
+    /// The LoRA configuration (None without LoRA).
+    pub fn lora(&self, seed: u64) -> Result<Option<LoraConfig>, String> {
+        if self.lora_rank == 0 {
+            return Ok(None);
+        }
+        let targets = self
+            .lora_targets
+            .iter()
+            .map(|t| t.parse::<Target>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("[fusion] lora_targets: {e}"))?;
+        Ok(Some(LoraConfig {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            targets,
+            seed,
+        }))
+    }
+}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -161,6 +200,8 @@ pub struct LossSection {
     pub temperature: f64,
     pub margin: f64,
     pub l1: f64,
+    /// `|S|_1` as the mean over an item's tokens (false: their sum, as the paper writes it).
+    pub l1_mean: bool,
 }
 
 impl Default for LossSection {
@@ -172,6 +213,7 @@ impl Default for LossSection {
             temperature: s.temperature,
             margin: s.margin,
             l1: s.l1,
+            l1_mean: s.l1_mean,
         }
     }
 }
@@ -182,6 +224,7 @@ impl LossSection {
             temperature: self.temperature,
             margin: self.margin,
             l1: self.l1,
+            l1_mean: self.l1_mean,
         }
     }
 }
@@ -220,6 +263,10 @@ impl FusionRecipe {
         if !(f.frame_rate_hz > 0.0 && f.frame_rate_hz.is_finite()) {
             return Err("[fusion] frame_rate_hz must be above 0".into());
         }
+        if f.lora_rank > 0 && !(f.lora_alpha > 0.0 && f.lora_alpha.is_finite()) {
+            return Err("[fusion] lora_alpha must be above 0".into());
+        }
+        f.lora(self.seed)?;
         let l = &self.loss;
         for (name, v) in [
             ("ce_weight", l.ce_weight),
@@ -470,6 +517,7 @@ pub struct FusionRun {
     pub pool: PathBuf,
     fusion_moments: Moments,
     semantic_moments: Moments,
+    lora_moments: Moments,
     pub state: TrainerState,
     device: Device,
 }
@@ -535,7 +583,16 @@ impl FusionRun {
             f.frame_rate_hz,
             f.pad_to_window,
         )?;
-        let lm = Lm::open(&f.lm).map_err(|e| err(f.lm.display(), e))?;
+        let mut lm = Lm::open(&f.lm).map_err(|e| err(f.lm.display(), e))?;
+        if let Some(lc) = f.lora(recipe.seed).map_err(AlignError)? {
+            let lora = match checkpoint {
+                Some(ckpt) => {
+                    Lora::load(&ckpt.join(LORA_WEIGHTS), &lm.model).map_err(AlignError)?
+                }
+                None => Lora::new(&lm.model, lc).map_err(AlignError)?,
+            };
+            lm.model.set_lora(Some(lora)).map_err(AlignError)?;
+        }
         let config = FusionConfig {
             input_dims: frozen.dims(),
             window: f.window,
@@ -597,6 +654,7 @@ impl FusionRun {
         };
         let mut state = TrainerState::default();
         let (mut fusion_moments, mut semantic_moments) = (Moments::default(), Moments::default());
+        let mut lora_moments = Moments::default();
         if let Some(ckpt) = checkpoint {
             tutti_nn::load_safetensors_strict(&mut fusion, &ckpt.join(FUSION_WEIGHTS), &[], &[])
                 .map_err(|e| AlignError(e.to_string()))?;
@@ -613,6 +671,7 @@ impl FusionRun {
             let entries = read_moments(&ckpt.join(MOMENTS))?;
             fusion_moments = optim::moments_from("fusion", optim::count(&fusion), &entries);
             semantic_moments = optim::moments_from("semantic", optim::count(&semantic), &entries);
+            lora_moments = optim::moments_from("lora", 1, &entries);
             let path = ckpt.join(TRAINER);
             state = serde_json::from_str(
                 &std::fs::read_to_string(&path).map_err(|e| err(path.display(), e))?,
@@ -632,6 +691,7 @@ impl FusionRun {
             pool,
             fusion_moments,
             semantic_moments,
+            lora_moments,
             state,
             device,
         })
@@ -757,7 +817,11 @@ impl FusionRun {
             let grads = surrogate.backward();
             let fg = optim::gradients(&self.fusion, &grads);
             let sg = optim::gradients(&self.semantic, &grads);
-            let norm = optim::grad_norm(&[&fg, &sg]);
+            let lg: Vec<optim::Collected> = match (lm.lora, self.lm.model.lora()) {
+                (Some(g), Some(l)) => vec![(l.values().copied().collect(), Some(g))],
+                _ => Vec::new(),
+            };
+            let norm = optim::grad_norm(&[&fg, &sg, &lg]);
             let max = self.recipe.optim.max_grad_norm;
             let clip = if norm > max { max / norm } else { 1.0 };
             let lr = self.recipe.lr(step);
@@ -768,6 +832,14 @@ impl FusionRun {
                 let new =
                     optim::adamw_update(sg, &mut self.semantic_moments, settings, t, lr, clip);
                 self.semantic = optim::write(self.semantic.clone(), new);
+            }
+            if !lg.is_empty() {
+                let new = optim::adamw_update(lg, &mut self.lora_moments, settings, t, lr, clip);
+                if let (Some(Some(values)), Some(l)) =
+                    (new.into_iter().next(), self.lm.model.lora_mut())
+                {
+                    l.values_mut().zip(values).for_each(|(a, b)| *a = b);
+                }
             }
             let secs = start.elapsed().as_secs_f64();
             self.state.step += 1;
@@ -826,8 +898,12 @@ impl FusionRun {
             .map_err(|e| AlignError(e.to_string()))?;
         tutti_nn::save_safetensors(&self.semantic, &tmp.join(SEMANTIC_WEIGHTS), &[])
             .map_err(|e| AlignError(e.to_string()))?;
+        if let Some(l) = self.lm.model.lora() {
+            l.save(&tmp.join(LORA_WEIGHTS)).map_err(AlignError)?;
+        }
         let mut entries = optim::moments_entries("fusion", &self.fusion_moments);
         entries.extend(optim::moments_entries("semantic", &self.semantic_moments));
+        entries.extend(optim::moments_entries("lora", &self.lora_moments));
         write_moments(&tmp.join(MOMENTS), &entries)?;
         std::fs::write(
             tmp.join(TRAINER),
@@ -857,6 +933,9 @@ pub struct FusionManifest {
     pub text_encoder_sha256: String,
     pub frame_rate_hz: f64,
     pub pad_to_window: bool,
+    /// LoRA adapters on the LM in `lora.safetensors`.
+    #[serde(default)]
+    pub lora: bool,
 }
 
 /// Write a fusion run's newest checkpoint as an audio-LM at `out` (`audiolm.json` with a
@@ -884,6 +963,9 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<crate::artifact::AudioLmMani
     std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
     tutti_nn::save_safetensors(&run.fusion, &tmp.join(FUSION_WEIGHTS), &[])
         .map_err(|e| AlignError(e.to_string()))?;
+    if let Some(l) = run.lm.model.lora() {
+        l.save(&tmp.join(LORA_WEIGHTS)).map_err(AlignError)?;
+    }
     let f = &run.recipe.fusion;
     let manifest = crate::artifact::AudioLmManifest {
         format: crate::artifact::FORMAT.into(),
@@ -896,6 +978,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<crate::artifact::AudioLmMani
             text_encoder_sha256: run.info.text_encoder_sha256.clone(),
             frame_rate_hz: f.frame_rate_hz,
             pad_to_window: f.pad_to_window,
+            lora: run.lm.model.lora().is_some(),
         }),
         system: f.system.clone(),
         template: f.template,

@@ -379,3 +379,41 @@ fn the_committed_fusion_recipes_are_valid() {
     }
     assert!(n >= 6, "{n} recipes");
 }
+
+#[test]
+fn lora_on_the_lm_trains_resumes_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = workspace(dir.path(), 4, 1e-2, "lora_rank = 2", "");
+    let whole = dir.path().join("whole");
+    let mut run = FusionRun::create(&recipe, &whole).unwrap();
+    let start: Vec<f32> = run.lm.model.lora().unwrap().values().copied().collect();
+    run.train(None, &mut |_| {}).unwrap();
+    let end: Vec<f32> = run.lm.model.lora().unwrap().values().copied().collect();
+    // B starts at zero and moves; the LM's own weights have no gradient.
+    assert_ne!(start, end);
+    drop(run);
+    let cut = dir.path().join("cut");
+    let mut run = FusionRun::create(&recipe, &cut).unwrap();
+    run.train(Some(3), &mut |_| {}).unwrap();
+    drop(run);
+    let mut run = FusionRun::resume(&cut).unwrap();
+    assert_eq!(run.state.step, 2);
+    run.train(None, &mut |_| {}).unwrap();
+    let resumed: Vec<f32> = run.lm.model.lora().unwrap().values().copied().collect();
+    assert!(resumed == end, "LoRA weights differ after the resume");
+    drop(run);
+    let out = dir.path().join("alm");
+    tutti_audiolm::usam::export(&whole, &out).unwrap();
+    let (alm, manifest) = tutti_audiolm::artifact::open(&out, None).unwrap();
+    assert!(manifest.fusion.unwrap().lora);
+    let attached: Vec<f32> = alm.lm.model.lora().unwrap().values().copied().collect();
+    assert!(attached == end);
+    // A bad target is refused by name.
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace("lora_rank = 2", "lora_rank = 2\nlora_targets = [\"qq\"]");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text).unwrap();
+    let e = FusionRecipe::load(&bad).err().unwrap().to_string();
+    assert!(e.contains("bad.toml") && e.contains("qq"), "{e}");
+}
