@@ -10,7 +10,7 @@
 #    run resumes from its newest checkpoint when the script is started again; finished exports
 #    are kept.
 # 2. eval: each exported model (and the UniWhisper model $T/models/uw-speech when it exists) on
-#    the held-out instruction test set (40 pairs per task) -> $T/results/usam/<name>.json.
+#    the held-out instruction test set (30 pairs per task) -> $T/results/usam/<name>.json.
 # 3. table: the comparison table (accuracy per task, WER, router weights per task) as markdown ->
 #    $T/results/usam/table.md (`tutti instruct table`), and each routed model's router chart ->
 #    $T/results/usam/<name>-router.html.
@@ -50,7 +50,7 @@ eval_() {
     [ -f "$out" ] && continue
     [ -d "$home/models/$name" ] || { echo "skipping $name: not trained" >&2; continue; }
     "$tutti" --threads "$threads" instruct eval --model "$home/models/$name" --data "$home/instruct" \
-      --per-task 40 -o "$out"
+      --per-task 30 -o "$out"
   done
 }
 

@@ -44,9 +44,6 @@ fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> AlignError
 /// Write the run's newest checkpoint as an audio-LM artifact at `out` (atomically; `out` must
 /// not exist).
 pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError> {
-    if out.exists() {
-        return Err(AlignError(format!("{}: already exists", out.display())));
-    }
     let run = AlignRun::resume(run_dir)?;
     if run.state.step == 0 {
         return Err(AlignError(format!(
@@ -54,15 +51,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError>
             run_dir.display()
         )));
     }
-    let parent = out.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
-    let tmp = parent.join(format!(
-        ".{}.partial",
-        out.file_name()
-            .map_or("audiolm".into(), |n| n.to_string_lossy())
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+    let tmp = crate::train::export_staging(out)?;
     let training = serde_json::json!({
         "run": run_dir,
         "recipe": run.recipe,

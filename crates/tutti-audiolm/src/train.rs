@@ -208,49 +208,22 @@ impl AlignRun {
     /// Start a new run in `dir` (must not hold one).
     pub fn create(recipe_path: &Path, dir: &Path) -> Result<Self, AlignError> {
         let recipe = AlignRecipe::load(recipe_path).map_err(|e| AlignError(e.to_string()))?;
-        if dir.join(LATEST).exists() || dir.join(RUN_INFO).exists() {
-            return Err(AlignError(format!(
-                "{}: already holds a run (use --resume, or another folder)",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
+        refuse_existing(dir)?;
         let run = Self::build(recipe, dir, None)?;
-        let text = toml::to_string(&run.recipe).map_err(|e| err(RECIPE, e))?;
-        std::fs::write(dir.join(RECIPE), text).map_err(|e| err(dir.join(RECIPE).display(), e))?;
-        let info = serde_json::to_string_pretty(&run.info).expect("run info serialises");
-        std::fs::write(dir.join(RUN_INFO), info)
-            .map_err(|e| err(dir.join(RUN_INFO).display(), e))?;
-        std::fs::write(dir.join(METRICS), "").map_err(|e| err(dir.join(METRICS).display(), e))?;
+        write_run_files(dir, &run.recipe, &run.info)?;
         Ok(run)
     }
 
     /// Resume the run in `dir` from its newest complete checkpoint (or its start).
     pub fn resume(dir: &Path) -> Result<Self, AlignError> {
-        let path = dir.join(RECIPE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            err(
-                path.display(),
-                format!("{e} (not a run folder of tutti align)"),
-            )
-        })?;
-        let recipe = AlignRecipe::parse(&text, dir).map_err(|e| err(path.display(), e))?;
-        let latest = std::fs::read_to_string(dir.join(LATEST))
-            .ok()
-            .map(|s| dir.join(s.trim()));
+        let (text, latest) = open_run_dir(dir)?;
+        let recipe =
+            AlignRecipe::parse(&text, dir).map_err(|e| err(dir.join(RECIPE).display(), e))?;
         let run = Self::build(recipe, dir, latest.as_deref())?;
-        // Cut the metrics back to the checkpoint.
-        let metrics = dir.join(METRICS);
-        if let Ok(text) = std::fs::read_to_string(&metrics) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step < run.state.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&metrics, kept).map_err(|e| err(metrics.display(), e))?;
-        }
+        let step = run.state.step;
+        cut_metrics(dir, |l| {
+            serde_json::from_str::<StepMetrics>(l).is_ok_and(|m| m.step < step)
+        })?;
         Ok(run)
     }
 
@@ -297,23 +270,12 @@ impl AlignRun {
         );
         // The data.
         let d = &recipe.data;
-        let (_, pool) = open_instruct(&d.instruct).map_err(|e| AlignError(e.to_string()))?;
-        let train_path = d.instruct.join("train.jsonl");
-        let pairs: Vec<InstructPair> = read_pairs(&train_path)
-            .map_err(|e| AlignError(e.to_string()))?
-            .into_iter()
-            .filter(|p| d.tasks.is_empty() || d.tasks.contains(&p.task))
-            .filter(|p| !d.hold_out.contains(&p.task))
-            .collect();
-        if pairs.is_empty() {
-            return Err(AlignError(format!(
-                "{}: no pairs left after [data] tasks / hold_out",
-                train_path.display()
-            )));
-        }
-        let mut tasks: Vec<String> = pairs.iter().map(|p| p.task.clone()).collect();
-        tasks.sort();
-        tasks.dedup();
+        let TrainPairs {
+            pool,
+            pairs,
+            tasks,
+            path: train_path,
+        } = train_pairs(d)?;
         let reference: Option<Box<dyn AudioEncoder>> = if m.keep_close > 0.0 {
             Some(
                 tutti_models::artifact::load_encoder(&m.encoder, &tutti_nn::device::cpu())
@@ -498,18 +460,7 @@ impl AlignRun {
                 examples_per_sec: examples.len() as f64 / secs,
                 audio_per_sec: audio_secs / secs,
             };
-            let path = self.dir.join(METRICS);
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| err(path.display(), e))?;
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(&metrics).expect("metrics serialise")
-            )
-            .map_err(|e| err(path.display(), e))?;
+            append_metrics(&self.dir, &metrics)?;
             progress(&metrics);
             if self.state.step.is_multiple_of(self.recipe.checkpoint_every)
                 || self.state.step == self.recipe.steps
@@ -522,29 +473,163 @@ impl AlignRun {
 
     /// Write a checkpoint of the current step and point `latest` at it.
     pub fn checkpoint(&mut self) -> Result<(), AlignError> {
-        let name = format!("ckpt-{}", self.state.step);
-        let dir = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.partial"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
-        tutti_nn::save_safetensors(&self.encoder.encoder, &tmp.join(ENCODER_WEIGHTS), &[])
-            .map_err(|e| AlignError(e.to_string()))?;
-        tutti_nn::save_safetensors(&self.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
-            .map_err(|e| AlignError(e.to_string()))?;
-        let mut entries = optim::moments_entries("encoder", &self.encoder_moments);
-        entries.extend(optim::moments_entries("adapter", &self.adapter_moments));
-        write_moments(&tmp.join(MOMENTS), &entries)?;
-        std::fs::write(
-            tmp.join(TRAINER),
-            serde_json::to_string_pretty(&self.state).expect("state serialises"),
-        )
-        .map_err(|e| err(tmp.display(), e))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(|e| err(dir.display(), e))?;
-        // Older checkpoints go once the new one is in place.
-        tutti_nn::run_dir::publish_checkpoint(&self.dir, &name)
-            .map_err(|e| err(self.dir.join(LATEST).display(), e))
+        write_checkpoint(&self.dir, self.state.step, |tmp| {
+            tutti_nn::save_safetensors(&self.encoder.encoder, &tmp.join(ENCODER_WEIGHTS), &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            tutti_nn::save_safetensors(&self.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            let mut entries = optim::moments_entries("encoder", &self.encoder_moments);
+            entries.extend(optim::moments_entries("adapter", &self.adapter_moments));
+            write_moments(&tmp.join(MOMENTS), &entries)?;
+            std::fs::write(
+                tmp.join(TRAINER),
+                serde_json::to_string_pretty(&self.state).expect("state serialises"),
+            )
+            .map_err(|e| err(tmp.display(), e))
+        })
     }
+}
+
+/// The training pairs a recipe's `[data]` selects.
+pub(crate) struct TrainPairs {
+    pub pool: PathBuf,
+    pub pairs: Vec<InstructPair>,
+    /// The tasks among them, sorted.
+    pub tasks: Vec<String>,
+    /// `train.jsonl`.
+    pub path: PathBuf,
+}
+
+pub(crate) fn train_pairs(d: &crate::recipe::DataSection) -> Result<TrainPairs, AlignError> {
+    let (_, pool) = open_instruct(&d.instruct).map_err(|e| AlignError(e.to_string()))?;
+    let path = d.instruct.join("train.jsonl");
+    let pairs: Vec<InstructPair> = read_pairs(&path)
+        .map_err(|e| AlignError(e.to_string()))?
+        .into_iter()
+        .filter(|p| d.tasks.is_empty() || d.tasks.contains(&p.task))
+        .filter(|p| !d.hold_out.contains(&p.task))
+        .collect();
+    if pairs.is_empty() {
+        return Err(AlignError(format!(
+            "{}: no pairs left after [data] tasks / hold_out",
+            path.display()
+        )));
+    }
+    let mut tasks: Vec<String> = pairs.iter().map(|p| p.task.clone()).collect();
+    tasks.sort();
+    tasks.dedup();
+    Ok(TrainPairs {
+        pool,
+        pairs,
+        tasks,
+        path,
+    })
+}
+
+/// Refuse a folder that already holds a run.
+pub(crate) fn refuse_existing(dir: &Path) -> Result<(), AlignError> {
+    if dir.join(LATEST).exists() || dir.join(RUN_INFO).exists() {
+        return Err(AlignError(format!(
+            "{}: already holds a run (use --resume, or another folder)",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))
+}
+
+/// A new run's files: the resolved recipe, what it reads, an empty metrics file.
+pub(crate) fn write_run_files(
+    dir: &Path,
+    recipe: &impl Serialize,
+    info: &impl Serialize,
+) -> Result<(), AlignError> {
+    let text = toml::to_string(recipe).map_err(|e| err(RECIPE, e))?;
+    std::fs::write(dir.join(RECIPE), text).map_err(|e| err(dir.join(RECIPE).display(), e))?;
+    let info = serde_json::to_string_pretty(info).expect("run info serialises");
+    std::fs::write(dir.join(RUN_INFO), info).map_err(|e| err(dir.join(RUN_INFO).display(), e))?;
+    std::fs::write(dir.join(METRICS), "").map_err(|e| err(dir.join(METRICS).display(), e))
+}
+
+/// A run folder's recipe text and its newest complete checkpoint.
+pub(crate) fn open_run_dir(dir: &Path) -> Result<(String, Option<PathBuf>), AlignError> {
+    let path = dir.join(RECIPE);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(
+            path.display(),
+            format!("{e} (not a run folder of tutti align)"),
+        )
+    })?;
+    let latest = std::fs::read_to_string(dir.join(LATEST))
+        .ok()
+        .map(|s| dir.join(s.trim()));
+    Ok((text, latest))
+}
+
+/// Cut `metrics.jsonl` back to the lines `keep` accepts (those before the checkpoint).
+pub(crate) fn cut_metrics(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<(), AlignError> {
+    let metrics = dir.join(METRICS);
+    if let Ok(text) = std::fs::read_to_string(&metrics) {
+        let kept: String = text
+            .lines()
+            .filter(|l| keep(l))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&metrics, kept).map_err(|e| err(metrics.display(), e))?;
+    }
+    Ok(())
+}
+
+/// Append one step's line to `metrics.jsonl`.
+pub(crate) fn append_metrics(dir: &Path, metrics: &impl Serialize) -> Result<(), AlignError> {
+    let path = dir.join(METRICS);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| err(path.display(), e))?;
+    writeln!(
+        file,
+        "{}",
+        serde_json::to_string(metrics).expect("metrics serialise")
+    )
+    .map_err(|e| err(path.display(), e))
+}
+
+/// Write checkpoint `ckpt-<step>` atomically (`write` fills a temporary folder, which is then
+/// renamed), point `latest` at it and remove older ones.
+pub(crate) fn write_checkpoint(
+    dir: &Path,
+    step: usize,
+    write: impl FnOnce(&Path) -> Result<(), AlignError>,
+) -> Result<(), AlignError> {
+    let name = format!("ckpt-{step}");
+    let ckpt = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+    write(&tmp)?;
+    let _ = std::fs::remove_dir_all(&ckpt);
+    std::fs::rename(&tmp, &ckpt).map_err(|e| err(ckpt.display(), e))?;
+    tutti_nn::run_dir::publish_checkpoint(dir, &name)
+        .map_err(|e| err(dir.join(LATEST).display(), e))
+}
+
+/// A fresh temporary folder beside `out` for an export that is renamed into place when whole;
+/// refuses an `out` that exists.
+pub(crate) fn export_staging(out: &Path) -> Result<PathBuf, AlignError> {
+    if out.exists() {
+        return Err(AlignError(format!("{}: already exists", out.display())));
+    }
+    let parent = out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
+    let tmp = parent.join(format!(
+        ".{}.partial",
+        out.file_name()
+            .map_or("audiolm".into(), |n| n.to_string_lossy())
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+    Ok(tmp)
 }
 
 /// Take the frozen part of a tutti encoder out of autodiff (so the backward stops at the first

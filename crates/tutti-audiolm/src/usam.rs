@@ -43,7 +43,6 @@
 //! `trainer.json`.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -51,7 +50,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
-use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
+use tutti_data::instruct::InstructPair;
 use tutti_lm::bert::SentenceEncoder;
 use tutti_lm::generate::Lm;
 use tutti_lm::lora::{Lora, LoraConfig, Target};
@@ -63,15 +62,15 @@ use crate::optim::{self, AdamWSettings, Moments};
 use crate::recipe::{DataSection, OptimSection, check_data_optim, resolve, schedule};
 use crate::sacl::{SaclSettings, SemanticHead, negatives, sacl};
 use crate::train::{
-    AlignError, METRICS, RECIPE, RUN_INFO, TrainerState, batch_indices, read_moments, sha256_file,
-    write_moments,
+    AlignError, RECIPE, RUN_INFO, TrainPairs, TrainerState, append_metrics, batch_indices,
+    cut_metrics, export_staging, open_run_dir, read_moments, refuse_existing, sha256_file,
+    train_pairs, write_checkpoint, write_moments, write_run_files,
 };
 
 fn err(context: impl std::fmt::Display, e: impl std::fmt::Display) -> AlignError {
     AlignError(format!("{context}: {e}"))
 }
 
-const LATEST: &str = "latest";
 pub const FUSION_WEIGHTS: &str = "fusion.safetensors";
 const SEMANTIC_WEIGHTS: &str = "semantic.safetensors";
 pub const LORA_WEIGHTS: &str = "lora.safetensors";
@@ -525,48 +524,21 @@ pub struct FusionRun {
 impl FusionRun {
     pub fn create(recipe_path: &Path, dir: &Path) -> Result<Self, AlignError> {
         let recipe = FusionRecipe::load(recipe_path)?;
-        if dir.join(LATEST).exists() || dir.join(RUN_INFO).exists() {
-            return Err(AlignError(format!(
-                "{}: already holds a run (use --resume, or another folder)",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(dir).map_err(|e| err(dir.display(), e))?;
+        refuse_existing(dir)?;
         let run = Self::build(recipe, dir, None)?;
-        let text = toml::to_string(&run.recipe).map_err(|e| err(RECIPE, e))?;
-        std::fs::write(dir.join(RECIPE), text).map_err(|e| err(dir.join(RECIPE).display(), e))?;
-        let info = serde_json::to_string_pretty(&run.info).expect("run info serialises");
-        std::fs::write(dir.join(RUN_INFO), info)
-            .map_err(|e| err(dir.join(RUN_INFO).display(), e))?;
-        std::fs::write(dir.join(METRICS), "").map_err(|e| err(dir.join(METRICS).display(), e))?;
+        write_run_files(dir, &run.recipe, &run.info)?;
         Ok(run)
     }
 
     pub fn resume(dir: &Path) -> Result<Self, AlignError> {
-        let path = dir.join(RECIPE);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            err(
-                path.display(),
-                format!("{e} (not a run folder of tutti align)"),
-            )
-        })?;
-        let recipe = FusionRecipe::parse(&text, dir).map_err(|e| err(path.display(), e))?;
-        let latest = std::fs::read_to_string(dir.join(LATEST))
-            .ok()
-            .map(|s| dir.join(s.trim()));
+        let (text, latest) = open_run_dir(dir)?;
+        let recipe =
+            FusionRecipe::parse(&text, dir).map_err(|e| err(dir.join(RECIPE).display(), e))?;
         let run = Self::build(recipe, dir, latest.as_deref())?;
-        let metrics = dir.join(METRICS);
-        if let Ok(text) = std::fs::read_to_string(&metrics) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<FusionStepMetrics>(l)
-                        .is_ok_and(|m| m.step < run.state.step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&metrics, kept).map_err(|e| err(metrics.display(), e))?;
-        }
+        let step = run.state.step;
+        cut_metrics(dir, |l| {
+            serde_json::from_str::<FusionStepMetrics>(l).is_ok_and(|m| m.step < step)
+        })?;
         Ok(run)
     }
 
@@ -615,23 +587,12 @@ impl FusionRun {
         })
         .expect("infallible");
         let d = &recipe.data;
-        let (_, pool) = open_instruct(&d.instruct).map_err(|e| AlignError(e.to_string()))?;
-        let train_path = d.instruct.join("train.jsonl");
-        let pairs: Vec<InstructPair> = read_pairs(&train_path)
-            .map_err(|e| AlignError(e.to_string()))?
-            .into_iter()
-            .filter(|p| d.tasks.is_empty() || d.tasks.contains(&p.task))
-            .filter(|p| !d.hold_out.contains(&p.task))
-            .collect();
-        if pairs.is_empty() {
-            return Err(AlignError(format!(
-                "{}: no pairs left after [data] tasks / hold_out",
-                train_path.display()
-            )));
-        }
-        let mut tasks: Vec<String> = pairs.iter().map(|p| p.task.clone()).collect();
-        tasks.sort();
-        tasks.dedup();
+        let TrainPairs {
+            pool,
+            pairs,
+            tasks,
+            path: train_path,
+        } = train_pairs(d)?;
         let info = FusionRunInfo {
             format: "tutti-align-fusion/1".into(),
             encoders: f.encoders.clone(),
@@ -866,18 +827,7 @@ impl FusionRun {
                 examples_per_sec: batch as f64 / secs,
                 audio_per_sec: audio_secs / secs,
             };
-            let path = self.dir.join(METRICS);
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|e| err(path.display(), e))?;
-            writeln!(
-                file,
-                "{}",
-                serde_json::to_string(&metrics).expect("metrics serialise")
-            )
-            .map_err(|e| err(path.display(), e))?;
+            append_metrics(&self.dir, &metrics)?;
             progress(&metrics);
             if self.state.step.is_multiple_of(self.recipe.checkpoint_every)
                 || self.state.step == self.recipe.steps
@@ -889,31 +839,24 @@ impl FusionRun {
     }
 
     pub fn checkpoint(&mut self) -> Result<(), AlignError> {
-        let name = format!("ckpt-{}", self.state.step);
-        let dir = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.partial"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
-        tutti_nn::save_safetensors(&self.fusion, &tmp.join(FUSION_WEIGHTS), &[])
-            .map_err(|e| AlignError(e.to_string()))?;
-        tutti_nn::save_safetensors(&self.semantic, &tmp.join(SEMANTIC_WEIGHTS), &[])
-            .map_err(|e| AlignError(e.to_string()))?;
-        if let Some(l) = self.lm.model.lora() {
-            l.save(&tmp.join(LORA_WEIGHTS)).map_err(AlignError)?;
-        }
-        let mut entries = optim::moments_entries("fusion", &self.fusion_moments);
-        entries.extend(optim::moments_entries("semantic", &self.semantic_moments));
-        entries.extend(optim::moments_entries("lora", &self.lora_moments));
-        write_moments(&tmp.join(MOMENTS), &entries)?;
-        std::fs::write(
-            tmp.join(TRAINER),
-            serde_json::to_string_pretty(&self.state).expect("state serialises"),
-        )
-        .map_err(|e| err(tmp.display(), e))?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(|e| err(dir.display(), e))?;
-        tutti_nn::run_dir::publish_checkpoint(&self.dir, &name)
-            .map_err(|e| err(self.dir.join(LATEST).display(), e))
+        write_checkpoint(&self.dir, self.state.step, |tmp| {
+            tutti_nn::save_safetensors(&self.fusion, &tmp.join(FUSION_WEIGHTS), &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            tutti_nn::save_safetensors(&self.semantic, &tmp.join(SEMANTIC_WEIGHTS), &[])
+                .map_err(|e| AlignError(e.to_string()))?;
+            if let Some(l) = self.lm.model.lora() {
+                l.save(&tmp.join(LORA_WEIGHTS)).map_err(AlignError)?;
+            }
+            let mut entries = optim::moments_entries("fusion", &self.fusion_moments);
+            entries.extend(optim::moments_entries("semantic", &self.semantic_moments));
+            entries.extend(optim::moments_entries("lora", &self.lora_moments));
+            write_moments(&tmp.join(MOMENTS), &entries)?;
+            std::fs::write(
+                tmp.join(TRAINER),
+                serde_json::to_string_pretty(&self.state).expect("state serialises"),
+            )
+            .map_err(|e| err(tmp.display(), e))
+        })
     }
 }
 
@@ -942,9 +885,6 @@ pub struct FusionManifest {
 /// `fusion` part, `fusion.safetensors`; the encoders, the sentence encoder and the LM by
 /// reference with their digests).
 pub fn export(run_dir: &Path, out: &Path) -> Result<crate::artifact::AudioLmManifest, AlignError> {
-    if out.exists() {
-        return Err(AlignError(format!("{}: already exists", out.display())));
-    }
     let run = FusionRun::resume(run_dir)?;
     if run.state.step == 0 {
         return Err(AlignError(format!(
@@ -952,15 +892,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<crate::artifact::AudioLmMani
             run_dir.display()
         )));
     }
-    let parent = out.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| err(parent.display(), e))?;
-    let tmp = parent.join(format!(
-        ".{}.partial",
-        out.file_name()
-            .map_or("audiolm".into(), |n| n.to_string_lossy())
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| err(tmp.display(), e))?;
+    let tmp = export_staging(out)?;
     tutti_nn::save_safetensors(&run.fusion, &tmp.join(FUSION_WEIGHTS), &[])
         .map_err(|e| AlignError(e.to_string()))?;
     if let Some(l) = run.lm.model.lora() {

@@ -14,9 +14,9 @@ use tutti_audiolm::prompt::Template;
 use tutti_audiolm::train::AlignRun;
 use tutti_lm::generate::Lm;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/parity")
-}
+mod common;
+
+use common::{assert_same, fixtures, tone};
 
 fn encoder_dir() -> PathBuf {
     fixtures().join("tutti_preln_25hz")
@@ -26,78 +26,9 @@ fn lm_path() -> PathBuf {
     fixtures().join("tokenizer/tiny_lm.gguf")
 }
 
-fn tone(freq: f32, secs: f32, noise: f32, seed: u32) -> Vec<f32> {
-    let n = (secs * 16000.0) as usize;
-    let mut s = seed.wrapping_mul(747796405).wrapping_add(1);
-    (0..n)
-        .map(|i| {
-            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-            let r = (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-            0.5 * (2.0 * std::f32::consts::PI * freq * i as f32 / 16000.0).sin() + noise * r
-        })
-        .collect()
-}
-
-fn write_wav(path: &Path, x: &[f32]) {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: 16000,
-        bits_per_sample: 16,
-        sample_format: hound::SampleFormat::Int,
-    };
-    let mut w = hound::WavWriter::create(path, spec).unwrap();
-    for v in x {
-        w.write_sample((v.clamp(-1.0, 1.0) * 32767.0) as i16)
-            .unwrap();
-    }
-    w.finalize().unwrap();
-}
-
 /// A pool of four clips and instruction pairs about them (two tasks), plus a recipe.
 fn workspace(dir: &Path, steps: usize, lr: f64, extra: &str) -> PathBuf {
-    let pool = dir.join("pool");
-    std::fs::create_dir_all(pool.join("audio")).unwrap();
-    let clips = [
-        ("a", 220.0, 0.0, "music", "low"),
-        ("b", 880.0, 0.0, "music", "high"),
-        ("c", 330.0, 0.8, "sound", "low"),
-        ("d", 1320.0, 0.8, "sound", "high"),
-    ];
-    let mut train = String::new();
-    for (i, (name, f, noise, domain, pitch)) in clips.iter().enumerate() {
-        write_wav(
-            &pool.join(format!("audio/{name}.wav")),
-            &tone(*f, 0.6 + 0.2 * i as f32, *noise, i as u32),
-        );
-        for (task, answer, q) in [
-            ("domain", domain.to_string(), "Kind?"),
-            ("key", pitch.to_string(), "Pitch?"),
-        ] {
-            let p = tutti_data::instruct::InstructPair {
-                id: format!("{name}#{task}"),
-                audio: format!("audio/{name}.wav"),
-                domain: domain.to_string(),
-                source: format!("s{i}"),
-                package: "test".into(),
-                task: task.into(),
-                instruction: q.into(),
-                answer,
-                seconds: 1.0,
-            };
-            train.push_str(&serde_json::to_string(&p).unwrap());
-            train.push('\n');
-        }
-    }
-    let instruct = dir.join("instruct");
-    std::fs::create_dir_all(&instruct).unwrap();
-    std::fs::write(instruct.join("train.jsonl"), &train).unwrap();
-    std::fs::write(instruct.join("test.jsonl"), &train).unwrap();
-    let summary = serde_json::json!({
-        "pool": pool, "pool_manifest_sha256": "", "pairs": {}, "hours": {}, "sources": {},
-        "disk_bytes": 0, "build_secs": 0.0,
-        "options": {"seed": 0, "test_percent": 20, "max_domain_pairs_per_source": 40}
-    });
-    std::fs::write(instruct.join("summary.json"), summary.to_string()).unwrap();
+    let instruct = common::instruct_workspace(dir, |i| 0.6 + 0.2 * i as f32, ("Kind?", "Pitch?"));
     let recipe = dir.join("recipe.toml");
     std::fs::write(
         &recipe,
@@ -247,38 +178,7 @@ fn gradients_through_the_frozen_lm_match_finite_differences() {
 
 /// Every tensor of the newest checkpoint's weights, by name.
 fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let latest = std::fs::read_to_string(dir.join("latest")).unwrap();
-    let ckpt = dir.join(latest.trim());
-    let mut out = Vec::new();
-    for file in ["encoder.safetensors", "adapter.safetensors"] {
-        let bytes = std::fs::read(ckpt.join(file)).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
-        names.sort();
-        for n in names {
-            let v = st.tensor(&n).unwrap();
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            out.push((format!("{file}:{n}"), values));
-        }
-    }
-    out
-}
-
-fn assert_same(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) {
-    assert_eq!(a.len(), b.len());
-    for ((na, va), (nb, vb)) in a.iter().zip(b) {
-        assert_eq!(na, nb);
-        let worst = va
-            .iter()
-            .zip(vb)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(va == vb, "{na}: differs by up to {worst}");
-    }
+    common::checkpoint_weights(dir, &["encoder.safetensors", "adapter.safetensors"])
 }
 
 #[test]
