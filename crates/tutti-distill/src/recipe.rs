@@ -406,8 +406,8 @@ name = "whisper-base"
     }
 
     /// Every distillation recipe the repository ships (`recipes/**/*.toml`, but for the
-    /// audio-LM recipes under `recipes/uniwhisper`, which tutti-audiolm checks) parses and passes
-    /// the checks.
+    /// audio-LM recipes under `recipes/uniwhisper` and `recipes/usam`, which tutti-audiolm
+    /// checks) parses and passes the checks.
     #[test]
     fn the_committed_recipes_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
@@ -415,7 +415,9 @@ name = "whisper-base"
         for entry in walkdir::WalkDir::new(&root) {
             let path = entry.unwrap().into_path();
             if path.extension().is_some_and(|e| e == "toml")
-                && !path.components().any(|c| c.as_os_str() == "uniwhisper")
+                && !path
+                    .components()
+                    .any(|c| c.as_os_str() == "uniwhisper" || c.as_os_str() == "usam")
             {
                 Recipe::load(&path).unwrap_or_else(|e| panic!("{e}"));
                 checked.push(path);
