@@ -18,7 +18,7 @@ use safetensors::SafeTensors;
 use tokenizers::{Tokenizer, TruncationParams};
 use tutti_nn::kernels::bias_gelu_rows;
 
-use crate::dense::{Affine, JsonConfig, Norm, attend, map_file, tensor_f32};
+use crate::dense::{Affine, JsonConfig, Norm, attend, map_file, named_f32};
 use crate::llama::linear;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,15 +114,7 @@ impl Bert {
                 )
             })
             .collect();
-        let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>, String> {
-            let full = names
-                .get(name)
-                .ok_or_else(|| format!("{}: no tensor {name}", weights.display()))?;
-            let t = st
-                .tensor(full)
-                .map_err(|e| format!("{}: {e}", weights.display()))?;
-            tensor_f32(&t, &weights, name, shape)
-        };
+        let get = |name: &str, shape: &[usize]| named_f32(&st, &names, &weights, name, shape);
         let c = &config;
         let d = c.dim;
         let affine = |name: &str, outputs: usize, inputs: usize| -> Result<Affine, String> {

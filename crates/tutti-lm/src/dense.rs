@@ -130,6 +130,24 @@ pub(crate) fn tensor_f32(
     Ok(values)
 }
 
+/// Tensor `name` (a short name, looked up in `names`: short -> stored) of `st` as f32 with shape
+/// `shape` ([`tensor_f32`]'s checks), errors naming `file`.
+pub(crate) fn named_f32(
+    st: &safetensors::SafeTensors<'_>,
+    names: &std::collections::HashMap<String, String>,
+    file: &Path,
+    name: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>, String> {
+    let full = names
+        .get(name)
+        .ok_or_else(|| format!("{}: no tensor {name}", file.display()))?;
+    let t = st
+        .tensor(full)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    tensor_f32(&t, file, name, shape)
+}
+
 /// The `config.json` of a model directory as JSON, with a reader of its integer fields.
 pub(crate) struct JsonConfig {
     pub path: std::path::PathBuf,
