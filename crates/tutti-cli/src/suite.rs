@@ -96,10 +96,15 @@ pub struct SuiteBenchArgs {
 
 #[derive(Args)]
 pub struct ReportArgs {
-    /// results.json written by `tutti bench --suite`.
-    results: PathBuf,
+    /// results.json written by `tutti bench --suite`; several files of the same suite (separate
+    /// bench runs) are joined into one report, their models in the order given.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
     #[arg(short, long, default_value = "report.html")]
     output: PathBuf,
+    /// Also write the joined results as one results file.
+    #[arg(long)]
+    joined: Option<PathBuf>,
 }
 
 /// Task folders under `path`: itself when it holds task.toml, else its sub-folders that do.
@@ -396,10 +401,26 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
 }
 
 pub fn report_command(args: ReportArgs) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.results)
-        .with_context(|| format!("{}", args.results.display()))?;
-    let results: BenchResults = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a tutti results file", args.results.display()))?;
+    let mut parts = Vec::new();
+    for path in &args.results {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+        let part: BenchResults = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a tutti results file", path.display()))?;
+        parts.push(part);
+    }
+    let results = BenchResults::join(parts).map_err(|e| {
+        let files: Vec<String> = args
+            .results
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        anyhow::anyhow!("{}: {e}", files.join(", "))
+    })?;
+    if let Some(path) = &args.joined {
+        let text = serde_json::to_string_pretty(&results)?;
+        tutti_data::task::write_atomic(path, text.as_bytes())?;
+        tracing::info!("wrote {}", path.display());
+    }
     tutti_data::task::write_atomic(&args.output, render_html(&results).as_bytes())?;
     tracing::info!("wrote {}", args.output.display());
     Ok(ExitCode::SUCCESS)

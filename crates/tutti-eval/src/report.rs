@@ -17,6 +17,37 @@ pub struct BenchResults {
     pub models: Vec<ModelResults>,
 }
 
+impl BenchResults {
+    /// Several results files of one suite as one (models in the order given), so that models
+    /// benchmarked by separate `tutti bench` runs share one report. Refused, with the reason:
+    /// no files, another format or suite, or a model name that appears twice.
+    pub fn join(parts: Vec<BenchResults>) -> Result<BenchResults, String> {
+        let mut parts = parts.into_iter();
+        let mut joined = parts.next().ok_or("no results to join")?;
+        for part in parts {
+            if part.format != joined.format {
+                return Err(format!(
+                    "results format {} against {}",
+                    part.format, joined.format
+                ));
+            }
+            if part.suite != joined.suite {
+                return Err(format!(
+                    "results of suite {} cannot join those of suite {}",
+                    part.suite, joined.suite
+                ));
+            }
+            for model in part.models {
+                if joined.models.iter().any(|m| m.name == model.name) {
+                    return Err(format!("model {} appears in two results files", model.name));
+                }
+                joined.models.push(model);
+            }
+        }
+        Ok(joined)
+    }
+}
+
 const PROBES: [&str; 3] = ["knn", "linear", "mlp"];
 const COLOURS: [&str; 8] = [
     "#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
@@ -487,6 +518,39 @@ mod tests {
     use super::*;
     use crate::bench::{MergeWeights, ModelResults};
     use crate::score::SuiteScore;
+
+    fn suite_results(suite: &str, models: Vec<ModelResults>) -> BenchResults {
+        BenchResults {
+            format: "tutti-bench-1".into(),
+            tutti_version: "0".into(),
+            suite: suite.into(),
+            threads: 2,
+            models,
+        }
+    }
+
+    #[test]
+    fn join_appends_models_and_refuses_mismatches() {
+        let a = suite_results("s", vec![model("a", 0.1, 0.2, None)]);
+        let b = suite_results(
+            "s",
+            vec![model("b", 0.3, 0.4, None), model("c", 0.5, 0.6, None)],
+        );
+        let joined = BenchResults::join(vec![a.clone(), b.clone()]).unwrap();
+        let names: Vec<&str> = joined.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(joined.models[1], b.models[0]);
+        assert_eq!(BenchResults::join(vec![a.clone()]).unwrap(), a);
+        assert!(BenchResults::join(Vec::new()).is_err());
+        let other_suite = suite_results("t", vec![model("d", 0.1, 0.1, None)]);
+        let err = BenchResults::join(vec![a.clone(), other_suite]).unwrap_err();
+        assert!(err.contains("suite t"), "{err}");
+        let err = BenchResults::join(vec![a.clone(), a.clone()]).unwrap_err();
+        assert!(err.contains("model a appears in two"), "{err}");
+        let mut other_format = b;
+        other_format.format = "x".into();
+        assert!(BenchResults::join(vec![a, other_format]).is_err());
+    }
 
     fn model(name: &str, speech: f64, music: f64, merge: Option<(&str, f64)>) -> ModelResults {
         let score = SuiteScore {

@@ -180,8 +180,12 @@ pub fn trim(tau: &mut [f64], density: f64) {
     if keep >= tau.len() {
         return;
     }
+    // A strict total order (magnitude, then position), so the partition picks exactly the
+    // entries a full sort would, in linear time.
     let mut order: Vec<usize> = (0..tau.len()).collect();
-    order.sort_by(|&a, &b| tau[b].abs().total_cmp(&tau[a].abs()).then(a.cmp(&b)));
+    order.select_nth_unstable_by(keep, |&a, &b| {
+        tau[b].abs().total_cmp(&tau[a].abs()).then(a.cmp(&b))
+    });
     for &i in &order[keep..] {
         tau[i] = 0.0;
     }

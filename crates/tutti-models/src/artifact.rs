@@ -201,11 +201,15 @@ fn artifact_error(path: &Path, reason: impl Into<String>) -> ModelError {
     }
 }
 
+/// sha256 and size of a file, streamed (memory stays small for any size of weights file).
 pub fn sha256_file(path: &Path) -> Result<FileEntry, ModelError> {
-    let bytes = std::fs::read(path).map_err(|e| artifact_error(path, e.to_string()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| artifact_error(path, e.to_string()))?;
+    let mut hasher = Sha256::new();
+    let bytes =
+        std::io::copy(&mut file, &mut hasher).map_err(|e| artifact_error(path, e.to_string()))?;
     Ok(FileEntry {
-        sha256: format!("{:x}", Sha256::digest(&bytes)),
-        bytes: bytes.len() as u64,
+        sha256: format!("{:x}", hasher.finalize()),
+        bytes,
     })
 }
 
