@@ -87,6 +87,15 @@ fn merged_models_keep_the_algebra_and_load_everywhere() {
     assert_eq!(record["method"]["method"], "ties");
     assert_eq!(record["inputs"].as_array().unwrap().len(), 3);
     assert_eq!(record["inputs"][1]["sha256"].as_str().unwrap().len(), 64);
+    // What `tutti bench` reads back for the sweep, from the file `tutti merge` wrote.
+    let weights = tutti_eval::bench::MergeWeights::read(&d.join("ties"))
+        .unwrap()
+        .expect("a merge record");
+    assert_eq!(weights.method, "ties");
+    assert_eq!(
+        weights.inputs,
+        vec![("a".to_string(), 0.5), ("b".to_string(), 0.5)]
+    );
     ok(tutti().arg("info").arg(d.join("ties")));
     let audio = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/audio");
     let first = std::fs::read_dir(&audio)

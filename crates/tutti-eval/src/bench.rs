@@ -209,7 +209,9 @@ impl MergeWeights {
         let bad = |why: &str| format!("{}: {why}", path.display());
         let record: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-        let method = record["method"]
+        // `tutti merge` writes the method as an object tagged by its name
+        // (`{"method": "ties", "density": ...}`).
+        let method = record["method"]["method"]
             .as_str()
             .ok_or_else(|| bad("no method"))?
             .to_string();

@@ -647,7 +647,7 @@ mod tests {
         assert_eq!(MergeWeights::read(dir.path()).unwrap(), None);
         std::fs::write(
             dir.path().join("merge.json"),
-            r#"{"format":"tutti-merge/1","method":"task-arithmetic","inputs":[
+            r#"{"format":"tutti-merge/1","method":{"method":"task-arithmetic"},"inputs":[
                 {"dir":"/m/init","role":"base","lambda":null,"sha256":"x"},
                 {"dir":"/m/speech","role":"model","lambda":0.7,"sha256":"y"},
                 {"dir":"/m/music","role":"model","lambda":0.3,"sha256":"z"}]}"#,
