@@ -99,6 +99,7 @@ if [ ! -e "$synth/.done" ]; then
       festvox-itapc16k festvox-ru festvox-ca-ona-hts festival-ca; do
     cp -rsn "$r/$p/usr/share/festival/." "$fest/"
   done
+  . scripts/lib/need_libpulse.sh && need_libpulse   # espeak-ng's libpcaudio0 needs it
   export LD_LIBRARY_PATH="$r/libestools2.5/usr/lib/x86_64-linux-gnu:$r/libespeak-ng1/usr/lib/x86_64-linux-gnu:$r/libpcaudio0/usr/lib/x86_64-linux-gnu:$r/libsonic0/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   festival() { # voice language gender count encoding
     local voice="$1" lang="$2" gender="$3" count="$4" enc="$5" dir="$synth/festival-$1" i=0

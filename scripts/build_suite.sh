@@ -51,16 +51,9 @@ for p in "${packages[@]}"; do
 done
 echo "packages unpacked: $(du -sh "$src/root" | cut -f1)"
 
-# Synthetic speech. The unpacked libpcaudio0 needs PulseAudio's client library (and its own
-# dependencies), which a fresh machine may lack: installed from Debian's packages when missing.
-if ! ldconfig -p | grep -q 'libpulse-simple.so.0'; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq --no-install-recommends libpulse0 >/dev/null
-  else
-    echo "espeak-ng needs libpulse0: run 'apt-get install libpulse0' as root, then this script again" >&2
-    exit 1
-  fi
-fi
+# Synthetic speech (espeak-ng needs PulseAudio's client library: scripts/lib/need_libpulse.sh).
+. scripts/lib/need_libpulse.sh
+need_libpulse
 r="$src/root"
 export LD_LIBRARY_PATH="$r/libespeak-ng1/usr/lib/x86_64-linux-gnu:$r/libpcaudio0/usr/lib/x86_64-linux-gnu:$r/libsonic0/usr/lib/x86_64-linux-gnu:$r/libflite1/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 espeak="$r/espeak-ng/usr/bin/espeak-ng --path=$r/espeak-ng-data/usr/lib/x86_64-linux-gnu"

@@ -381,6 +381,7 @@ pub fn bench_suite(args: SuiteBenchArgs, threads: Option<usize>) -> anyhow::Resu
         format: "tutti-bench/1".into(),
         tutti_version: env!("CARGO_PKG_VERSION").into(),
         suite: suite.display().to_string(),
+        suite_id: Some(tutti_eval::bench::suite_fingerprint(&tasks).map_err(anyhow::Error::msg)?),
         threads: threads.unwrap_or_else(rayon::current_num_threads),
         models,
     };

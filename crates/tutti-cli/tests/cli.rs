@@ -771,6 +771,26 @@ fn quick_suite_runs_end_to_end_with_cache_and_report() {
             .count(),
         2 * 7 * 3
     );
+    // Both runs record the suite's fingerprint (a sha256), and their results join into one.
+    let first: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    let id = first["suite_id"].as_str().unwrap();
+    assert_eq!(id.len(), 64);
+    assert_eq!(value["suite_id"].as_str(), Some(id));
+    let joined = dir.path().join("joined.json");
+    let out = tutti(&[
+        "report",
+        s(&results),
+        s(&concat_results),
+        "--joined",
+        s(&joined),
+        "-o",
+        s(&dir.path().join("joined.html")),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&joined).unwrap()).unwrap();
+    assert_eq!(value["models"].as_array().unwrap().len(), 3);
     let report = dir.path().join("report.html");
     let out = tutti(&["report", s(&results), "-o", s(&report)]);
     assert!(out.status.success(), "{}", text(&out));

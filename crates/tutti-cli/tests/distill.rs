@@ -627,3 +627,80 @@ fn bad_recipes_are_refused_before_any_work() {
     let text = plans.to_string();
     assert!(text.contains("\"student_layers\":[1,1]"), "{text}");
 }
+
+/// `tutti init --from-whisper W --fit-pool POOL` fits the graft's front end on pool clips and
+/// writes a model that loads, whose manifest records the fit; a missing pool or a used output
+/// folder is refused before any work, naming it.
+#[test]
+fn a_whisper_graft_gets_its_front_end_fitted_on_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    data_folder(&data);
+    let pool = tmp.path().join("pool");
+    ok(tutti()
+        .args(["pool", "build", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&pool)
+        .args(["--pieces-per-font", "0"]));
+    let whisper = fixtures().join("hf_whisper");
+    let out = tmp.path().join("graft-fit");
+    ok(tutti()
+        .args(["init", "--from-whisper"])
+        .arg(&whisper)
+        .arg("--fit-pool")
+        .arg(&pool)
+        .args([
+            "--fit-steps",
+            "12",
+            "--fit-clips",
+            "10",
+            "--fit-batch-secs",
+            "5",
+        ])
+        .arg("-o")
+        .arg(&out));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let report = &manifest["training"]["front_end_fit"]["report"];
+    assert_eq!(report["steps"], 12, "{manifest}");
+    let (before, after) = (
+        report["unexplained_before"].as_f64().unwrap(),
+        report["unexplained"].as_f64().unwrap(),
+    );
+    assert!(after < before, "unexplained variance {before} -> {after}");
+    ok(tutti().arg("info").arg(&out));
+
+    // Refusals: the output exists, the pool does not.
+    let again = tutti()
+        .args(["init", "--from-whisper"])
+        .arg(&whisper)
+        .arg("--fit-pool")
+        .arg(&pool)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && stderr.contains("not empty"),
+        "{stderr}"
+    );
+    let missing = tmp.path().join("no-pool");
+    let fresh = tmp.path().join("fresh");
+    let refused = tutti()
+        .args(["init", "--from-whisper"])
+        .arg(&whisper)
+        .arg("--fit-pool")
+        .arg(&missing)
+        .arg("-o")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("no-pool") && stderr.contains("manifest"),
+        "{stderr}"
+    );
+    assert!(!fresh.exists());
+}

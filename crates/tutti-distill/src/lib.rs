@@ -8,6 +8,7 @@
 pub mod acoustic;
 pub mod align;
 pub mod fast;
+pub mod frontfit;
 pub mod heads;
 pub mod loss;
 pub mod recipe;

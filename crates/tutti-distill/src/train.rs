@@ -351,7 +351,7 @@ pub fn epoch_batches(
     batches
 }
 
-fn read_wav(path: &Path) -> Result<Vec<f32>, TrainError> {
+pub(crate) fn read_wav(path: &Path) -> Result<Vec<f32>, TrainError> {
     let mut reader = hound::WavReader::open(path).map_err(|e| err(path.display(), e))?;
     let spec = reader.spec();
     if spec.sample_rate != 16_000 || spec.channels != 1 || spec.bits_per_sample != 16 {

@@ -78,6 +78,29 @@ impl Subject<'_> {
     }
 }
 
+/// What a suite is, independent of where it sits: the sha256 over its tasks in the order given
+/// of each task's folder name, `task.toml` and split manifests (which name every clip, its
+/// label and its audio hash). Two results files with the same fingerprint scored the same data.
+pub fn suite_fingerprint(tasks: &[Task]) -> Result<String, String> {
+    let mut hasher = sha2::Sha256::new();
+    for task in tasks {
+        let name = task
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        for file in ["task.toml", "train.jsonl", "validation.jsonl", "test.jsonl"] {
+            let path = task.dir.join(file);
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+        }
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// A cache key for a model directory: its name and a hash of its canonical path and the sizes
 /// and modification times of its files (a retrained model gets a new key).
 pub fn model_key(dir: &Path) -> String {

@@ -12,15 +12,32 @@ use crate::bench::ModelResults;
 pub struct BenchResults {
     pub format: String,
     pub tutti_version: String,
+    /// The suite directory as given to `tutti bench` (for display: the same suite may sit at
+    /// another path, or be named by a relative one, in another run).
     pub suite: String,
+    /// What the suite is: the sha256 of its tasks' definitions and splits
+    /// ([`crate::bench::suite_fingerprint`]). Absent in results written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite_id: Option<String>,
     pub threads: usize,
     pub models: Vec<ModelResults>,
 }
 
+/// What a model was scored on, task by task: name, metric and test size.
+fn task_signature(model: &ModelResults) -> Vec<(&str, &str, usize)> {
+    model
+        .tasks
+        .iter()
+        .map(|t| (t.task.as_str(), t.metric.as_str(), t.test_size))
+        .collect()
+}
+
 impl BenchResults {
     /// Several results files of one suite as one (models in the order given), so that models
-    /// benchmarked by separate `tutti bench` runs share one report. Refused, with the reason:
-    /// no files, another format or suite, or a model name that appears twice.
+    /// benchmarked by separate `tutti bench` runs share one report. One suite means the same
+    /// fingerprint where both files record one, and always the same tasks, metrics and test
+    /// sizes for every model; the path the suite was named by does not matter. Refused, with
+    /// the reason: no files, another format or suite, or a model name that appears twice.
     pub fn join(parts: Vec<BenchResults>) -> Result<BenchResults, String> {
         let mut parts = parts.into_iter();
         let mut joined = parts.next().ok_or("no results to join")?;
@@ -31,13 +48,26 @@ impl BenchResults {
                     part.format, joined.format
                 ));
             }
-            if part.suite != joined.suite {
+            if let (Some(a), Some(b)) = (&part.suite_id, &joined.suite_id)
+                && a != b
+            {
                 return Err(format!(
-                    "results of suite {} cannot join those of suite {}",
+                    "results of suite {} ({a}) cannot join those of suite {} ({b}): \
+                     the suites differ",
                     part.suite, joined.suite
                 ));
             }
+            joined.suite_id = joined.suite_id.or(part.suite_id);
             for model in part.models {
+                if let Some(first) = joined.models.first()
+                    && task_signature(first) != task_signature(&model)
+                {
+                    return Err(format!(
+                        "model {} (suite {}) was scored on other tasks or test sets than \
+                         model {} (suite {})",
+                        model.name, part.suite, first.name, joined.suite
+                    ));
+                }
                 if joined.models.iter().any(|m| m.name == model.name) {
                     return Err(format!("model {} appears in two results files", model.name));
                 }
@@ -524,6 +554,7 @@ mod tests {
             format: "tutti-bench-1".into(),
             tutti_version: "0".into(),
             suite: suite.into(),
+            suite_id: Some(format!("id-{suite}")),
             threads: 2,
             models,
         }
@@ -543,13 +574,55 @@ mod tests {
         assert_eq!(BenchResults::join(vec![a.clone()]).unwrap(), a);
         assert!(BenchResults::join(Vec::new()).is_err());
         let other_suite = suite_results("t", vec![model("d", 0.1, 0.1, None)]);
-        let err = BenchResults::join(vec![a.clone(), other_suite]).unwrap_err();
-        assert!(err.contains("suite t"), "{err}");
+        let err = BenchResults::join(vec![a.clone(), other_suite.clone()]).unwrap_err();
+        assert!(err.contains("suite t (id-t)"), "{err}");
+        // The same suite named by another path joins; without fingerprints (older files) the
+        // task lists decide.
+        let mut same_elsewhere = suite_results("/abs/s", vec![model("e", 0.1, 0.1, None)]);
+        same_elsewhere.suite_id = a.suite_id.clone();
+        assert_eq!(
+            BenchResults::join(vec![a.clone(), same_elsewhere.clone()])
+                .unwrap()
+                .models
+                .len(),
+            2
+        );
+        let mut old = other_suite;
+        old.suite_id = None;
+        assert!(BenchResults::join(vec![a.clone(), old.clone()]).is_ok());
+        old.models[0].tasks.push(task("x", 10));
+        let err = BenchResults::join(vec![a.clone(), old]).unwrap_err();
+        assert!(
+            err.contains("model d (suite t) was scored on other tasks"),
+            "{err}"
+        );
+        let mut resized = a.clone();
+        resized.models[0].name = "f".into();
+        resized.suite_id = None;
+        let mut a_sized = a.clone();
+        a_sized.models[0].tasks.push(task("x", 10));
+        resized.models[0].tasks.push(task("x", 11));
+        assert!(BenchResults::join(vec![a_sized, resized]).is_err());
         let err = BenchResults::join(vec![a.clone(), a.clone()]).unwrap_err();
         assert!(err.contains("model a appears in two"), "{err}");
         let mut other_format = b;
         other_format.format = "x".into();
         assert!(BenchResults::join(vec![a, other_format]).is_err());
+    }
+
+    fn task(name: &str, test_size: usize) -> crate::bench::TaskScores {
+        crate::bench::TaskScores {
+            task: name.into(),
+            domain: "speech".into(),
+            level: "clip".into(),
+            target: String::new(),
+            metric: "accuracy".into(),
+            test_size,
+            eval_weight: 1.0,
+            classes: 2,
+            per_layer: Vec::new(),
+            seconds: 0.0,
+        }
     }
 
     fn model(name: &str, speech: f64, music: f64, merge: Option<(&str, f64)>) -> ModelResults {
@@ -584,6 +657,7 @@ mod tests {
             format: "tutti-bench/1".into(),
             tutti_version: "0".into(),
             suite: "suite".into(),
+            suite_id: None,
             threads: 1,
             models,
         }
