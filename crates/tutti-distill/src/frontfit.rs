@@ -9,9 +9,11 @@
 //! frames, AdamW with linear warmup and decay. The blocks and the final LayerNorm are not on the
 //! loss's path and are frozen besides, so they leave bit for bit as they came.
 //!
-//! What the front end cannot copy: Whisper adds absolute sinusoidal positions, which tutti's
-//! positional convolutions (a receptive field of ~1.8 s) can reproduce only near a clip's edges;
-//! the fit's remaining error ([`FitReport::unexplained`]) is mostly that.
+//! The graft's configuration adds Whisper's sinusoidal positions after the positional
+//! convolutions (`TuttiConfig::sinusoidal_positions`), so the front end only has to copy
+//! Whisper's two convolutions: without them the positions, ~0.29 of the 0.33 per-channel variance
+//! of Whisper base's block-1 input on 10 s clips, were beyond reach (a receptive field of ~1.8 s),
+//! and a 300-step fit left 83 % of the held-out variance unexplained.
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};

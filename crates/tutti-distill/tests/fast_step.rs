@@ -56,6 +56,11 @@ const PATCH: tutti_distill::align::Patch = tutti_distill::align::Patch {
 /// 3). Items of 40, 33 and 27
 /// fbank frames; every teacher's valid frames lie inside the item's own aligned frames.
 fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
+    case_with(layer_norm_first, strides, false)
+}
+
+/// [`case`], optionally with Whisper's sinusoids added before block 1 (a Whisper graft).
+fn case_with(layer_norm_first: bool, strides: Vec<usize>, sinusoids: bool) -> Case {
     let device = tutti_nn::device::cpu().autodiff();
     let mut config = preset("tiny").unwrap();
     config.num_hidden_layers = 3;
@@ -64,6 +69,7 @@ fn case(layer_norm_first: bool, strides: Vec<usize>) -> Case {
     config.fbank.num_mel_bins = 24;
     config.layer_norm_first = layer_norm_first;
     config.conv_time_strides = strides;
+    config.sinusoidal_positions = sinusoids;
     let student = tutti_nn::device::seeded(&device, 11, || config.init(&device)).unwrap();
     let rate = config.fbank.sample_rate_hz as f64 / config.hop_samples() as f64;
     let lengths = vec![40, 33, 27];
@@ -248,7 +254,11 @@ fn gradients(c: &Case, fast: &mut FastDistillStep, lengths: &[usize]) -> Compare
 }
 
 fn check_gradients(layer_norm_first: bool, strides: Vec<usize>) {
-    let c = case(layer_norm_first, strides);
+    check_gradients_with(layer_norm_first, strides, false);
+}
+
+fn check_gradients_with(layer_norm_first: bool, strides: Vec<usize>, sinusoids: bool) {
+    let c = case_with(layer_norm_first, strides, sinusoids);
     let mut fast = c.fast();
     let Compared {
         burn_loss,
@@ -315,6 +325,28 @@ fn post_ln_gradients_match_burn() {
 #[test]
 fn pre_ln_quarter_rate_gradients_match_burn() {
     check_gradients(true, vec![2, 2]);
+}
+
+/// A Whisper graft's student (pre-LN, 50 Hz, sinusoids before block 1): the burn reference and
+/// the fast step agree on loss and gradients, and their loss differs from the same student's
+/// without the sinusoids (so both paths add them).
+#[test]
+fn pre_ln_with_sinusoids_gradients_match_burn() {
+    check_gradients_with(true, vec![2, 1], true);
+    let (with, without) = (
+        case_with(true, vec![2, 1], true),
+        case_with(true, vec![2, 1], false),
+    );
+    let (mut a, mut b) = (with.fast(), without.fast());
+    let a = gradients(&with, &mut a, &with.lengths);
+    let b = gradients(&without, &mut b, &without.lengths);
+    assert!(
+        (a.fast_loss - b.fast_loss).abs() > 1e-3 * b.fast_loss.abs(),
+        "the sinusoids change nothing: {} vs {}",
+        a.fast_loss,
+        b.fast_loss
+    );
+    assert!((a.burn_loss - b.burn_loss).abs() > 1e-3 * b.burn_loss.abs());
 }
 
 #[test]

@@ -497,6 +497,8 @@ pub struct FastTuttiEncoder {
     subsampler_norm: Norm,
     projection: Dense,
     positional: Vec<GroupedConv>,
+    /// Whisper's sinusoids added after the positional convolutions (a Whisper graft).
+    sinusoidal_positions: bool,
     transformer: Transformer,
 }
 
@@ -556,6 +558,7 @@ impl FastTuttiEncoder {
             convs,
             subsampler_norm,
             projection,
+            sinusoidal_positions: encoder.sinusoidal_positions,
             positional: encoder
                 .pos_conv
                 .layers
@@ -625,6 +628,12 @@ impl FastTuttiEncoder {
         }
         add_assign(&mut x, &position);
         drop(position);
+        if self.sinusoidal_positions {
+            add_assign(
+                &mut x,
+                &crate::tutti::sinusoids(time, self.transformer.width),
+            );
+        }
         self.transformer.forward(x, time, depth, mark)
     }
 }

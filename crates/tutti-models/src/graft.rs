@@ -31,6 +31,7 @@ pub fn whisper_student_config(whisper: &WhisperConfig) -> Result<TuttiConfig, Mo
     config.conv_time_strides = vec![2, 1];
     config.layer_norm_first = true;
     config.layer_norm_eps = 1e-5;
+    config.sinusoidal_positions = true;
     config.validate()?;
     Ok(config)
 }
@@ -191,6 +192,31 @@ mod tests {
         assert!(
             shifted > 1e-3,
             "blocks 0 and 1 agree ({shifted}): the check cannot fail"
+        );
+    }
+
+    /// The student's sinusoids are Whisper's positions: the table in the reference's weights
+    /// (`embed_positions.weight`, written by Hugging Face's `sinusoids`), row for row; the same
+    /// table shifted by one position (the negative control) is not.
+    #[test]
+    fn the_sinusoids_are_whispers_positions() {
+        let whisper = fixture();
+        let table = whisper.encoder.embed_positions.weight.val();
+        let [positions, width] = table.dims();
+        let reference = table.into_data().try_to_vec::<f32>().unwrap();
+        let ours = crate::tutti::sinusoids(positions, width);
+        let worst = tutti_nn::fixtures::max_abs_diff(&ours, &reference);
+        assert!(worst < 1e-4, "sinusoids differ from Whisper's by {worst}");
+        let shifted = crate::tutti::sinusoids(positions + 1, width);
+        let off = tutti_nn::fixtures::max_abs_diff(&shifted[width..], &reference);
+        assert!(
+            off > 0.1,
+            "a shifted table agrees ({off}): the check cannot fail"
+        );
+        assert!(
+            whisper_student_config(&whisper.config)
+                .unwrap()
+                .sinusoidal_positions
         );
     }
 

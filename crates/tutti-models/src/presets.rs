@@ -42,5 +42,6 @@ pub fn preset(name: &str) -> Result<TuttiConfig, ModelError> {
         layer_norm_first: false,
         layer_norm_eps: 1e-5,
         fbank: FbankConfig::default(),
+        sinusoidal_positions: false,
     })
 }

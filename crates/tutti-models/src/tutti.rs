@@ -57,6 +57,12 @@ pub struct TuttiConfig {
     pub layer_norm_first: bool,
     pub layer_norm_eps: f64,
     pub fbank: FbankConfig,
+    /// Add Whisper's fixed sinusoidal positions ([`sinusoids`]) to the state entering block 1,
+    /// after the positional convolutions: a student grafted from Whisper
+    /// (`tutti init --from-whisper`), whose blocks were trained with them. Off for the presets,
+    /// and absent from their `config.json`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sinusoidal_positions: bool,
 }
 
 impl TuttiConfig {
@@ -232,6 +238,7 @@ impl TuttiConfig {
             layers,
             layer_norm_first: self.layer_norm_first,
             conv_pos_eps: self.layer_norm_eps,
+            sinusoidal_positions: self.sinusoidal_positions,
         })
     }
 }
@@ -357,6 +364,42 @@ pub struct TuttiEncoder {
     pub layers: Vec<EncoderLayer>,
     pub layer_norm_first: bool,
     pub conv_pos_eps: f64,
+    /// [`TuttiConfig::sinusoidal_positions`].
+    pub sinusoidal_positions: bool,
+}
+
+/// Whisper's encoder positions (`sinusoids(length, channels)` of OpenAI's and Hugging Face's
+/// Whisper, max timescale 10,000): `[frames, width]` row-major, the sines of `width / 2`
+/// log-spaced frequencies, then their cosines; computed in f32 in the reference's order.
+pub fn sinusoids(frames: usize, width: usize) -> Vec<f32> {
+    let half = width / 2;
+    let increment = (10_000f64.ln() / (half.max(2) - 1) as f64) as f32;
+    let inverse: Vec<f32> = (0..half).map(|i| (-increment * i as f32).exp()).collect();
+    let mut out = vec![0.0f32; frames * width];
+    for (t, row) in out.chunks_mut(width).enumerate() {
+        for (i, &w) in inverse.iter().enumerate() {
+            let angle = t as f32 * w;
+            row[i] = angle.sin();
+            row[half + i] = angle.cos();
+        }
+    }
+    out
+}
+
+/// Adds [`sinusoids`] to each item's first `length` rows of `x` (`[B, T, D]`).
+fn add_sinusoids(x: Tensor<3>, lengths: &[usize]) -> Tensor<3> {
+    let [batch, frames, width] = x.dims();
+    let table = sinusoids(frames, width);
+    let mut values = vec![0.0f32; batch * frames * width];
+    for (i, &n) in lengths.iter().enumerate().take(batch) {
+        let n = n.min(frames);
+        values[i * frames * width..][..n * width].copy_from_slice(&table[..n * width]);
+    }
+    let device = x.device();
+    x + Tensor::<3>::from_data(
+        burn::tensor::TensorData::new(values, [batch, frames, width]),
+        &device,
+    )
 }
 
 impl SelfAttention {
@@ -487,6 +530,9 @@ impl TuttiEncoder {
             );
         }
         let mut x = x + position;
+        if self.sinusoidal_positions {
+            x = add_sinusoids(x, &lengths);
+        }
         if !self.layer_norm_first {
             x = self.layer_norm.forward(x);
         }

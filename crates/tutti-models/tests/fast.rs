@@ -89,6 +89,45 @@ fn tiny_post_ln_batch_matches_burn() {
     assert!(error < TOLERANCE, "{error}");
 }
 
+/// A Whisper graft's shape (pre-LN, 50 Hz, Whisper's sinusoids before block 1) runs the same on
+/// both engines, and the sinusoids change the states (both engines add them).
+#[test]
+fn pre_ln_with_sinusoids_matches_burn() {
+    let base = TuttiConfig {
+        hidden_size: 48,
+        num_attention_heads: 3,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        conv_channels: 5,
+        num_conv_pos_embedding_groups: 4,
+        num_conv_pos_embeddings: 7,
+        layer_norm_first: true,
+        ..preset("tiny").unwrap()
+    };
+    let with = model(
+        TuttiConfig {
+            sinusoidal_positions: true,
+            ..base.clone()
+        },
+        0.1,
+    );
+    let (a, b) = (test_signal(12_345, 4), test_signal(3_000, 5));
+    let options = ForwardOptions { target_layer: None };
+    let error = compare(&with, &[&a, &b], options);
+    assert!(error < TOLERANCE, "{error}");
+    let mut encoder = with.encoder.clone();
+    encoder.sinusoidal_positions = false;
+    let without = TuttiModel::new(base, encoder, with.device.clone(), "same".into()).unwrap();
+    let changed = worst(
+        &with.encode(&[&a, &b], options).unwrap(),
+        &without.encode(&[&a, &b], options).unwrap(),
+    );
+    assert!(
+        changed > 100.0 * TOLERANCE,
+        "the sinusoids changed nothing ({changed})"
+    );
+}
+
 #[test]
 fn pre_ln_quarter_rate_and_early_exit_match_burn() {
     let config = TuttiConfig {

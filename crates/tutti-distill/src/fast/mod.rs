@@ -337,6 +337,8 @@ pub struct FastDistillStep {
     conv_channels: usize,
     mel_bins: usize,
     positional: GroupedConv,
+    /// Whisper's sinusoids added to the state entering block 1 (a constant: no gradient).
+    sinusoidal_positions: bool,
     deepest: usize,
     alignments: Vec<Alignment>,
     profile: Profile,
@@ -528,6 +530,7 @@ impl FastDistillStep {
             conv_channels: config.conv_channels,
             mel_bins: config.fbank.num_mel_bins,
             positional,
+            sinusoidal_positions: config.sinusoidal_positions,
             deepest,
             alignments,
             profile: Profile::default(),
@@ -1033,6 +1036,14 @@ impl FastDistillStep {
         match tape.pos_out.last() {
             Some(position) => sum_into(first, &tape.x_proj, position),
             None => copy(first, &tape.x_proj),
+        }
+        if self.sinusoidal_positions {
+            let longest = spans.iter().map(|s| s.len).max().unwrap_or(0);
+            let table = tutti_models::tutti::sinusoids(longest, width);
+            for span in &spans {
+                let rows = &mut first[span.start * width..(span.start + span.len) * width];
+                rows.iter_mut().zip(&table).for_each(|(x, p)| *x += p);
+            }
         }
         if !self.layer_norm_first {
             let enc_xhat = sized(&mut tape.enc_xhat, rows * width);
