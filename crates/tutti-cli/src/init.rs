@@ -161,14 +161,17 @@ fn fit_from_whisper(
     bar.finish_and_clear();
     tracing::info!(
         "wrote {} (blocks from {}; front end fitted in {} steps on {} clips: unexplained variance \
-         of Whisper's block-1 input on {} held-out clips {:.3} -> {:.3})",
+         of Whisper's block-1 input on {} held-out clips {:.3} -> {:.3}, of its part less the \
+         sinusoids {:.3} -> {:.3})",
         args.output.display(),
         whisper.display(),
         report.steps,
         report.train_clips,
         report.held_out_clips,
         report.unexplained_before,
-        report.unexplained
+        report.unexplained,
+        report.unexplained_content_before,
+        report.unexplained_content
     );
     Ok(ExitCode::SUCCESS)
 }
