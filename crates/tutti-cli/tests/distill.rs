@@ -177,6 +177,20 @@ fn losses(run: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `tutti pool build` over [`data_folder`] under `root`: the pool's folder.
+fn tiny_pool(root: &Path) -> PathBuf {
+    let data = root.join("data");
+    data_folder(&data);
+    let pool = root.join("pool");
+    ok(tutti()
+        .args(["pool", "build", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&pool)
+        .args(["--pieces-per-font", "0"]));
+    pool
+}
+
 fn ok(c: &mut Command) -> String {
     let out = c.output().unwrap();
     assert!(
@@ -192,15 +206,7 @@ fn ok(c: &mut Command) -> String {
 #[test]
 fn a_tiny_student_distils_resumes_after_kills_and_exports() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    data_folder(&data);
-    let pool = tmp.path().join("pool");
-    ok(tutti()
-        .args(["pool", "build", "--data"])
-        .arg(&data)
-        .arg("-o")
-        .arg(&pool)
-        .args(["--pieces-per-font", "0"]));
+    let pool = tiny_pool(tmp.path());
     let entries = tutti_data::pool::read_pool(&pool.join("manifest.jsonl")).unwrap();
     let domains: std::collections::BTreeSet<&str> =
         entries.iter().map(|e| e.domain.as_str()).collect();
@@ -449,7 +455,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
     let emb = tmp.path().join("emb");
     ok(tutti()
         .arg("embed")
-        .arg(data.join("synth/festival-test/0000.wav"))
+        .arg(tmp.path().join("data/synth/festival-test/0000.wav"))
         .arg("-o")
         .arg(&emb)
         .arg("--model")
@@ -526,15 +532,7 @@ fn a_tiny_student_distils_resumes_after_kills_and_exports() {
 #[test]
 fn bad_recipes_are_refused_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    data_folder(&data);
-    let pool = tmp.path().join("pool");
-    ok(tutti()
-        .args(["pool", "build", "--data"])
-        .arg(&data)
-        .arg("-o")
-        .arg(&pool)
-        .args(["--pieces-per-font", "0"]));
+    let pool = tiny_pool(tmp.path());
     let cache = tmp.path().join("cache");
     let good = std::fs::read_to_string(recipe(tmp.path(), &pool, &cache, 3)).unwrap();
     let cases = [
@@ -634,15 +632,7 @@ fn bad_recipes_are_refused_before_any_work() {
 #[test]
 fn a_whisper_graft_gets_its_front_end_fitted_on_the_pool() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    data_folder(&data);
-    let pool = tmp.path().join("pool");
-    ok(tutti()
-        .args(["pool", "build", "--data"])
-        .arg(&data)
-        .arg("-o")
-        .arg(&pool)
-        .args(["--pieces-per-font", "0"]));
+    let pool = tiny_pool(tmp.path());
     let whisper = fixtures().join("hf_whisper");
     let out = tmp.path().join("graft-fit");
     ok(tutti()

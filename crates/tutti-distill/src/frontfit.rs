@@ -385,14 +385,9 @@ pub fn write_fitted_whisper_student(
     use tutti_models::artifact::{ModelProvenance, WeightsDtype};
     let plain = tutti_nn::device::cpu();
     let named = |e: tutti_models::ModelError| format!("{}: {e}", whisper_dir.display());
-    let mut whisper =
-        tutti_models::whisper::HfWhisperEncoder::load(whisper_dir, &plain).map_err(named)?;
+    let (mut whisper, config, grafted) =
+        tutti_models::graft::graft_from_dir(whisper_dir, seed, &plain).map_err(named)?;
     whisper.set_pad_to_window(false);
-    let config = tutti_models::graft::whisper_student_config(&whisper.config).map_err(named)?;
-    let fresh = tutti_nn::device::seeded(&plain, seed, || config.init(&plain))
-        .map_err(|e| e.to_string())?;
-    let grafted = tutti_models::graft::graft_whisper(&whisper.encoder, &config, fresh, &plain)
-        .map_err(named)?;
     let autodiff = plain.clone().autodiff();
     let student = TuttiModel::new(
         config.clone(),
@@ -403,8 +398,13 @@ pub fn write_fitted_whisper_student(
     .map_err(|e| e.to_string())?;
     let (fitted, report) = fit_front_end(student, &whisper, clips, fit, on_step)?;
     let encoder = fitted.encoder.valid().to_device(&plain);
-    let weights = whisper_dir.join(tutti_models::artifact::WEIGHTS_FILE);
-    let teacher = tutti_models::artifact::sha256_file(&weights).map_err(named)?;
+    let initialised_from = tutti_models::graft::initialised_from(
+        whisper_dir,
+        "fitted",
+        "fbank front end, subsampler, positional convolutions: regressed onto Whisper's state \
+         entering block 1, blocks frozen",
+    )
+    .map_err(named)?;
     tutti_models::artifact::write_model(
         out,
         &config,
@@ -415,15 +415,7 @@ pub fn write_fitted_whisper_student(
             seed: Some(seed),
             trained: false,
             training: Some(serde_json::json!({
-                "initialised_from": {
-                    "teacher": std::fs::canonicalize(whisper_dir)
-                        .unwrap_or_else(|_| whisper_dir.to_path_buf())
-                        .display()
-                        .to_string(),
-                    "weights_sha256": teacher.sha256,
-                    "copied": "every transformer block and the final LayerNorm (Whisper's encoder)",
-                    "fitted": "fbank front end, subsampler, positional convolutions: regressed onto Whisper's state entering block 1, blocks frozen",
-                },
+                "initialised_from": initialised_from,
                 "front_end_fit": {
                     "steps": fit.steps,
                     "batch_secs": fit.batch_secs,

@@ -109,12 +109,7 @@ pub fn write_whisper_student(
     seed: u64,
     device: &Device,
 ) -> Result<crate::artifact::Manifest, ModelError> {
-    let whisper = crate::whisper::HfWhisperEncoder::load(whisper_dir, device)?;
-    let config = whisper_student_config(&whisper.config)?;
-    let fresh = tutti_nn::device::seeded(device, seed, || config.init(device))?;
-    let student = graft_whisper(&whisper.encoder, &config, fresh, device)?;
-    let weights = whisper_dir.join(crate::artifact::WEIGHTS_FILE);
-    let teacher = crate::artifact::sha256_file(&weights)?;
+    let (_, config, student) = graft_from_dir(whisper_dir, seed, device)?;
     crate::artifact::write_model(
         out,
         &config,
@@ -125,20 +120,51 @@ pub fn write_whisper_student(
             seed: Some(seed),
             trained: false,
             training: Some(serde_json::json!({
-                "initialised_from": {
-                    "teacher": std::fs::canonicalize(whisper_dir)
-                        .unwrap_or_else(|_| whisper_dir.to_path_buf())
-                        .display()
-                        .to_string(),
-                    "weights_sha256": teacher.sha256,
-                    "copied": "every transformer block and the final LayerNorm (Whisper's encoder)",
-                    "fresh": "fbank front end, subsampler, positional convolutions (seeded)",
-                }
+                "initialised_from": initialised_from(
+                    whisper_dir,
+                    "fresh",
+                    "fbank front end, subsampler, positional convolutions (seeded)",
+                )?,
             })),
         },
         crate::artifact::WeightsDtype::F32,
         device,
     )
+}
+
+/// The Whisper model directory `whisper_dir` loaded, and a student grafted from it (front end
+/// seeded with `seed`): the teacher, the student's configuration and its encoder.
+pub fn graft_from_dir(
+    whisper_dir: &std::path::Path,
+    seed: u64,
+    device: &Device,
+) -> Result<(crate::whisper::HfWhisperEncoder, TuttiConfig, TuttiEncoder), ModelError> {
+    let whisper = crate::whisper::HfWhisperEncoder::load(whisper_dir, device)?;
+    let config = whisper_student_config(&whisper.config)?;
+    let fresh = tutti_nn::device::seeded(device, seed, || config.init(device))?;
+    let student = graft_whisper(&whisper.encoder, &config, fresh, device)?;
+    Ok((whisper, config, student))
+}
+
+/// The manifest's record of a graft's origin: the teacher's directory and weights' sha256, what
+/// was copied, and under `front_key` what became of the front end.
+pub fn initialised_from(
+    whisper_dir: &std::path::Path,
+    front_key: &str,
+    front: &str,
+) -> Result<serde_json::Value, ModelError> {
+    let weights = whisper_dir.join(crate::artifact::WEIGHTS_FILE);
+    let teacher = crate::artifact::sha256_file(&weights)?;
+    let mut record = serde_json::json!({
+        "teacher": std::fs::canonicalize(whisper_dir)
+            .unwrap_or_else(|_| whisper_dir.to_path_buf())
+            .display()
+            .to_string(),
+        "weights_sha256": teacher.sha256,
+        "copied": "every transformer block and the final LayerNorm (Whisper's encoder)",
+    });
+    record[front_key] = serde_json::Value::from(front);
+    Ok(record)
 }
 
 #[cfg(test)]
