@@ -20,6 +20,7 @@
 //! final_lr_ratio = 0.0        # linear decay to lr * this at the last step
 //! max_grad_norm = 5.0
 //! head_lr_scale = 1.0         # the prediction heads learn at lr * this
+//! head_warmup_steps = 0       # the first N steps train the heads only (the student frozen)
 //!
 //! [distill]
 //! k = 4                       # layer pairs per teacher (at most the teacher's target layers)
@@ -125,6 +126,10 @@ pub struct OptimRecipe {
     /// pretrained student (`[student] checkpoint`) send it noise until they fit the targets; a
     /// larger rate for them shortens that.
     pub head_lr_scale: f64,
+    /// For the first `head_warmup_steps` steps only the heads learn, the student stays frozen
+    /// (linear probing before fine-tuning: fresh heads on a student worth keeping fit its
+    /// features before their gradients reach it). Default 0.
+    pub head_warmup_steps: usize,
     /// The step's arithmetic: `f32` (default) or `bf16` (mixed precision on CPUs with AMX or
     /// AVX512-BF16: bf16 products with f32 sums, f32 master weights and everything else; see
     /// `FastDistillStep::set_precision`). Refused where the CPU lacks it, and `int8`.
@@ -139,6 +144,7 @@ impl Default for OptimRecipe {
             final_lr_ratio: 0.0,
             max_grad_norm: Some(5.0),
             head_lr_scale: 1.0,
+            head_warmup_steps: 0,
             precision: tutti_models::fast::Precision::F32,
         }
     }
@@ -207,6 +213,12 @@ pub struct TeacherRecipe {
     /// 10 s clips); default: run each clip at its own length.
     #[serde(default)]
     pub pad_to_window: bool,
+    /// Distil the teacher's hidden states (`hidden_states[l]`, the block outputs) instead of its
+    /// FFN outputs, for a transformer teacher. With the student's own initialisation as the
+    /// teacher (`path = ` its model directory, `domain = "all"`) this is a keep-close term: the
+    /// student's blocks must keep what the initial ones carried while they learn the others.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden_states: bool,
 }
 
 fn one() -> f64 {
@@ -311,6 +323,12 @@ impl Recipe {
             && !(n.is_finite() && n > 0.0)
         {
             return Err(format!("[optim] max_grad_norm = {n} must be positive"));
+        }
+        if o.head_warmup_steps >= self.steps {
+            return Err(format!(
+                "[optim] head_warmup_steps = {} leaves the student no step to learn (steps = {})",
+                o.head_warmup_steps, self.steps
+            ));
         }
         if !(o.head_lr_scale.is_finite() && o.head_lr_scale > 0.0) {
             return Err(format!(
@@ -442,6 +460,10 @@ name = "whisper-base"
             (
                 format!("{MINIMAL}\n[optim]\nhead_lr_scale = 0.0"),
                 "head_lr_scale",
+            ),
+            (
+                format!("{MINIMAL}\n[optim]\nhead_warmup_steps = 10"),
+                "head_warmup_steps",
             ),
             (
                 format!("{MINIMAL}\n[[teacher]]\nname = \"whisper-base\""),

@@ -233,7 +233,7 @@ impl Teacher {
         let out = encoder
             .encode(&[&probe], ForwardOptions::default())
             .map_err(|e| format!("teacher {}: {e}", recipe.name))?;
-        let kind = if out.ffn_outputs.is_empty() {
+        let kind = if out.ffn_outputs.is_empty() || recipe.hidden_states {
             TargetKind::Hidden
         } else {
             TargetKind::Ffn
@@ -336,7 +336,13 @@ impl Teacher {
             })?;
         }
         let sha256 = sha256_of(&weights)?;
-        let cache = cache_root.map(|root| TargetCache::new(root, &recipe.name, &sha256, &layers));
+        // Hidden states of a transformer are other targets than its FFN outputs of the same
+        // layers: they get their own cache folder.
+        let cache_name = match (kind, out.ffn_outputs.is_empty()) {
+            (TargetKind::Hidden, false) => format!("{}-hidden", recipe.name),
+            _ => recipe.name.clone(),
+        };
+        let cache = cache_root.map(|root| TargetCache::new(root, &cache_name, &sha256, &layers));
         Ok(Self {
             plan: TeacherPlan {
                 name: recipe.name.clone(),
@@ -462,5 +468,82 @@ mod tests {
         let e = check_rates(50.0, 75.0).unwrap_err();
         assert!(e.contains("75 Hz"), "{e}");
         assert!(check_rates(50.0, 2.083).is_err());
+    }
+
+    /// `hidden_states = true` makes a transformer teacher's targets its block outputs (here a
+    /// tiny tutti model, the keep-close use): the targets equal the encoder's own hidden states,
+    /// with their own cache folder; without it the same layer is the FFN output (the control).
+    #[test]
+    fn hidden_states_targets_are_the_block_outputs() {
+        let device = tutti_nn::device::cpu();
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join("init");
+        let config = tutti_models::presets::preset("tiny").unwrap();
+        tutti_models::artifact::write_initialised_model(&model, &config, Some("tiny"), 7, &device)
+            .unwrap();
+        let recipe = |hidden: bool| -> TeacherRecipe {
+            toml::from_str(&format!(
+                "name = \"init\"\npath = {:?}\ndomain = \"all\"\nlayers = [2]\nhidden_states = {hidden}\n",
+                model.display().to_string()
+            ))
+            .unwrap()
+        };
+        let cache = tmp.path().join("targets");
+        let load = |hidden: bool| {
+            Teacher::load(
+                &recipe(hidden),
+                config.num_hidden_layers,
+                50.0,
+                &config.fbank,
+                4,
+                1,
+                Some(&cache),
+                &device,
+            )
+            .unwrap()
+        };
+        let hidden = load(true);
+        let ffn = load(false);
+        assert_eq!(hidden.plan.kind, TargetKind::Hidden);
+        assert_eq!(ffn.plan.kind, TargetKind::Ffn);
+        let clip: Vec<f32> = (0..16_000).map(|i| (i as f32 * 0.05).sin() * 0.3).collect();
+        let encoder = tutti_models::load_encoder(&model, &device).unwrap();
+        let out = encoder
+            .encode(&[&clip[..]], ForwardOptions::default())
+            .unwrap();
+        let expect = |t: burn::tensor::Tensor<3>| -> Vec<f32> {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let want_hidden = expect(out.hidden_states[2].clone());
+        let want_ffn = expect(out.ffn_outputs[1].clone());
+        for (teacher, want, other) in [
+            (&hidden, &want_hidden, &want_ffn),
+            (&ffn, &want_ffn, &want_hidden),
+        ] {
+            let (got, computed) = teacher.targets(&[&clip[..]], &["clip0"]).unwrap();
+            assert_eq!(
+                computed, 1,
+                "each kind is computed into its own cache folder"
+            );
+            let got = &got[0].layers[0];
+            let n = got.len().min(want.len());
+            let err = |w: &[f32]| {
+                got[..n]
+                    .iter()
+                    .zip(&w[..n])
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max)
+            };
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(
+                err(want) <= 2e-3 * scale.max(1.0),
+                "{} vs {scale}",
+                err(want)
+            );
+            assert!(err(other) > 0.05 * scale, "the other kind differs");
+        }
     }
 }

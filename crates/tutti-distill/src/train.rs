@@ -448,6 +448,7 @@ impl Run {
         let mut engine = FastDistillStep::new(&template, &config, slots, rate, recipe.optim.lr)
             .map_err(|e| TrainError(format!("the fast step cannot run this student: {e}")))?;
         engine.head_lr_scale = recipe.optim.head_lr_scale;
+        engine.head_warmup_steps = recipe.optim.head_warmup_steps;
         engine.set_precision(recipe.optim.precision).map_err(|e| {
             TrainError(format!(
                 "[optim] precision = \"{}\": {e}",

@@ -428,6 +428,51 @@ fn the_head_learning_rate_scale_applies_to_the_heads_only() {
     );
 }
 
+/// `head_warmup_steps = 2`: the first two steps leave the student exactly as it was and move
+/// the heads; the third moves the student by AdamW's first-step size (about `lr` per weight,
+/// its own bias correction: counted from the warm-up's end, the size would be ~0.64 `lr`).
+#[test]
+fn the_head_warmup_freezes_the_student_then_starts_its_adamw_afresh() {
+    let c = case(false, vec![2, 1]);
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let before = c.burn.model().clone();
+    let mut fast = c.fast();
+    fast.head_warmup_steps = 2;
+    let lr = fast.learning_rate as f32;
+    let moved = |a: &DistillModel, b: &DistillModel, heads: bool| -> f32 {
+        let (x, y) = if heads {
+            (collect_module(&a.heads), collect_module(&b.heads))
+        } else {
+            (collect_module(&a.student), collect_module(&b.student))
+        };
+        x.into_iter()
+            .zip(y)
+            .flat_map(|(a, b)| a.1.into_iter().zip(b.1).map(|(p, q)| (p - q).abs()))
+            .fold(0.0f32, f32::max)
+    };
+    for step in 1..=2 {
+        fast.step(&c.features, &c.lengths, &targets).unwrap();
+        let now = fast.export(c.burn.model(), Buffer::Value);
+        assert_eq!(
+            collect_module(&now.student),
+            collect_module(&before.student),
+            "the student moved during the heads' warm-up (step {step})"
+        );
+        assert!(
+            moved(&now, &before, true) > 0.5 * lr,
+            "the heads did not move"
+        );
+    }
+    let frozen = fast.export(c.burn.model(), Buffer::Value);
+    fast.step(&c.features, &c.lengths, &targets).unwrap();
+    let after = fast.export(c.burn.model(), Buffer::Value);
+    let largest = moved(&after, &frozen, false);
+    assert!(
+        (0.97 * lr..=1.03 * lr).contains(&largest),
+        "the student's first update is {largest}, AdamW's first step is ~{lr}"
+    );
+}
+
 #[test]
 fn a_non_finite_batch_updates_nothing() {
     let c = case(false, vec![2, 1]);

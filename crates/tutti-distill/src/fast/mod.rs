@@ -328,6 +328,11 @@ pub struct FastDistillStep {
     /// The heads learn at `learning_rate * head_lr_scale` (1: one rate for everything). Fresh
     /// heads on a pretrained student send it noise until they fit; a faster rate shortens that.
     pub head_lr_scale: f64,
+    /// For the first `head_warmup_steps` AdamW steps only the heads learn (the student is frozen:
+    /// its weights and moments stay as they are), so that fresh heads on a student worth keeping
+    /// fit its features before their gradients reach it (linear probing, then fine-tuning). The
+    /// student's AdamW bias correction counts its own steps from there. Default 0.
+    pub head_warmup_steps: usize,
     /// AdamW steps taken.
     time: i32,
     width: usize,
@@ -522,6 +527,7 @@ impl FastDistillStep {
             student_rate_hz,
             learning_rate,
             head_lr_scale: 1.0,
+            head_warmup_steps: 0,
             time: 0,
             width,
             heads: config.num_attention_heads,
@@ -1276,12 +1282,22 @@ impl FastDistillStep {
     fn adamw(&mut self) {
         self.time += 1;
         let (beta1, beta2) = ADAM_BETAS;
-        let time = self.time;
-        let correction1 = 1.0 - beta1.powi(time);
-        let correction2 = 1.0 - beta2.powi(time);
+        // The heads count every step, the student only those after the heads' warm-up.
+        let student_time = self.time - (self.head_warmup_steps.min(i32::MAX as usize) as i32);
+        let groups = [
+            (self.learning_rate, student_time),
+            (self.learning_rate * self.head_lr_scale, self.time),
+        ]
+        .map(|(lr, time)| {
+            (
+                lr as f32,
+                (1.0 - lr * WEIGHT_DECAY as f64) as f32,
+                time,
+                1.0 - beta1.powi(time.max(1)),
+                1.0 - beta2.powi(time.max(1)),
+            )
+        });
         let head_weights: usize = self.net.heads.iter().map(|h| 4 * h.len()).sum();
-        let rates = [self.learning_rate, self.learning_rate * self.head_lr_scale]
-            .map(|lr| ((lr as f32), (1.0 - lr * WEIGHT_DECAY as f64) as f32));
         let mut weights = self.net.weights_mut();
         let students = weights.len() - head_weights;
         for (i, w) in weights.iter_mut().enumerate() {
@@ -1289,7 +1305,10 @@ impl FastDistillStep {
                 continue;
             }
             // `weights_mut` lists the heads' weights last.
-            let (lr, decay) = rates[usize::from(i >= students)];
+            let (lr, decay, time, correction1, correction2) = groups[usize::from(i >= students)];
+            if time <= 0 {
+                continue;
+            }
             w.value
                 .par_chunks_mut(1 << 14)
                 .zip(w.grad.par_chunks(1 << 14))
