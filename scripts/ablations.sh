@@ -2,7 +2,8 @@
 # The distillation ablations at small scale (issue 14; README, Distillation), resumable:
 #
 #   scripts/ablations.sh NAME...      NAME: a recipe in recipes/ablations (base, w1, no-music,
-#                                     k-all, crepe, keep, stage2); default: all of them
+#                                     k-all, crepe, crepe-b20, crepe-b10,
+#                                     keep, stage2); default: all of them
 #
 # For each: `tutti distill` (resumed from its newest checkpoint when the script is started
 # again), `tutti export` to $T/models/abl-NAME, then the standard suite on its last layer ->
@@ -21,7 +22,12 @@ cargo build --release -p tutti-cli
 tutti="$CARGO_TARGET_DIR/release/tutti"
 models="$home/models"
 mkdir -p "$models" "$home/runs" "$home/results/abl"
-[ -d "$models/random-small" ] || "$tutti" init --preset small --seed 0 -o "$models/random-small"
+if [ ! -d "$models/random-small" ]; then
+  # Written beside and renamed, so two instances started together cannot race on it.
+  tmp="$models/.random-small.$$"
+  "$tutti" init --preset small --seed 0 -o "$tmp"
+  mv -T "$tmp" "$models/random-small" 2>/dev/null || rm -rf "$tmp"
+fi
 
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=(base keep crepe w1 no-music k-all stage2)
