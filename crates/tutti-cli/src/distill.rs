@@ -150,20 +150,32 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     }
     let record = run.record();
     let device = tutti_nn::device::cpu();
-    let manifest = write_model(
-        &args.output,
-        &run.config,
-        &run.student(),
-        ModelProvenance {
-            created_by: format!("tutti export {}", args.run.display()),
-            preset: run.recipe.student.preset.clone(),
-            seed: Some(run.recipe.seed),
-            trained: true,
-            training: Some(serde_json::to_value(&record)?),
-        },
-        dtype,
-        &device,
-    )?;
+    let provenance = ModelProvenance {
+        created_by: format!("tutti export {}", args.run.display()),
+        preset: run.recipe.student.preset.clone(),
+        seed: Some(run.recipe.seed),
+        trained: true,
+        training: Some(serde_json::to_value(&record)?),
+    };
+    let manifest = match &run.recipe.student.whisper {
+        // A Whisper student goes back into its Whisper encoder (front end and positions kept).
+        Some(whisper) => tutti_models::graft::write_whisper_model(
+            &args.output,
+            whisper,
+            &run.student(),
+            provenance,
+            dtype,
+            &device,
+        )?,
+        None => write_model(
+            &args.output,
+            &run.config,
+            &run.student(),
+            provenance,
+            dtype,
+            &device,
+        )?,
+    };
     tracing::info!(
         "wrote {} ({} parameters, {} steps, {:.2} h of audio seen)",
         args.output.display(),

@@ -694,3 +694,76 @@ fn a_whisper_graft_gets_its_front_end_fitted_on_the_pool() {
     );
     assert!(!fresh.exists());
 }
+
+/// `[student] whisper = DIR`: a Whisper encoder trains on with its front end frozen (run outside
+/// the step on each clip's own length); a run stopped at a checkpoint and resumed ends in the
+/// same state as an uninterrupted one; `tutti export` writes a Whisper model directory that runs
+/// unpadded and that `tutti embed` loads, whose embeddings differ from the untrained encoder's.
+#[test]
+fn a_whisper_student_trains_resumes_and_exports_as_whisper() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tiny_pool(tmp.path());
+    let whisper = fixtures().join("hf_whisper");
+    let cache = tmp.path().join("cache");
+    let r = recipe(tmp.path(), &pool, &cache, 6);
+    let text = std::fs::read_to_string(&r).unwrap().replace(
+        "preset = \"tiny\"",
+        &format!("whisper = \"{}\"", whisper.display()),
+    );
+    let r = tmp.path().join("recipe-whisper.toml");
+    std::fs::write(&r, text).unwrap();
+    let reference = tmp.path().join("reference");
+    ok(tutti()
+        .args(["distill", "--config"])
+        .arg(&r)
+        .arg("-o")
+        .arg(&reference));
+    let stopped = tmp.path().join("stopped");
+    ok(tutti()
+        .args(["distill", "--max-steps", "3", "--config"])
+        .arg(&r)
+        .arg("-o")
+        .arg(&stopped));
+    ok(tutti()
+        .args(["distill", "--resume", "--config"])
+        .arg(&r)
+        .arg("-o")
+        .arg(&stopped));
+    assert_eq!(losses(&stopped), losses(&reference));
+    assert_eq!(latest_state(&stopped), latest_state(&reference));
+
+    let model = tmp.path().join("model");
+    ok(tutti().arg("export").arg(&reference).arg("-o").arg(&model));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "whisper", "{config}");
+    assert_eq!(config["tutti_pad_to_window"], false, "{config}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["format"], "tutti-whisper-student/1");
+    assert_eq!(manifest["training"]["steps"], 6, "{manifest}");
+
+    let audio = tmp.path().join("audio");
+    std::fs::create_dir_all(&audio).unwrap();
+    std::fs::copy(
+        fixtures().join("../audio/speech_16k.wav"),
+        audio.join("speech_16k.wav"),
+    )
+    .unwrap();
+    let embed = |m: &Path, name: &str| {
+        let out = tmp.path().join(name);
+        ok(tutti()
+            .arg("embed")
+            .arg(&audio)
+            .arg("--model")
+            .arg(m)
+            .arg("-o")
+            .arg(&out));
+        std::fs::read(out.join("speech_16k.npy")).unwrap()
+    };
+    let trained = embed(&model, "trained");
+    let untrained = embed(&whisper, "untrained");
+    assert_eq!(trained.len(), untrained.len());
+    assert_ne!(trained, untrained, "training did not move the encoder");
+}

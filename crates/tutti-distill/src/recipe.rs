@@ -8,6 +8,7 @@
 //!
 //! [student]
 //! preset = "small"            # or: checkpoint = "path/to/model"  (a tutti model directory)
+//!                             # or: whisper = "DIR" (a Whisper model: its encoder trains on)
 //!
 //! [data]
 //! pool = "~/.cache/tutti/pool"
@@ -83,6 +84,13 @@ pub struct StudentRecipe {
     pub preset: Option<String>,
     /// Or a tutti model directory to continue from (stage 2, an up-scaled model, a merge).
     pub checkpoint: Option<PathBuf>,
+    /// Or a Whisper model directory (Hugging Face layout): continual training of its encoder.
+    /// Whisper's front end (log-mel, both convolutions, positions) stays as it is, frozen and run
+    /// outside the training step on each clip's own length; its blocks and final LayerNorm train
+    /// (a pre-LN tutti student of Whisper's shape, `tutti_models::graft`). `tutti export` writes
+    /// the result as a Whisper model directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whisper: Option<PathBuf>,
     /// Seed of a fresh student's initialisation (default: the recipe's seed).
     pub init_seed: Option<u64>,
 }
@@ -219,6 +227,13 @@ pub struct TeacherRecipe {
     /// student's blocks must keep what the initial ones carried while they learn the others.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub hidden_states: bool,
+    /// Start this teacher's heads as the map from the student's state to the (standardised)
+    /// target (`PredictionHead::identity`), for a teacher whose layers the student's blocks
+    /// already compute (a Whisper student and its own Whisper, layer l on block l): the term
+    /// starts at its minimum and only pulls a block back toward its start. Needs targets of the
+    /// student's width.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity_heads: bool,
 }
 
 fn one() -> f64 {
@@ -266,6 +281,9 @@ impl Recipe {
         if let Some(c) = &self.student.checkpoint {
             self.student.checkpoint = Some(resolve_path(c, base));
         }
+        if let Some(w) = &self.student.whisper {
+            self.student.whisper = Some(resolve_path(w, base));
+        }
         for t in &mut self.teachers {
             if let Some(p) = &t.path {
                 t.path = Some(resolve_path(p, base));
@@ -284,12 +302,19 @@ impl Recipe {
         if self.checkpoint_every == 0 {
             return Err("checkpoint_every must be at least 1".into());
         }
-        match (&self.student.preset, &self.student.checkpoint) {
-            (Some(_), Some(_)) => {
-                return Err("[student]: give preset or checkpoint, not both".into());
+        let given = [
+            self.student.preset.is_some(),
+            self.student.checkpoint.is_some(),
+            self.student.whisper.is_some(),
+        ];
+        match given.iter().filter(|&&g| g).count() {
+            0 => return Err("[student]: give preset, checkpoint or whisper".into()),
+            1 => {}
+            _ => {
+                return Err(
+                    "[student]: give one of preset, checkpoint or whisper, not several".into(),
+                );
             }
-            (None, None) => return Err("[student]: give preset or checkpoint".into()),
-            _ => {}
         }
         if !(self.data.batch_secs.is_finite() && self.data.batch_secs > 0.0) {
             return Err(format!(
@@ -450,7 +475,11 @@ name = "whisper-base"
             (MINIMAL.replace("steps = 10", "steps = 0"), "steps"),
             (
                 MINIMAL.replace("preset = \"tiny\"", ""),
-                "give preset or checkpoint",
+                "give preset, checkpoint or whisper",
+            ),
+            (
+                MINIMAL.replace("preset = \"tiny\"", "preset = \"tiny\"\nwhisper = \"w\""),
+                "not several",
             ),
             (format!("{MINIMAL}\n[distill]\nstage = 2"), "stage = 2"),
             (

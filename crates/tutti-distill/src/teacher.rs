@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tutti_data::target_cache::{ClipTargets, Lookup, TargetCache};
 use tutti_models::teachers::{Granularity, TEACHERS, TeacherEntry, teacher_dir, tutti_home};
-use tutti_models::{AudioEncoder, ForwardOptions};
+use tutti_models::{AudioEncoder, ForwardOptions, InputKind};
 
 use crate::align::{Patch, layer_pairs};
 use crate::recipe::TeacherRecipe;
@@ -44,6 +44,9 @@ pub struct Teacher {
     pub plan: TeacherPlan,
     encoder: Box<dyn AudioEncoder>,
     cache: Option<TargetCache>,
+    /// Encode each clip alone: an unpadded Whisper crops a batch to its longest clip, so a
+    /// shorter clip's states would depend on the clips batched with it.
+    per_clip: bool,
 }
 
 /// Lowercase hex sha256 of `bytes`.
@@ -167,6 +170,7 @@ impl Teacher {
             },
             encoder: Box::new(encoder),
             cache,
+            per_clip: false,
         })
     }
 
@@ -338,10 +342,15 @@ impl Teacher {
         let sha256 = sha256_of(&weights)?;
         // Hidden states of a transformer are other targets than its FFN outputs of the same
         // layers: they get their own cache folder.
-        let cache_name = match (kind, out.ffn_outputs.is_empty()) {
+        let per_clip = !recipe.pad_to_window && info.input_kind == InputKind::WhisperMel;
+        let mut cache_name = match (kind, out.ffn_outputs.is_empty()) {
             (TargetKind::Hidden, false) => format!("{}-hidden", recipe.name),
             _ => recipe.name.clone(),
         };
+        if per_clip {
+            // Targets of clips encoded alone; earlier versions batched them (their own folder).
+            cache_name.push_str("-clip");
+        }
         let cache = cache_root.map(|root| TargetCache::new(root, &cache_name, &sha256, &layers));
         Ok(Self {
             plan: TeacherPlan {
@@ -358,6 +367,7 @@ impl Teacher {
                 pad_to_window: recipe.pad_to_window,
                 sha256,
             },
+            per_clip,
             encoder,
             cache,
         })
@@ -384,7 +394,12 @@ impl Teacher {
             }
         }
         let missing: Vec<usize> = (0..clips.len()).filter(|&i| found[i].is_none()).collect();
-        if !missing.is_empty() {
+        let groups: Vec<Vec<usize>> = match (self.per_clip, missing.is_empty()) {
+            (_, true) => Vec::new(),
+            (true, false) => missing.iter().map(|&i| vec![i]).collect(),
+            (false, false) => vec![missing.clone()],
+        };
+        for missing in groups {
             let batch: Vec<&[f32]> = missing.iter().map(|&i| clips[i]).collect();
             let deepest = *self.plan.layers.iter().max().expect("layers");
             let out = self

@@ -91,6 +91,9 @@ pub struct Run {
     template: DistillModel,
     engine: FastDistillStep,
     fbank: tutti_audio::fbank::KaldiFbank,
+    /// A Whisper student's frozen front end (`[student] whisper`): it makes each clip's block
+    /// input, which the step takes instead of fbank features.
+    stem: Option<tutti_models::whisper::HfWhisperEncoder>,
     /// Per teacher, when the recipe standardises targets (`target_norm = "channel"`).
     pub target_stats: Option<Vec<TargetStats>>,
     pub state: TrainerState,
@@ -204,9 +207,16 @@ fn compute_target_stats(
         .collect())
 }
 
-/// The student a recipe names: a preset, seeded, or a tutti model directory.
+/// The student a recipe names: a preset, seeded, a tutti model directory, or a Whisper encoder
+/// (its blocks in a pre-LN student; the front end's seeded weights are never used).
 pub fn student_of(recipe: &Recipe) -> Result<(TuttiConfig, TuttiEncoder, String), TrainError> {
     let device = tutti_nn::device::cpu();
+    if let Some(dir) = &recipe.student.whisper {
+        let seed = recipe.student.init_seed.unwrap_or(recipe.seed);
+        let (_, config, student) = tutti_models::graft::graft_from_dir(dir, seed, &device)
+            .map_err(|e| err(format!("[student] whisper {}", dir.display()), e))?;
+        return Ok((config, student, format!("whisper {}", dir.display())));
+    }
     if let Some(name) = &recipe.student.preset {
         let config = tutti_models::presets::preset(name).map_err(|e| err("[student] preset", e))?;
         let seed = recipe.student.init_seed.unwrap_or(recipe.seed);
@@ -443,24 +453,6 @@ impl Run {
                 patch: t.plan.patch,
             })
             .collect();
-        let head_hidden = recipe.distill.head_hidden.unwrap_or(2 * config.hidden_size);
-        let template = DistillModel::new(student, &slots, head_hidden, recipe.seed, &device);
-        let mut engine = FastDistillStep::new(&template, &config, slots, rate, recipe.optim.lr)
-            .map_err(|e| TrainError(format!("the fast step cannot run this student: {e}")))?;
-        engine.head_lr_scale = recipe.optim.head_lr_scale;
-        engine.head_warmup_steps = recipe.optim.head_warmup_steps;
-        engine.set_precision(recipe.optim.precision).map_err(|e| {
-            TrainError(format!(
-                "[optim] precision = \"{}\": {e}",
-                recipe.optim.precision
-            ))
-        })?;
-        let fbank = tutti_audio::fbank::KaldiFbank::new(config.fbank.clone())
-            .map_err(|e| err("fbank", e))?;
-        let plans: Vec<&TeacherPlan> = teachers.iter().map(|t| &t.plan).collect();
-        let plans_json = serde_json::to_string_pretty(&plans).expect("plans serialise");
-        let recipe_toml = toml::to_string_pretty(&recipe).expect("recipe serialises");
-        let mut state = TrainerState::default();
         let stats_path = dir.join(TARGET_STATS);
         let target_stats = match recipe.distill.target_norm {
             TargetNorm::None => None,
@@ -496,6 +488,53 @@ impl Run {
                 )?)
             }
         };
+        let head_hidden = recipe.distill.head_hidden.unwrap_or(2 * config.hidden_size);
+        let mut template = DistillModel::new(student, &slots, head_hidden, recipe.seed, &device);
+        for (t, (teacher, spec)) in teachers.iter().zip(&recipe.teachers).enumerate() {
+            if !spec.identity_heads {
+                continue;
+            }
+            if teacher.plan.dim != config.hidden_size || head_hidden < 2 * teacher.plan.dim {
+                return Err(TrainError(format!(
+                    "teacher {}: identity_heads needs targets of the student's width ({}, not {}) and head_hidden of at least twice that ({head_hidden})",
+                    teacher.plan.name, config.hidden_size, teacher.plan.dim
+                )));
+            }
+            for (k, head) in template.heads[t].iter_mut().enumerate() {
+                let dim = teacher.plan.dim;
+                let (mean, scale) = match &target_stats {
+                    Some(stats) => (stats[t].mean[k].clone(), stats[t].scale[k].clone()),
+                    None => (vec![0.0; dim], vec![1.0; dim]),
+                };
+                *head = crate::heads::PredictionHead::identity(head_hidden, &mean, &scale, &device);
+            }
+        }
+        let mut engine = FastDistillStep::new(&template, &config, slots, rate, recipe.optim.lr)
+            .map_err(|e| TrainError(format!("the fast step cannot run this student: {e}")))?;
+        let stem = match &recipe.student.whisper {
+            Some(dir) => {
+                engine.set_external_input().map_err(TrainError)?;
+                Some(
+                    tutti_models::whisper::HfWhisperEncoder::load(dir, &device)
+                        .map_err(|e| err(format!("[student] whisper {}", dir.display()), e))?,
+                )
+            }
+            None => None,
+        };
+        engine.head_lr_scale = recipe.optim.head_lr_scale;
+        engine.head_warmup_steps = recipe.optim.head_warmup_steps;
+        engine.set_precision(recipe.optim.precision).map_err(|e| {
+            TrainError(format!(
+                "[optim] precision = \"{}\": {e}",
+                recipe.optim.precision
+            ))
+        })?;
+        let fbank = tutti_audio::fbank::KaldiFbank::new(config.fbank.clone())
+            .map_err(|e| err("fbank", e))?;
+        let plans: Vec<&TeacherPlan> = teachers.iter().map(|t| &t.plan).collect();
+        let plans_json = serde_json::to_string_pretty(&plans).expect("plans serialise");
+        let recipe_toml = toml::to_string_pretty(&recipe).expect("recipe serialises");
+        let mut state = TrainerState::default();
         if resuming {
             let stored = std::fs::read_to_string(dir.join("recipe.toml"))
                 .map_err(|e| err(dir.join("recipe.toml").display(), e))?;
@@ -540,6 +579,7 @@ impl Run {
             template,
             engine,
             fbank,
+            stem,
             target_stats,
             state,
         })
@@ -621,13 +661,21 @@ impl Run {
                 .collect::<Result<_, _>>()?;
             let clips: Vec<&[f32]> = audio.iter().map(|a| a.as_slice()).collect();
             let shas: Vec<&str> = entries.iter().map(|e| e.sha256.as_str()).collect();
-            let features: Vec<tutti_audio::Features> = clips
+            // The student's input, `(values [frames, dim], frames)` per clip: its fbank, or a
+            // Whisper student's block input from Whisper's frozen front end.
+            let features: Vec<(Vec<f32>, usize)> = clips
                 .iter()
                 .zip(&entries)
                 .map(|(c, e)| {
-                    self.fbank
-                        .compute(c)
-                        .map_err(|x| err(self.pool_dir.join(&e.audio).display(), x))
+                    let name = || self.pool_dir.join(&e.audio).display().to_string();
+                    match &self.stem {
+                        Some(stem) => stem.block_input(c).map_err(|x| err(name(), x)),
+                        None => self
+                            .fbank
+                            .compute(c)
+                            .map(|f| (f.data, f.frames))
+                            .map_err(|x| err(name(), x)),
+                    }
                 })
                 .collect::<Result<_, _>>()?;
             let load_secs = started.elapsed().as_secs_f64();
@@ -665,13 +713,16 @@ impl Run {
                 targets.weights.push(base[t] * teacher.plan.weight);
             }
             let target_secs = target_start.elapsed().as_secs_f64();
-            let bins = self.config.fbank.num_mel_bins;
-            let max_frames = features.iter().map(|f| f.frames).max().unwrap_or(0);
+            let bins = match self.stem {
+                Some(_) => self.config.hidden_size,
+                None => self.config.fbank.num_mel_bins,
+            };
+            let max_frames = features.iter().map(|f| f.1).max().unwrap_or(0);
             let mut padded = vec![0.0f32; features.len() * max_frames * bins];
-            for (i, f) in features.iter().enumerate() {
-                padded[i * max_frames * bins..][..f.data.len()].copy_from_slice(&f.data);
+            for (i, (data, _)) in features.iter().enumerate() {
+                padded[i * max_frames * bins..][..data.len()].copy_from_slice(data);
             }
-            let lengths: Vec<usize> = features.iter().map(|f| f.frames).collect();
+            let lengths: Vec<usize> = features.iter().map(|f| f.1).collect();
             let lr = self.recipe.learning_rate(step);
             self.engine.learning_rate = lr;
             let step_start = Instant::now();

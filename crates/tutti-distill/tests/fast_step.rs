@@ -642,3 +642,105 @@ fn bf16_mixed_precision_tracks_f32_or_is_refused() {
         "bf16 updates {apart} apart, moved {moved}"
     );
 }
+
+/// The external block input (a Whisper student, whose front end is Whisper's, frozen and run
+/// outside the step): given the block input the student's own front end makes, the step computes
+/// the same loss and the same block and head gradients as from the fbank; no front-end parameter
+/// gets a gradient or moves in an update (weight decay included); another input (the negative
+/// control) gives another loss.
+#[test]
+fn an_external_block_input_trains_the_blocks_as_the_own_front_end_does() {
+    let c = case_with(true, vec![2, 1], true);
+    let targets = FastTargets::from_step_targets(&c.targets);
+    let mut own = c.fast();
+    let loss_own = own.loss_and_gradients(&c.features, &c.lengths, &targets);
+    let own_grads = own.export(c.burn.model(), Buffer::Gradient);
+
+    let out = c.burn.model().student.forward(
+        c.features(),
+        &c.lengths,
+        tutti_models::ForwardOptions {
+            target_layer: Some(0),
+        },
+    );
+    let input: Vec<f32> = out.hidden_states[0]
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let mut external = c.fast();
+    external.set_external_input().unwrap();
+    assert!(external.external_input());
+    let loss = external.loss_and_gradients(&input, &out.lengths, &targets);
+    assert!(
+        (loss - loss_own).abs() <= 1e-5 * loss_own.abs().max(1.0),
+        "loss {loss} against {loss_own} from the fbank"
+    );
+    let grads = external.export(c.burn.model(), Buffer::Gradient);
+    let values = |m: Vec<(ParamId, Vec<f32>)>| m.into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+    for (what, ours, theirs) in [
+        (
+            "blocks",
+            values(collect_module(&grads.student.layers)),
+            values(collect_module(&own_grads.student.layers)),
+        ),
+        (
+            "heads",
+            values(collect_module(&grads.heads)),
+            values(collect_module(&own_grads.heads)),
+        ),
+    ] {
+        let worst = worst_relative(&ours, &theirs);
+        assert!(
+            worst < 1e-3,
+            "{what}' gradients differ by {worst} (relative)"
+        );
+    }
+    let front = |m: &DistillModel| {
+        let mut all = values(collect_module(&m.student.subsampler));
+        all.extend(values(collect_module(&m.student.pos_conv)));
+        all
+    };
+    assert!(
+        front(&grads).iter().flatten().all(|&g| g == 0.0),
+        "a front-end parameter has a gradient"
+    );
+    assert!(
+        front(&own_grads).iter().flatten().any(|&g| g != 0.0),
+        "the own front end has no gradient: the check cannot fail"
+    );
+    // An update moves the blocks, not the front end.
+    external.step(&input, &out.lengths, &targets).unwrap();
+    let after = external.export(c.burn.model(), Buffer::Value);
+    assert_eq!(front(&after), front(c.burn.model()), "the front end moved");
+    assert_ne!(
+        values(collect_module(&after.student.layers)),
+        values(collect_module(&c.burn.model().student.layers)),
+        "the blocks did not move"
+    );
+    // Negative control: another block input, another loss.
+    // (not a constant shift, which the blocks' LayerNorms would remove)
+    let noise = lcg(9, input.len());
+    let shifted: Vec<f32> = input.iter().zip(&noise).map(|(v, n)| v + 0.5 * n).collect();
+    let mut other = c.fast();
+    other.set_external_input().unwrap();
+    let off = other.loss_and_gradients(&shifted, &out.lengths, &targets);
+    let off_grads = values(collect_module(
+        &other
+            .export(c.burn.model(), Buffer::Gradient)
+            .student
+            .layers,
+    ));
+    let apart = worst_relative(
+        &off_grads,
+        &values(collect_module(&own_grads.student.layers)),
+    );
+    assert!(
+        off != loss_own && apart > 0.05,
+        "another input gives the same loss ({off} against {loss_own}) or gradients ({apart})"
+    );
+    // A post-LN student is refused.
+    let post = case(false, vec![2, 1]);
+    assert!(post.fast().set_external_input().is_err());
+}

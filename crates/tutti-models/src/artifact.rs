@@ -77,6 +77,46 @@ pub fn write_model(
     dtype: WeightsDtype,
     device: &Device,
 ) -> Result<Manifest, ModelError> {
+    write_staged(out, |staging| {
+        let weights = staging.join(WEIGHTS_FILE);
+        tutti_nn::save_safetensors(encoder, &weights, &[("format", "pt")])?;
+        if dtype == WeightsDtype::F16 {
+            to_f16(&weights)?;
+        }
+        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
+        std::fs::write(staging.join(CONFIG_FILE), config_json + "\n")
+            .map_err(|e| artifact_error(staging, e.to_string()))?;
+        let mut files = BTreeMap::new();
+        files.insert(WEIGHTS_FILE.to_string(), sha256_file(&weights)?);
+        files.insert(
+            CONFIG_FILE.to_string(),
+            sha256_file(&staging.join(CONFIG_FILE))?,
+        );
+        let manifest = Manifest {
+            format: "tutti-model/1".into(),
+            tutti_version: env!("CARGO_PKG_VERSION").into(),
+            created_by: provenance.created_by,
+            preset: provenance.preset,
+            seed: provenance.seed,
+            trained: provenance.trained,
+            parameters: burn::module::Module::num_params(encoder),
+            device: format!("{device:?}"),
+            files,
+            training: provenance.training,
+        };
+        let manifest_json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        std::fs::write(staging.join(MANIFEST_FILE), manifest_json + "\n")
+            .map_err(|e| artifact_error(staging, e.to_string()))?;
+        Ok(manifest)
+    })
+}
+
+/// Build a model directory at `out` atomically: `build` fills a staging folder beside it, which
+/// is then renamed into place (and removed if `build` fails). `out` must not exist or be empty.
+pub(crate) fn write_staged<T>(
+    out: &Path,
+    build: impl FnOnce(&Path) -> Result<T, ModelError>,
+) -> Result<T, ModelError> {
     if out.exists() {
         let empty = out.is_dir()
             && std::fs::read_dir(out)
@@ -103,42 +143,13 @@ pub fn write_model(
     ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| artifact_error(&staging, e.to_string()))?;
-    let result = (|| {
-        let weights = staging.join(WEIGHTS_FILE);
-        tutti_nn::save_safetensors(encoder, &weights, &[("format", "pt")])?;
-        if dtype == WeightsDtype::F16 {
-            to_f16(&weights)?;
-        }
-        let config_json = serde_json::to_string_pretty(config).expect("config serialises");
-        std::fs::write(staging.join(CONFIG_FILE), config_json + "\n")
-            .map_err(|e| artifact_error(&staging, e.to_string()))?;
-        let mut files = BTreeMap::new();
-        files.insert(WEIGHTS_FILE.to_string(), sha256_file(&weights)?);
-        files.insert(
-            CONFIG_FILE.to_string(),
-            sha256_file(&staging.join(CONFIG_FILE))?,
-        );
-        let manifest = Manifest {
-            format: "tutti-model/1".into(),
-            tutti_version: env!("CARGO_PKG_VERSION").into(),
-            created_by: provenance.created_by,
-            preset: provenance.preset,
-            seed: provenance.seed,
-            trained: provenance.trained,
-            parameters: burn::module::Module::num_params(encoder),
-            device: format!("{device:?}"),
-            files,
-            training: provenance.training,
-        };
-        let manifest_json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-        std::fs::write(staging.join(MANIFEST_FILE), manifest_json + "\n")
-            .map_err(|e| artifact_error(&staging, e.to_string()))?;
+    let result = build(&staging).and_then(|value| {
         if out.exists() {
             std::fs::remove_dir(out).map_err(|e| artifact_error(out, e.to_string()))?;
         }
         std::fs::rename(&staging, out).map_err(|e| artifact_error(out, e.to_string()))?;
-        Ok(manifest)
-    })();
+        Ok(value)
+    });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
@@ -146,7 +157,7 @@ pub fn write_model(
 }
 
 /// Rewrite a safetensors file's f32 tensors as f16 (round to nearest), keeping its metadata.
-fn to_f16(path: &Path) -> Result<(), ModelError> {
+pub(crate) fn to_f16(path: &Path) -> Result<(), ModelError> {
     use safetensors::{Dtype, SafeTensors, tensor::TensorView};
     let bytes = std::fs::read(path).map_err(|e| artifact_error(path, e.to_string()))?;
     let (_, header) =

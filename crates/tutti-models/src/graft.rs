@@ -167,6 +167,129 @@ pub fn initialised_from(
     Ok(record)
 }
 
+fn linear_back(source: &Linear, bias: bool) -> Linear {
+    Linear {
+        weight: Param::from_tensor(source.weight.val()),
+        bias: if bias {
+            source.bias.as_ref().map(|b| Param::from_tensor(b.val()))
+        } else {
+            None
+        },
+    }
+}
+
+/// The inverse of [`graft_whisper`]: `student`'s blocks and final LayerNorm written into
+/// `whisper`, whose front end (convolutions, positions) stays. The student's key bias is dropped:
+/// adding one vector to every key adds the same number to every score of a query, which the
+/// softmax removes, so the Whisper encoder computes exactly what the student computes (and the
+/// bias's gradient is zero: it stays at the graft's zero in training).
+pub fn ungraft_whisper(
+    student: &TuttiEncoder,
+    whisper: &mut WhisperEncoder,
+) -> Result<(), ModelError> {
+    if student.layers.len() != whisper.layers.len() || !student.layer_norm_first {
+        return Err(ModelError::Config(format!(
+            "a Whisper encoder of {} blocks takes a pre-LN student of as many (got {} blocks, layer_norm_first {})",
+            whisper.layers.len(),
+            student.layers.len(),
+            student.layer_norm_first
+        )));
+    }
+    for (s, w) in student.layers.iter().zip(whisper.layers.iter_mut()) {
+        if s.attention.q_proj.weight.val().dims() != w.self_attn.q_proj.weight.val().dims()
+            || s.feed_forward.intermediate_dense.weight.val().dims() != w.fc1.weight.val().dims()
+        {
+            return Err(ModelError::Config(
+                "the student's blocks are not the Whisper encoder's shape".into(),
+            ));
+        }
+        w.self_attn.q_proj = linear_back(&s.attention.q_proj, true);
+        w.self_attn.k_proj = linear_back(&s.attention.k_proj, false);
+        w.self_attn.v_proj = linear_back(&s.attention.v_proj, true);
+        w.self_attn.out_proj = linear_back(&s.attention.out_proj, true);
+        w.self_attn_layer_norm = s.layer_norm.clone();
+        w.fc1 = linear_back(&s.feed_forward.intermediate_dense, true);
+        w.fc2 = linear_back(&s.feed_forward.output_dense, true);
+        w.final_layer_norm = s.final_layer_norm.clone();
+    }
+    whisper.layer_norm = student.layer_norm.clone();
+    Ok(())
+}
+
+/// Write a Whisper student (`student`, trained from the Whisper model directory `whisper_dir`
+/// with that model's front end frozen) as a Whisper model directory at `out`, atomically: the
+/// teacher's `config.json` with `tutti_pad_to_window = false` (the student was trained on each
+/// clip's own length, and runs so by default), its `preprocessor_config.json`, the encoder's
+/// weights (`model.safetensors`, Hugging Face names without the `encoder.` prefix; f16 or f32)
+/// and `manifest.json` with the provenance. Every tutti command loads it as a Whisper encoder.
+pub fn write_whisper_model(
+    out: &std::path::Path,
+    whisper_dir: &std::path::Path,
+    student: &TuttiEncoder,
+    provenance: crate::artifact::ModelProvenance,
+    dtype: crate::artifact::WeightsDtype,
+    device: &Device,
+) -> Result<crate::artifact::Manifest, ModelError> {
+    use crate::artifact::{CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file};
+    let mut whisper = crate::whisper::HfWhisperEncoder::load(whisper_dir, device)?;
+    ungraft_whisper(student, &mut whisper.encoder)?;
+    let io = |path: &std::path::Path, e: std::io::Error| ModelError::Artifact {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let config_path = whisper_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| io(&config_path, e))?;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::Artifact {
+            path: config_path.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+    config["tutti_pad_to_window"] = serde_json::Value::Bool(false);
+    let preprocessor = whisper_dir.join("preprocessor_config.json");
+    crate::artifact::write_staged(out, |staging| {
+        let weights = staging.join(WEIGHTS_FILE);
+        tutti_nn::save_safetensors(&whisper.encoder, &weights, &[("format", "pt")])?;
+        if dtype == crate::artifact::WeightsDtype::F16 {
+            crate::artifact::to_f16(&weights)?;
+        }
+        let config_out = staging.join(CONFIG_FILE);
+        std::fs::write(
+            &config_out,
+            serde_json::to_string_pretty(&config).expect("config serialises") + "\n",
+        )
+        .map_err(|e| io(&config_out, e))?;
+        let mut names = vec![WEIGHTS_FILE, CONFIG_FILE];
+        if preprocessor.is_file() {
+            let preprocessor_out = staging.join("preprocessor_config.json");
+            std::fs::copy(&preprocessor, &preprocessor_out).map_err(|e| io(&preprocessor, e))?;
+            names.push("preprocessor_config.json");
+        }
+        let mut files = std::collections::BTreeMap::new();
+        for name in names {
+            files.insert(name.to_string(), sha256_file(&staging.join(name))?);
+        }
+        let manifest = crate::artifact::Manifest {
+            format: "tutti-whisper-student/1".into(),
+            tutti_version: env!("CARGO_PKG_VERSION").into(),
+            created_by: provenance.created_by,
+            preset: provenance.preset,
+            seed: provenance.seed,
+            trained: provenance.trained,
+            parameters: burn::module::Module::num_params(&whisper.encoder),
+            device: format!("{device:?}"),
+            files,
+            training: provenance.training,
+        };
+        let manifest_out = staging.join(MANIFEST_FILE);
+        std::fs::write(
+            &manifest_out,
+            serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n",
+        )
+        .map_err(|e| io(&manifest_out, e))?;
+        Ok(manifest)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +383,80 @@ mod tests {
         let fresh = config.init(&device).unwrap();
         let error = graft_whisper(&whisper.encoder, &config, fresh, &device).unwrap_err();
         assert!(error.to_string().contains("pre-LN"), "{error}");
+    }
+
+    /// A Whisper student written back as a Whisper model (`write_whisper_model`) computes what
+    /// the student's blocks compute on Whisper's own block input: untouched, the original
+    /// encoder's states on each clip's own length, in f32 and f16; with one block changed (the
+    /// negative control), no longer.
+    #[test]
+    fn a_whisper_student_exports_as_the_whisper_encoder_it_computes() {
+        use crate::encoder::{AudioEncoder, ForwardOptions};
+        let device = tutti_nn::device::cpu();
+        let dir = tutti_nn::fixtures::repo_root().join("fixtures/parity/hf_whisper");
+        let (mut whisper, _, student) = graft_from_dir(&dir, 5, &device).unwrap();
+        whisper.set_pad_to_window(false);
+        let clip = tutti_nn::fixtures::uniform(21, 7_000);
+        let states = |e: &crate::whisper::HfWhisperEncoder| {
+            let out = e.encode(&[&clip[..]], ForwardOptions::default()).unwrap();
+            out.hidden_states
+                .iter()
+                .map(|h| h.clone().into_data().try_to_vec::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let reference = states(&whisper);
+        let provenance = || crate::artifact::ModelProvenance {
+            created_by: "test".into(),
+            preset: None,
+            seed: None,
+            trained: true,
+            training: None,
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        for (dtype, tolerance) in [
+            (crate::artifact::WeightsDtype::F32, 1e-5),
+            (crate::artifact::WeightsDtype::F16, 5e-2),
+        ] {
+            let out = tmp.path().join(format!("{dtype:?}"));
+            write_whisper_model(&out, &dir, &student, provenance(), dtype, &device).unwrap();
+            let exported = crate::whisper::HfWhisperEncoder::load(&out, &device).unwrap();
+            assert!(!exported.pad_to_window, "runs on each clip's own length");
+            let ours = states(&exported);
+            assert_eq!(ours.len(), reference.len());
+            for (a, b) in ours.iter().zip(&reference) {
+                let worst = tutti_nn::fixtures::max_abs_diff(a, b);
+                assert!(worst < tolerance, "{dtype:?}: differs by {worst}");
+            }
+            assert!(out.join("manifest.json").is_file());
+        }
+        // The block input is what the encoder feeds its first block.
+        let (input, frames) = whisper.block_input(&clip).unwrap();
+        assert_eq!(frames, 7_000usize.div_ceil(320));
+        let worst = tutti_nn::fixtures::max_abs_diff(&input, &reference[0]);
+        assert!(worst < 1e-5, "block input differs by {worst}");
+
+        // Negative control: a changed block changes the exported encoder.
+        let mut changed = student.clone();
+        // (not a constant: the LayerNorms after it would remove one)
+        let d = whisper.config.d_model;
+        changed.layers[0].feed_forward.output_dense.bias =
+            Some(Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(tutti_nn::fixtures::uniform(3, d), [d]),
+                &device,
+            )));
+        let out = tmp.path().join("changed");
+        write_whisper_model(
+            &out,
+            &dir,
+            &changed,
+            provenance(),
+            crate::artifact::WeightsDtype::F32,
+            &device,
+        )
+        .unwrap();
+        let exported = crate::whisper::HfWhisperEncoder::load(&out, &device).unwrap();
+        let last = states(&exported).pop().unwrap();
+        let off = tutti_nn::fixtures::max_abs_diff(&last, reference.last().unwrap());
+        assert!(off > 1e-2, "a changed block exports the same ({off})");
     }
 }

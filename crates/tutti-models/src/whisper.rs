@@ -42,6 +42,11 @@ pub struct WhisperConfig {
     pub max_source_positions: usize,
     #[serde(default = "gelu_name")]
     pub activation_function: String,
+    /// tutti's key (absent from Hugging Face's configs): `false` for an encoder trained on each
+    /// clip's own length (a Whisper student, `tutti export`), which is then how it runs by
+    /// default; absent or `true`: Whisper's own 30 s windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tutti_pad_to_window: Option<bool>,
 }
 
 fn default_positions() -> usize {
@@ -282,6 +287,7 @@ impl HfWhisperEncoder {
             remap,
             skip,
         )?;
+        let pad_to_window = config.tutti_pad_to_window.unwrap_or(true);
         let fast = (*device == tutti_nn::device::cpu()).then(|| {
             crate::fast::FastWhisperEncoder::from_encoder(&encoder, config.encoder_attention_heads)
         });
@@ -295,7 +301,7 @@ impl HfWhisperEncoder {
             mel,
             device: device.clone(),
             skipped: report.skipped,
-            pad_to_window: true,
+            pad_to_window,
             fast,
             encoder,
         })
@@ -340,6 +346,57 @@ impl HfWhisperEncoder {
             ffn_outputs: (0..depth).map(|l| gather(&|o| &o.ffn[l])).collect(),
             lengths,
         }
+    }
+
+    /// The first block's input for one clip on its own length (log-mel, both convolutions,
+    /// positions; `[frames, d_model]` row-major, `ceil(samples / 320)` frames per 30 s window),
+    /// whatever `pad_to_window` says: the frozen front end of a Whisper student.
+    pub fn block_input(&self, clip: &[f32]) -> Result<(Vec<f32>, usize), ModelError> {
+        if clip.is_empty() {
+            return Err(ModelError::Input("empty audio".into()));
+        }
+        let bins = self.config.num_mel_bins;
+        let d = self.config.d_model;
+        let mel_frames = self.preprocessor.n_samples / self.preprocessor.hop_length;
+        let mut rows = Vec::new();
+        let mut frames = 0;
+        for piece in clip.chunks(self.preprocessor.n_samples) {
+            let valid = piece.len().div_ceil(self.hop());
+            let mel = self.mel.compute(piece)?.data;
+            let used = (valid * 2).clamp(2, mel_frames);
+            match &self.fast {
+                Some(fast) => {
+                    let out = fast.forward_one(&mel[..used * bins], used, 0);
+                    rows.extend_from_slice(&out.hidden[0][..valid * d]);
+                }
+                None => {
+                    let mut data = Vec::with_capacity(bins * used);
+                    for b in 0..bins {
+                        data.extend((0..used).map(|f| mel[f * bins + b]));
+                    }
+                    let input = Tensor::<3>::from_data(
+                        TensorData::new(data, [1, bins, used]),
+                        &self.device,
+                    );
+                    let (hidden, _) = self.encoder.forward(
+                        input,
+                        ForwardOptions {
+                            target_layer: Some(0),
+                        },
+                    );
+                    let state = hidden[0]
+                        .clone()
+                        .narrow(1, 0, valid)
+                        .into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| ModelError::Input(format!("{e:?}")))?;
+                    rows.extend_from_slice(&state);
+                }
+            }
+            frames += valid;
+        }
+        Ok((rows, frames))
     }
 
     fn window_frames(&self) -> usize {

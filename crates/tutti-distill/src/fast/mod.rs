@@ -344,6 +344,8 @@ pub struct FastDistillStep {
     positional: GroupedConv,
     /// Whisper's sinusoids added to the state entering block 1 (a constant: no gradient).
     sinusoidal_positions: bool,
+    /// The caller gives the blocks' input itself ([`FastDistillStep::set_external_input`]).
+    external_input: bool,
     deepest: usize,
     alignments: Vec<Alignment>,
     profile: Profile,
@@ -537,12 +539,46 @@ impl FastDistillStep {
             mel_bins: config.fbank.num_mel_bins,
             positional,
             sinusoidal_positions: config.sinusoidal_positions,
+            external_input: false,
             deepest,
             alignments,
             profile: Profile::default(),
             products: Products::F32,
             terms: Vec::new(),
         })
+    }
+
+    /// From now on the step takes the first block's input itself, `[batch, frames, width]` with
+    /// each item's frame count, instead of fbank features: the student's own front end
+    /// (subsampler, projection, positional convolutions, sinusoids) is bypassed and frozen (no
+    /// gradient, no update, AdamW's weight decay included). For a student whose front end is
+    /// another model's, fixed and run outside the step (a Whisper encoder's log-mel, convolutions
+    /// and positions, as [`crate::recipe::StudentRecipe::whisper`] trains it). Pre-LN students
+    /// only (a post-LN student normalises the front end's output with a trained LayerNorm).
+    pub fn set_external_input(&mut self) -> Result<(), String> {
+        if !self.layer_norm_first {
+            return Err("an external block input needs a pre-LN student".into());
+        }
+        self.external_input = true;
+        let net = &mut self.net;
+        let mut frozen: Vec<&mut Weight> = Vec::new();
+        for c in &mut net.convs {
+            frozen.extend([&mut c.w, &mut c.b]);
+        }
+        frozen.extend([&mut net.sub_norm.gamma, &mut net.sub_norm.beta]);
+        frozen.extend([&mut net.proj.w, &mut net.proj.b]);
+        for p in &mut net.pos {
+            frozen.extend([&mut p.w, &mut p.b]);
+        }
+        for w in frozen {
+            w.trained = false;
+        }
+        Ok(())
+    }
+
+    /// Whether the step takes the blocks' input ([`FastDistillStep::set_external_input`]).
+    pub fn external_input(&self) -> bool {
+        self.external_input
     }
 
     /// The arithmetic of the step's matrix products: `F32` (the default), or `Bf16`, mixed
@@ -822,11 +858,16 @@ impl FastDistillStep {
             })
             .collect();
         format!(
-            "pre_ln={} strides={strides:?} width={} heads={} blocks={} teachers={teachers:?}",
+            "pre_ln={} strides={strides:?} width={} heads={} blocks={} teachers={teachers:?}{}",
             self.layer_norm_first,
             self.width,
             self.heads,
-            self.net.blocks.len()
+            self.net.blocks.len(),
+            if self.external_input {
+                " external_input"
+            } else {
+                ""
+            }
         )
     }
 
@@ -850,7 +891,11 @@ impl FastDistillStep {
         batch: &FastTargets,
     ) -> f32 {
         assert!(!fbank_lengths.is_empty(), "an empty batch");
-        let bins = self.mel_bins;
+        let bins = if self.external_input {
+            self.width
+        } else {
+            self.mel_bins
+        };
         let max_frames = features.len() / (bins * fbank_lengths.len());
         assert_eq!(
             features.len(),
@@ -862,7 +907,11 @@ impl FastDistillStep {
             w.grad.par_chunks_mut(1 << 14).for_each(|c| c.fill(0.0));
         }
         self.profile.mark("zero gradients");
-        let geometry = self.geometry(fbank_lengths, max_frames);
+        let geometry = if self.external_input {
+            Vec::new()
+        } else {
+            self.geometry(fbank_lengths, max_frames)
+        };
         let spans = self.forward(features, fbank_lengths, max_frames, &geometry);
         let loss = self.heads_loss(&spans, batch);
         self.profile.mark("heads + loss (fwd, bwd)");
@@ -952,6 +1001,46 @@ impl FastDistillStep {
 
     /// The student's forward pass to the deepest distilled block; returns the items' frame spans.
     fn forward(
+        &mut self,
+        features: &[f32],
+        fbank_lengths: &[usize],
+        max_frames: usize,
+        geometry: &[ConvGeometry],
+    ) -> Vec<Span> {
+        let spans = if self.external_input {
+            self.external_front(features, fbank_lengths, max_frames)
+        } else {
+            self.front_forward(features, fbank_lengths, max_frames, geometry)
+        };
+        self.blocks_forward(&spans);
+        spans
+    }
+
+    /// The caller's block input, packed at the items' own lengths into the first block's tape.
+    fn external_front(&mut self, input: &[f32], lengths: &[usize], max_frames: usize) -> Vec<Span> {
+        let width = self.width;
+        let mut spans = Vec::with_capacity(lengths.len());
+        let mut start = 0;
+        for &len in lengths {
+            let len = len.min(max_frames);
+            spans.push(Span { start, len });
+            start += len;
+        }
+        self.tape
+            .blocks
+            .resize_with(self.deepest, BlockTape::default);
+        let first = sized(&mut self.tape.blocks[0].input, start * width);
+        for (i, span) in spans.iter().enumerate() {
+            first[span.start * width..(span.start + span.len) * width]
+                .copy_from_slice(&input[i * max_frames * width..][..span.len * width]);
+        }
+        self.profile.mark("external block input");
+        spans
+    }
+
+    /// The student's front end (subsampler, projection, positional convolutions, sinusoids,
+    /// the post-LN encoder norm) into the first block's input; returns the items' frame spans.
+    fn front_forward(
         &mut self,
         features: &[f32],
         fbank_lengths: &[usize],
@@ -1061,6 +1150,15 @@ impl FastDistillStep {
                 eps,
             );
         }
+        spans
+    }
+
+    /// The blocks, from the first block's input in the tape to the deepest distilled block.
+    fn blocks_forward(&mut self, spans: &[Span]) {
+        let rows = spans.last().map_or(0, |s| s.start + s.len);
+        let (net, tape, prof) = (&self.net, &mut self.tape, &mut self.profile);
+        let width = self.width;
+        let eps = self.eps;
         let attention = Attention {
             width,
             heads: self.heads,
@@ -1074,14 +1172,13 @@ impl FastDistillStep {
                 next,
                 &mut tape.s.wide,
                 prof,
-                &spans,
+                spans,
                 rows,
                 attention,
                 self.layer_norm_first,
                 eps,
             );
         }
-        spans
     }
 
     /// Heads, alignment and loss for every teacher and distilled layer, and their backward pass
@@ -1185,6 +1282,11 @@ impl FastDistillStep {
                 self.layer_norm_first,
             );
             has_output_gradient = true;
+        }
+        if self.external_input {
+            // The front end is outside the step: the gradient stops at the blocks' input.
+            tape.s.d = d;
+            return;
         }
         prof.mark("encoder norm bwd");
         // Encoder LayerNorm (post-LN), then the sum of projection and positional branch.
