@@ -3,7 +3,8 @@
 #
 #   scripts/ablations.sh NAME...      NAME: a recipe in recipes/ablations (base, w1, no-music,
 #                                     k-all, crepe, crepe-b20, crepe-b10,
-#                                     keep, stage2, whisper); default: all but whisper
+#                                     keep, stage2, whisper, whisper-keep, whisper-keep-all);
+#                                     default: base keep crepe w1 no-music k-all stage2
 #
 # For each: `tutti distill` (resumed from its newest checkpoint when the script is started
 # again), `tutti export` to $T/models/abl-NAME, then the standard suite on its last layer ->
