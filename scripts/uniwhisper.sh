@@ -1,28 +1,41 @@
 #!/usr/bin/env bash
 # UniWhisper on tutti's data (issue 17; PAPERS.md section 4), end to end and resumable:
 #
-#   scripts/uniwhisper.sh [STAGE]     STAGE: data | train | eval | bench | all (default all)
+#   scripts/uniwhisper.sh [STAGE] [VARIANT]   STAGE: data | train | eval | bench | all (default all)
+#                                             VARIANT: speech (default) | whisper
+#
+# VARIANT speech starts from the task arithmetic experiment's speech student
+# (recipes/uniwhisper/speech-student.toml -> uw-speech); whisper from Whisper base's encoder, as
+# UniWhisper does (recipes/uniwhisper/whisper-base.toml -> uw-whisper; needs
+# scripts/fetch_teachers.sh).
 #
 # 1. data: instruction pairs from the pool (`tutti instruct build`, checked against the suite)
 #    -> $T/instruct. Needs scripts/build_pool.sh and scripts/build_suite.sh.
-# 2. train: `tutti align` with recipes/uniwhisper/speech-student.toml (the encoder is the task
-#    arithmetic experiment's speech student: scripts/task_arithmetic.sh train; the LM comes from
-#    scripts/fetch_lm.sh) -> $T/runs/uw-speech, exported to $T/models/uw-speech (audio-LM) whose
-#    encoder/ is a normal model folder. A killed run resumes from its newest checkpoint.
+# 2. train: `tutti align` with the variant's recipe (the LM comes from scripts/fetch_lm.sh) ->
+#    $T/runs/uw-VARIANT, exported to $T/models/uw-VARIANT (audio-LM) whose encoder/ is a normal
+#    model folder. A killed run resumes from its newest checkpoint.
 # 3. eval: the audio-LM on the held-out instruction pairs (exact match per task, WER, the held-out
-#    task zero-shot) -> $T/results/uniwhisper_instruct.json, and a few answers from `tutti ask`.
-# 4. bench: the encoder before and after on the standard suite -> $T/results/uniwhisper.json.
+#    task zero-shot) -> $T/results/uw-VARIANT_instruct.json.
+# 4. bench: the encoder before and after on the standard suite -> $T/results/uw-VARIANT.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 home="${TUTTI_HOME:-$HOME/.cache/tutti}"
 export TUTTI_HOME="$home"
 stage="${1:-all}"
+variant="${2:-speech}"
+case "$variant" in
+  speech) recipe=recipes/uniwhisper/speech-student.toml; start="$home/models/ta-speech"
+          need="scripts/task_arithmetic.sh train" ;;
+  whisper) recipe=recipes/uniwhisper/whisper-base.toml; start="$home/teachers/whisper-base"
+           need="scripts/fetch_teachers.sh" ;;
+  *) echo "unknown variant $variant (speech | whisper)" >&2; exit 2 ;;
+esac
 threads="${TUTTI_THREADS:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tutti/target}"
 cargo build --release -p tutti-cli
 tutti="$CARGO_TARGET_DIR/release/tutti"
-run="$home/runs/uw-speech"
-model="$home/models/uw-speech"
+run="$home/runs/uw-$variant"
+model="$home/models/uw-$variant"
 mkdir -p "$home/runs" "$home/models" "$home/results"
 
 data() {
@@ -31,26 +44,36 @@ data() {
 }
 
 train() {
-  [ -d "$home/models/ta-speech" ] || { echo "needs $home/models/ta-speech: scripts/task_arithmetic.sh train" >&2; exit 1; }
+  [ -d "$start" ] || { echo "needs $start: $need" >&2; exit 1; }
   [ -d "$model" ] && return 0
   # A run killed before its first checkpoint has nothing finished: start it again.
   [ -d "$run" ] && [ ! -e "$run/latest" ] && rm -rf "$run"
   if [ -e "$run/latest" ]; then
     "$tutti" --threads "$threads" align -o "$run" --resume
   else
-    "$tutti" --threads "$threads" align --config recipes/uniwhisper/speech-student.toml -o "$run"
+    "$tutti" --threads "$threads" align --config "$recipe" -o "$run"
   fi
   "$tutti" export "$run" -o "$model"
 }
 
 eval_() {
   "$tutti" --threads "$threads" instruct eval --model "$model" --data "$home/instruct" --per-task 40 \
-    -o "$home/results/uniwhisper_instruct.json"
+    -o "$home/results/uw-${variant}_instruct.json"
 }
 
 bench() {
+  # The start as the align run saw it: Whisper on each clip's own length (as its export runs).
+  local before="$start"
+  if [ "$variant" = whisper ]; then
+    before="$home/models/whisper-base-unpadded"
+    if [ ! -d "$before" ]; then
+      rm -rf "$before.partial" && cp -r "$start" "$before.partial"
+      sed -i '0,/{/s//{\n  "tutti_pad_to_window": false,/' "$before.partial/config.json"
+      mv "$before.partial" "$before"
+    fi
+  fi
   "$tutti" --threads "$threads" bench --suite "$home/suite" --layers last \
-    --model "$home/models/ta-speech" --model "$model/encoder" -o "$home/results/uniwhisper.json"
+    --model "$before" --model "$model/encoder" -o "$home/results/uw-$variant.json"
 }
 
 case "$stage" in

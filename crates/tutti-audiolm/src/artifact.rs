@@ -12,7 +12,7 @@ use tutti_lm::generate::Lm;
 
 use crate::adapter::AdapterConfig;
 use crate::model::AudioLm;
-use crate::train::{ADAPTER_WEIGHTS, AlignError, AlignRun, sha256_file};
+use crate::train::{ADAPTER_WEIGHTS, AlignError, AlignRun, TrainedEncoder, sha256_file};
 
 pub const AUDIOLM_FILE: &str = "audiolm.json";
 pub const FORMAT: &str = "tutti-audiolm/1";
@@ -63,20 +63,37 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError>
         "start_encoder_weights_sha256": run.info.encoder_weights_sha256,
         "instruct_train_sha256": run.info.instruct_train_sha256,
     });
-    tutti_models::artifact::write_model(
-        &tmp.join("encoder"),
-        &run.encoder.config,
-        &run.encoder.encoder,
-        tutti_models::artifact::ModelProvenance {
-            created_by: "tutti export (tutti align run)".into(),
-            preset: None,
-            seed: Some(run.recipe.seed),
-            trained: true,
-            training: Some(training.clone()),
-        },
-        tutti_models::artifact::WeightsDtype::F32,
-        &tutti_nn::device::cpu(),
-    )
+    let provenance = tutti_models::artifact::ModelProvenance {
+        created_by: "tutti export (tutti align run)".into(),
+        preset: None,
+        seed: Some(run.recipe.seed),
+        trained: true,
+        training: Some(training.clone()),
+    };
+    let cpu = tutti_nn::device::cpu();
+    let f32 = tutti_models::artifact::WeightsDtype::F32;
+    match &run.encoder {
+        TrainedEncoder::Tutti(m) => tutti_models::artifact::write_model(
+            &tmp.join("encoder"),
+            &m.config,
+            &m.encoder,
+            provenance,
+            f32,
+            &cpu,
+        )
+        .map(|_| ()),
+        // A Whisper model directory (the start's config with `tutti_pad_to_window = false`: it
+        // was trained on each clip's own length, and runs so).
+        TrainedEncoder::Whisper(w) => tutti_models::graft::write_whisper_encoder(
+            &tmp.join("encoder"),
+            &run.info.encoder,
+            &w.encoder,
+            provenance,
+            f32,
+            &cpu,
+        )
+        .map(|_| ()),
+    }
     .map_err(|e| AlignError(e.to_string()))?;
     tutti_nn::save_safetensors(&run.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
         .map_err(|e| AlignError(e.to_string()))?;

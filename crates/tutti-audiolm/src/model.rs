@@ -13,7 +13,6 @@ use tutti_lm::generate::{Lm, Sampling, choose, generate};
 use tutti_lm::grad::Span;
 use tutti_lm::llama::KvCache;
 use tutti_models::encoder::{AudioEncoder, ForwardOptions};
-use tutti_models::tutti::TuttiModel;
 
 use crate::adapter::{Adapter, AdapterConfig};
 use crate::prompt::{Prompt, Template, answer_tokens, prompt, targets};
@@ -42,7 +41,11 @@ pub struct BatchLoss {
 /// autodiff device), the frozen LM and the prompt layout.
 #[derive(Clone, Copy)]
 pub struct Trainee<'a> {
-    pub encoder: &'a TuttiModel,
+    pub encoder: &'a dyn AudioEncoder,
+    /// Encode each clip alone (for encoders without an attention mask, such as Whisper run on
+    /// each clip's own length, whose padded frames would reach a shorter clip's); the tutti
+    /// encoder masks padding, so its batch is exact.
+    pub clip_by_clip: bool,
     pub adapter: &'a Adapter,
     pub config: &'a AdapterConfig,
     pub lm: &'a Lm,
@@ -136,6 +139,48 @@ pub fn lm_token_grads(
     })
 }
 
+/// The last hidden state of a batch (`[batch, frames, dim]`, zero past each item's length) and
+/// each item's valid frames: one pass over the batch, or one per clip (`clip_by_clip`) with the
+/// results padded to the longest.
+pub fn last_hidden(
+    encoder: &dyn AudioEncoder,
+    waves: &[&[f32]],
+    clip_by_clip: bool,
+) -> Result<(Tensor<3>, Vec<usize>), String> {
+    if !clip_by_clip || waves.len() == 1 {
+        let out = encoder
+            .encode(waves, ForwardOptions::default())
+            .map_err(|e| e.to_string())?;
+        let hidden = out.hidden_states.last().expect("hidden states").clone();
+        return Ok((hidden, out.lengths));
+    }
+    let mut states = Vec::with_capacity(waves.len());
+    let mut lengths = Vec::with_capacity(waves.len());
+    for wave in waves {
+        let out = encoder
+            .encode(&[wave], ForwardOptions::default())
+            .map_err(|e| e.to_string())?;
+        let h = out.hidden_states.last().expect("hidden states").clone();
+        let len = out.lengths[0].min(h.dims()[1]);
+        states.push(h.narrow(1, 0, len));
+        lengths.push(len);
+    }
+    let longest = lengths.iter().copied().max().unwrap_or(0).max(1);
+    let padded = states
+        .into_iter()
+        .map(|h| {
+            let [_, frames, dim] = h.dims();
+            if frames == longest {
+                h
+            } else {
+                let pad = Tensor::<3>::zeros([1, longest - frames, dim], &h.device());
+                Tensor::cat(vec![h, pad], 1)
+            }
+        })
+        .collect();
+    Ok((Tensor::cat(padded, 0), lengths))
+}
+
 /// Forward and backward of one batch on an autodiff device: the LM loss of every example's
 /// answer, optionally plus `keep_close * mean((h - h0)^2)` over the valid frames of the last
 /// hidden state (`reference`: the starting encoder's, `[batch, frames, dim]`).
@@ -146,6 +191,7 @@ pub fn batch_loss(
 ) -> Result<BatchLoss, String> {
     let Trainee {
         encoder,
+        clip_by_clip,
         adapter,
         config,
         lm,
@@ -156,11 +202,8 @@ pub fn batch_loss(
         return Err("an empty batch".into());
     }
     let waves: Vec<&[f32]> = examples.iter().map(|e| e.waveform.as_slice()).collect();
-    let out = encoder
-        .encode(&waves, ForwardOptions::default())
-        .map_err(|e| e.to_string())?;
-    let hidden = out.hidden_states.last().expect("hidden states").clone();
-    let (tokens, counts) = audio_tokens(hidden.clone(), &out.lengths, adapter, config);
+    let (hidden, lengths) = last_hidden(encoder, &waves, clip_by_clip)?;
+    let (tokens, counts) = audio_tokens(hidden.clone(), &lengths, adapter, config);
     let [batch, width, dim] = tokens.dims();
     if dim != lm.model.config.dim {
         return Err(format!(
@@ -178,10 +221,10 @@ pub fn batch_loss(
     if let Some((weight, reference)) = keep_close {
         let [b, frames, d] = hidden.dims();
         let mut mask = vec![0.0f32; b * frames];
-        for (i, &l) in out.lengths.iter().enumerate() {
+        for (i, &l) in lengths.iter().enumerate() {
             mask[i * frames..i * frames + l.min(frames)].fill(1.0);
         }
-        let valid: usize = out.lengths.iter().map(|&l| l.min(frames)).sum();
+        let valid: usize = lengths.iter().map(|&l| l.min(frames)).sum();
         let mask = Tensor::<3>::from_data(TensorData::new(mask, [b, frames, 1]), &device);
         let diff = (hidden - reference) * mask;
         let term = (diff.clone() * diff).sum() / (valid.max(1) * d) as f64;

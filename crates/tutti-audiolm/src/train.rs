@@ -20,8 +20,9 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
 use tutti_lm::generate::Lm;
-use tutti_models::encoder::{AudioEncoder, ForwardOptions};
+use tutti_models::encoder::AudioEncoder;
 use tutti_models::tutti::{TuttiEncoder, TuttiModel};
+use tutti_models::whisper::{HfWhisperEncoder, WhisperEncoder};
 
 use crate::adapter::{Adapter, AdapterConfig};
 use crate::model::{Example, Trainee, batch_loss};
@@ -181,12 +182,157 @@ pub fn batch_indices(n: usize, batch: usize, seed: u64, step: usize) -> (usize, 
     )
 }
 
+/// The encoder an align run trains: a tutti model directory, or a Whisper model directory
+/// (UniWhisper's start: Whisper's encoder, on each clip's own length, not padded to 30 s).
+#[allow(clippy::large_enum_variant)]
+pub enum TrainedEncoder {
+    Tutti(TuttiModel),
+    Whisper(HfWhisperEncoder),
+}
+
+impl TrainedEncoder {
+    /// Open the model directory `dir` on `device` (its `config.json`'s `model_type` decides).
+    pub fn open(dir: &Path, device: &Device) -> Result<Self, AlignError> {
+        if model_type(dir)? == "whisper" {
+            let mut whisper =
+                HfWhisperEncoder::load(dir, device).map_err(|e| AlignError(e.to_string()))?;
+            whisper.use_burn_engine();
+            whisper.set_pad_to_window(false);
+            return Ok(Self::Whisper(whisper));
+        }
+        let model_dir =
+            tutti_models::artifact::ModelDir::open(dir).map_err(|e| AlignError(e.to_string()))?;
+        Ok(Self::Tutti(
+            model_dir
+                .load(device)
+                .map_err(|e| AlignError(e.to_string()))?,
+        ))
+    }
+
+    /// The same starting encoder for inference on the CPU (the keep-close reference).
+    fn reference(dir: &Path) -> Result<Box<dyn AudioEncoder>, AlignError> {
+        let cpu = tutti_nn::device::cpu();
+        let mut encoder = tutti_models::artifact::load_encoder(dir, &cpu)
+            .map_err(|e| AlignError(e.to_string()))?;
+        encoder.set_pad_to_window(false);
+        Ok(encoder)
+    }
+
+    pub fn audio(&self) -> &dyn AudioEncoder {
+        match self {
+            Self::Tutti(m) => m,
+            Self::Whisper(w) => w,
+        }
+    }
+
+    /// Whether a batch is encoded clip by clip (Whisper has no attention mask).
+    pub fn clip_by_clip(&self) -> bool {
+        matches!(self, Self::Whisper(_))
+    }
+
+    pub fn sample_rate_hz(&self) -> u32 {
+        self.audio().info().sample_rate_hz
+    }
+
+    /// Whether a final LayerNorm follows the last block (it trains with the top blocks).
+    fn final_norm(&self) -> bool {
+        match self {
+            Self::Tutti(m) => m.config.layer_norm_first,
+            Self::Whisper(_) => true,
+        }
+    }
+
+    fn paths(&self) -> Vec<String> {
+        match self {
+            Self::Tutti(m) => parameter_paths(&m.encoder),
+            Self::Whisper(w) => parameter_paths(&w.encoder),
+        }
+    }
+
+    fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<optim::Collected> {
+        match self {
+            Self::Tutti(m) => optim::gradients(&m.encoder, grads),
+            Self::Whisper(w) => optim::gradients(&w.encoder, grads),
+        }
+    }
+
+    fn write(&mut self, values: Vec<Option<Vec<f32>>>) {
+        match self {
+            Self::Tutti(m) => m.encoder = optim::write(m.encoder.clone(), values),
+            Self::Whisper(w) => w.encoder = optim::write(w.encoder.clone(), values),
+        }
+    }
+
+    fn retrack(&mut self, mask: &[bool]) {
+        match self {
+            Self::Tutti(m) => m.encoder = retrack(m.encoder.clone(), mask),
+            Self::Whisper(w) => w.encoder = retrack(w.encoder.clone(), mask),
+        }
+    }
+
+    fn freeze(&mut self, top: Option<usize>) {
+        match self {
+            Self::Tutti(m) => m.encoder = freeze(m.encoder.clone(), top),
+            Self::Whisper(w) => w.encoder = freeze_whisper(w.encoder.clone(), top),
+        }
+    }
+
+    fn trainable_count(&self, mask: &[bool]) -> usize {
+        match self {
+            Self::Tutti(m) => trainable_count(&m.encoder, mask),
+            Self::Whisper(w) => trainable_count(&w.encoder, mask),
+        }
+    }
+
+    fn save(&self, path: &Path) -> Result<(), AlignError> {
+        match self {
+            Self::Tutti(m) => tutti_nn::save_safetensors(&m.encoder, path, &[]),
+            Self::Whisper(w) => tutti_nn::save_safetensors(&w.encoder, path, &[]),
+        }
+        .map_err(|e| AlignError(e.to_string()))
+    }
+
+    fn load(&mut self, path: &Path) -> Result<(), AlignError> {
+        match self {
+            Self::Tutti(m) => tutti_nn::load_safetensors_strict(&mut m.encoder, path, &[], &[]),
+            Self::Whisper(w) => tutti_nn::load_safetensors_strict(&mut w.encoder, path, &[], &[]),
+        }
+        .map(|_| ())
+        .map_err(|e| AlignError(e.to_string()))
+    }
+}
+
+/// A model directory's `model_type` (`config.json`).
+fn model_type(dir: &Path) -> Result<String, AlignError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        err(
+            path.display(),
+            format!("{e} (a model directory holds config.json and model.safetensors)"),
+        )
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(path.display(), e))?;
+    Ok(value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string())
+}
+
+/// The weights file of a model directory (what the run's `align.json` stamps).
+fn weights_file(dir: &Path) -> Result<PathBuf, AlignError> {
+    let (_, path) =
+        tutti_models::checkpoint::checkpoint_bytes(dir).map_err(|e| AlignError(e.to_string()))?;
+    Ok(path)
+}
+
 /// A run being trained.
 pub struct AlignRun {
     pub dir: PathBuf,
     pub recipe: AlignRecipe,
     pub info: RunInfo,
-    pub encoder: TuttiModel,
+    pub encoder: TrainedEncoder,
     pub adapter: Adapter,
     pub adapter_config: AdapterConfig,
     pub lm: Lm,
@@ -234,17 +380,13 @@ impl AlignRun {
     ) -> Result<Self, AlignError> {
         let device = autodiff_device();
         let m = &recipe.model;
-        let model_dir = tutti_models::artifact::ModelDir::open(&m.encoder)
-            .map_err(|e| AlignError(e.to_string()))?;
-        let encoder_weights_sha256 = sha256_file(&m.encoder.join("model.safetensors"))?;
-        let mut encoder = model_dir
-            .load(&device)
-            .map_err(|e| AlignError(e.to_string()))?;
+        let mut encoder = TrainedEncoder::open(&m.encoder, &device)?;
+        let encoder_weights_sha256 = sha256_file(&weights_file(&m.encoder)?)?;
         let lm = Lm::open(&m.lm).map_err(|e| err(m.lm.display(), e))?;
         let lm_sha256 = sha256_file(&lm.path)?;
         let adapter_config = AdapterConfig {
             downsample: m.downsample,
-            encoder_dim: encoder.config.hidden_size,
+            encoder_dim: encoder.audio().info().hidden_size,
             hidden: m.adapter_hidden,
             lm_dim: lm.model.config.dim,
         };
@@ -253,7 +395,7 @@ impl AlignRun {
             Ok::<_, std::convert::Infallible>(adapter_config.init(&device))
         })
         .expect("infallible");
-        let layers = encoder.config.num_hidden_layers;
+        let layers = encoder.audio().info().num_layers;
         if m.train_top_layers.is_some_and(|t| t > layers) {
             return Err(AlignError(format!(
                 "[model] train_top_layers = {} but {} has {layers} blocks",
@@ -261,13 +403,8 @@ impl AlignRun {
                 m.encoder.display()
             )));
         }
-        let paths = parameter_paths(&encoder.encoder);
-        let mask = trainable_mask(
-            &paths,
-            layers,
-            m.train_top_layers,
-            encoder.config.layer_norm_first,
-        );
+        let paths = encoder.paths();
+        let mask = trainable_mask(&paths, layers, m.train_top_layers, encoder.final_norm());
         // The data.
         let d = &recipe.data;
         let TrainPairs {
@@ -277,10 +414,7 @@ impl AlignRun {
             path: train_path,
         } = train_pairs(d)?;
         let reference: Option<Box<dyn AudioEncoder>> = if m.keep_close > 0.0 {
-            Some(
-                tutti_models::artifact::load_encoder(&m.encoder, &tutti_nn::device::cpu())
-                    .map_err(|e| AlignError(e.to_string()))?,
-            )
+            Some(TrainedEncoder::reference(&m.encoder)?)
         } else {
             None
         };
@@ -296,23 +430,17 @@ impl AlignRun {
             tasks,
             hold_out: d.hold_out.clone(),
             adapter: adapter_config,
-            trainable_encoder_parameters: trainable_count(&encoder.encoder, &mask),
+            trainable_encoder_parameters: encoder.trainable_count(&mask),
             adapter_parameters: adapter.num_params(),
         };
         let mut state = TrainerState::default();
         let (mut encoder_moments, mut adapter_moments) = (Moments::default(), Moments::default());
         if let Some(ckpt) = checkpoint {
-            tutti_nn::load_safetensors_strict(
-                &mut encoder.encoder,
-                &ckpt.join(ENCODER_WEIGHTS),
-                &[],
-                &[],
-            )
-            .map_err(|e| AlignError(e.to_string()))?;
+            encoder.load(&ckpt.join(ENCODER_WEIGHTS))?;
             tutti_nn::load_safetensors_strict(&mut adapter, &ckpt.join(ADAPTER_WEIGHTS), &[], &[])
                 .map_err(|e| AlignError(e.to_string()))?;
             // Loaded values are fresh leaves: make the trained ones tracked again.
-            encoder.encoder = retrack(encoder.encoder, &mask);
+            encoder.retrack(&mask);
             adapter = retrack(adapter.clone(), &vec![true; optim::count(&adapter)]);
             let entries = read_moments(&ckpt.join(MOMENTS))?;
             encoder_moments = optim::moments_from("encoder", mask.len(), &entries);
@@ -323,7 +451,7 @@ impl AlignRun {
             )
             .map_err(|e| err(path.display(), e))?;
         }
-        encoder.encoder = freeze(encoder.encoder, m.train_top_layers);
+        encoder.freeze(m.train_top_layers);
         Ok(Self {
             dir: dir.to_path_buf(),
             recipe,
@@ -348,7 +476,7 @@ impl AlignRun {
         let audio = tutti_audio::decode::load_audio(
             &path,
             &tutti_audio::decode::LoadOptions {
-                target_rate_hz: Some(self.encoder.config.fbank.sample_rate_hz),
+                target_rate_hz: Some(self.encoder.sample_rate_hz()),
                 duration_secs: Some(self.recipe.data.max_audio_secs),
                 ..Default::default()
             },
@@ -388,23 +516,26 @@ impl AlignRun {
                 .collect::<Result<Vec<_>, _>>()?;
             let audio_secs: f64 = examples
                 .iter()
-                .map(|e| e.waveform.len() as f64 / self.encoder.config.fbank.sample_rate_hz as f64)
+                .map(|e| e.waveform.len() as f64 / self.encoder.sample_rate_hz() as f64)
                 .sum();
             let keep = match &self.reference {
                 Some(reference) => {
                     let waves: Vec<&[f32]> =
                         examples.iter().map(|e| e.waveform.as_slice()).collect();
-                    let out = reference
-                        .encode(&waves, ForwardOptions::default())
-                        .map_err(|e| AlignError(e.to_string()))?;
-                    let h = out.hidden_states.last().expect("hidden").clone();
+                    let (h, _) = crate::model::last_hidden(
+                        reference.as_ref(),
+                        &waves,
+                        self.encoder.clip_by_clip(),
+                    )
+                    .map_err(AlignError)?;
                     let h = Tensor::from_data(h.into_data(), &self.device);
                     Some((self.recipe.model.keep_close, h))
                 }
                 None => None,
             };
             let trainee = Trainee {
-                encoder: &self.encoder,
+                encoder: self.encoder.audio(),
+                clip_by_clip: self.encoder.clip_by_clip(),
                 adapter: &self.adapter,
                 config: &self.adapter_config,
                 lm: &self.lm,
@@ -419,7 +550,7 @@ impl AlignRun {
                     loss.lm_loss
                 )));
             }
-            let mut enc = optim::gradients(&self.encoder.encoder, &loss.grads);
+            let mut enc = self.encoder.gradients(&loss.grads);
             for ((_, g), &train) in enc.iter_mut().zip(&self.mask) {
                 if !train {
                     *g = None;
@@ -435,7 +566,7 @@ impl AlignRun {
             if self.recipe.model.train_top_layers != Some(0) && enc_lr > 0.0 {
                 let new =
                     optim::adamw_update(enc, &mut self.encoder_moments, settings, t, enc_lr, clip);
-                self.encoder.encoder = optim::write(self.encoder.encoder.clone(), new);
+                self.encoder.write(new);
             }
             let new = optim::adamw_update(ada, &mut self.adapter_moments, settings, t, lr, clip);
             self.adapter = optim::write(self.adapter.clone(), new);
@@ -474,8 +605,7 @@ impl AlignRun {
     /// Write a checkpoint of the current step and point `latest` at it.
     pub fn checkpoint(&mut self) -> Result<(), AlignError> {
         write_checkpoint(&self.dir, self.state.step, |tmp| {
-            tutti_nn::save_safetensors(&self.encoder.encoder, &tmp.join(ENCODER_WEIGHTS), &[])
-                .map_err(|e| AlignError(e.to_string()))?;
+            self.encoder.save(&tmp.join(ENCODER_WEIGHTS))?;
             tutti_nn::save_safetensors(&self.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
                 .map_err(|e| AlignError(e.to_string()))?;
             let mut entries = optim::moments_entries("encoder", &self.encoder_moments);
@@ -643,6 +773,28 @@ fn freeze(mut encoder: TuttiEncoder, top: Option<usize>) -> TuttiEncoder {
     encoder.subsampler = encoder.subsampler.no_grad();
     encoder.pos_conv = encoder.pos_conv.no_grad();
     if !(encoder.layer_norm_first && top > 0) {
+        encoder.layer_norm = encoder.layer_norm.no_grad();
+    }
+    encoder.layers = encoder
+        .layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| if i < first { l.no_grad() } else { l })
+        .collect();
+    encoder
+}
+
+/// [`freeze`] for a Whisper encoder: its convolutions and positions, and the blocks below the
+/// top `top`; the final LayerNorm trains with any top block.
+fn freeze_whisper(mut encoder: WhisperEncoder, top: Option<usize>) -> WhisperEncoder {
+    let Some(top) = top else {
+        return encoder;
+    };
+    let first = encoder.layers.len().saturating_sub(top);
+    encoder.conv1 = encoder.conv1.no_grad();
+    encoder.conv2 = encoder.conv2.no_grad();
+    encoder.embed_positions = encoder.embed_positions.no_grad();
+    if top == 0 {
         encoder.layer_norm = encoder.layer_norm.no_grad();
     }
     encoder.layers = encoder

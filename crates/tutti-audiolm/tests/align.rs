@@ -28,6 +28,11 @@ fn lm_path() -> PathBuf {
 
 /// A pool of four clips and instruction pairs about them (two tasks), plus a recipe.
 fn workspace(dir: &Path, steps: usize, lr: f64, extra: &str) -> PathBuf {
+    workspace_with(dir, &encoder_dir(), steps, lr, extra)
+}
+
+/// [`workspace`] with another starting encoder.
+fn workspace_with(dir: &Path, encoder: &Path, steps: usize, lr: f64, extra: &str) -> PathBuf {
     let instruct = common::instruct_workspace(dir, |i| 0.6 + 0.2 * i as f32, ("Kind?", "Pitch?"));
     let recipe = dir.join("recipe.toml");
     std::fs::write(
@@ -55,7 +60,7 @@ lr = {lr}
 encoder_lr_scale = 0.5
 warmup_steps = 1
 "#,
-            encoder_dir().display(),
+            encoder.display(),
             lm_path().display(),
             instruct.display()
         ),
@@ -72,6 +77,7 @@ fn trainee<'a>(
 ) -> Trainee<'a> {
     Trainee {
         encoder,
+        clip_by_clip: false,
         adapter,
         config,
         lm,
@@ -357,4 +363,116 @@ fn the_committed_align_recipes_are_valid() {
         }
     }
     assert!(n >= 1);
+}
+
+fn whisper_dir() -> PathBuf {
+    fixtures().join("hf_whisper")
+}
+
+#[test]
+fn whisper_is_encoded_clip_by_clip_as_each_clip_alone() {
+    // Whisper has no attention mask: unpadded, a batch is cut to its longest clip and the
+    // shorter clip's frames see the padding. Clip by clip, each item is its own encoding.
+    let cpu = tutti_nn::device::cpu();
+    let mut whisper = tutti_models::whisper::HfWhisperEncoder::load(&whisper_dir(), &cpu).unwrap();
+    use tutti_models::encoder::AudioEncoder;
+    whisper.use_burn_engine();
+    whisper.set_pad_to_window(false);
+    let (a, b) = (tone(300.0, 0.5, 0.1, 1), tone(700.0, 1.2, 0.1, 2));
+    let waves: Vec<&[f32]> = vec![&a, &b];
+    let (alone, la) = tutti_audiolm::model::last_hidden(&whisper, &[&a], true).unwrap();
+    let (each, lengths) = tutti_audiolm::model::last_hidden(&whisper, &waves, true).unwrap();
+    let (batched, _) = tutti_audiolm::model::last_hidden(&whisper, &waves, false).unwrap();
+    assert_eq!(lengths[0], la[0]);
+    assert_eq!(each.dims()[1], lengths[1]);
+    let rows = |t: &burn::tensor::Tensor<3>, n: usize| {
+        tutti_nn::layers::values(t.clone().narrow(0, 0, 1).narrow(1, 0, n))
+    };
+    let n = la[0];
+    assert_eq!(rows(&each, n), rows(&alone, n));
+    // Zero past the short clip's frames.
+    let tail = tutti_nn::layers::values(each.clone().narrow(0, 0, 1).narrow(1, n, lengths[1] - n));
+    assert!(tail.iter().all(|&v| v == 0.0));
+    // Negative control: in one batched pass the short clip's frames differ.
+    let diff = rows(&batched, n)
+        .iter()
+        .zip(rows(&alone, n))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff > 1e-3, "batched and alone agree ({diff})");
+}
+
+#[test]
+fn a_whisper_encoder_trains_resumes_and_exports_as_a_whisper_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = workspace_with(
+        dir.path(),
+        &whisper_dir(),
+        5,
+        1e-3,
+        "train_top_layers = 1\nkeep_close = 0.1",
+    );
+    let whole = dir.path().join("whole");
+    let mut run = AlignRun::create(&recipe, &whole).unwrap();
+    assert!(run.encoder.clip_by_clip());
+    let mut keep = Vec::new();
+    run.train(None, &mut |m| keep.push(m.keep_close)).unwrap();
+    // The keep-close reference is the same (unpadded, clip by clip) encoder: zero at the start.
+    assert!(keep[0] < 1e-8, "keep-close at step 0: {}", keep[0]);
+    assert!(keep[4] > keep[0]);
+    drop(run);
+    let cut = dir.path().join("cut");
+    let mut run = AlignRun::create(&recipe, &cut).unwrap();
+    run.train(Some(3), &mut |_| {}).unwrap();
+    drop(run);
+    let mut run = AlignRun::resume(&cut).unwrap();
+    assert_eq!(run.state.step, 2);
+    run.train(None, &mut |_| {}).unwrap();
+    drop(run);
+    assert_same(&weights(&whole), &weights(&cut));
+
+    // The export's encoder is a Whisper model directory, run on each clip's own length.
+    let out = dir.path().join("alm");
+    tutti_audiolm::artifact::export(&cut, &out).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("encoder/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model_type"], "whisper");
+    assert_eq!(config["tutti_pad_to_window"], false);
+    let cpu = tutti_nn::device::cpu();
+    let start = tutti_models::whisper::HfWhisperEncoder::load(&whisper_dir(), &cpu).unwrap();
+    let end = tutti_models::whisper::HfWhisperEncoder::load(&out.join("encoder"), &cpu).unwrap();
+    let w = |e: &tutti_models::whisper::HfWhisperEncoder, l: usize| {
+        tutti_nn::layers::param_values(&e.encoder.layers[l].fc2.weight)
+    };
+    // Only the top block (and the final LayerNorm) trained.
+    assert_eq!(w(&start, 0), w(&end, 0));
+    assert_ne!(w(&start, 1), w(&end, 1));
+    assert_eq!(
+        tutti_nn::layers::param_values(&start.encoder.conv1.weight),
+        tutti_nn::layers::param_values(&end.encoder.conv1.weight)
+    );
+    assert!(!end.pad_to_window);
+    // The export's weights are the checkpoint's: the trained block as saved.
+    let latest = std::fs::read_to_string(cut.join("latest")).unwrap();
+    let mut saved = tutti_models::whisper::HfWhisperEncoder::load(&whisper_dir(), &cpu).unwrap();
+    tutti_nn::load_safetensors_strict(
+        &mut saved.encoder,
+        &cut.join(latest.trim()).join("encoder.safetensors"),
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(w(&saved, 1), w(&end, 1));
+    let (alm, _) = tutti_audiolm::artifact::open(&out, None).unwrap();
+    let text = alm
+        .answer(
+            &tone(220.0, 0.6, 0.0, 0),
+            "Kind?",
+            4,
+            tutti_lm::generate::Sampling::GREEDY,
+            |_| true,
+        )
+        .unwrap();
+    assert!(text.len() < 200);
 }

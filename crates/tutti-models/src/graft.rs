@@ -230,9 +230,32 @@ pub fn write_whisper_model(
     dtype: crate::artifact::WeightsDtype,
     device: &Device,
 ) -> Result<crate::artifact::Manifest, ModelError> {
-    use crate::artifact::{CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file};
     let mut whisper = crate::whisper::HfWhisperEncoder::load(whisper_dir, device)?;
     ungraft_whisper(student, &mut whisper.encoder)?;
+    write_whisper_encoder(
+        out,
+        whisper_dir,
+        &whisper.encoder,
+        provenance,
+        dtype,
+        device,
+    )
+}
+
+/// Write `encoder` (a Whisper encoder trained from the model directory `whisper_dir`, on each
+/// clip's own length) as a Whisper model directory at `out`, atomically: `whisper_dir`'s
+/// `config.json` with `tutti_pad_to_window = false`, its `preprocessor_config.json`, the
+/// encoder's weights (`model.safetensors`, Hugging Face names without the `encoder.` prefix; f16
+/// or f32) and `manifest.json` with the provenance.
+pub fn write_whisper_encoder(
+    out: &std::path::Path,
+    whisper_dir: &std::path::Path,
+    encoder: &WhisperEncoder,
+    provenance: crate::artifact::ModelProvenance,
+    dtype: crate::artifact::WeightsDtype,
+    device: &Device,
+) -> Result<crate::artifact::Manifest, ModelError> {
+    use crate::artifact::{CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, sha256_file};
     let io = |path: &std::path::Path, e: std::io::Error| ModelError::Artifact {
         path: path.to_path_buf(),
         reason: e.to_string(),
@@ -248,7 +271,7 @@ pub fn write_whisper_model(
     let preprocessor = whisper_dir.join("preprocessor_config.json");
     crate::artifact::write_staged(out, |staging| {
         let weights = staging.join(WEIGHTS_FILE);
-        tutti_nn::save_safetensors(&whisper.encoder, &weights, &[("format", "pt")])?;
+        tutti_nn::save_safetensors(encoder, &weights, &[("format", "pt")])?;
         if dtype == crate::artifact::WeightsDtype::F16 {
             crate::artifact::to_f16(&weights)?;
         }
@@ -275,7 +298,7 @@ pub fn write_whisper_model(
             preset: provenance.preset,
             seed: provenance.seed,
             trained: provenance.trained,
-            parameters: burn::module::Module::num_params(&whisper.encoder),
+            parameters: burn::module::Module::num_params(encoder),
             device: format!("{device:?}"),
             files,
             training: provenance.training,
