@@ -2,12 +2,14 @@
 # UniWhisper on tutti's data (issue 17; PAPERS.md section 4), end to end and resumable:
 #
 #   scripts/uniwhisper.sh [STAGE] [VARIANT]   STAGE: data | train | eval | bench | all (default all)
-#                                             VARIANT: speech (default) | whisper
+#                                             VARIANT: speech (default) | whisper | whisper-decoder
 #
 # VARIANT speech starts from the task arithmetic experiment's speech student
 # (recipes/uniwhisper/speech-student.toml -> uw-speech); whisper from Whisper base's encoder, as
 # UniWhisper does (recipes/uniwhisper/whisper-base.toml -> uw-whisper; needs
-# scripts/fetch_teachers.sh).
+# scripts/fetch_teachers.sh); whisper-decoder is UniWhisper's ablation: the same run with Whisper
+# base's own decoder as the frozen LM, no adapter (recipes/uniwhisper/whisper-decoder.toml ->
+# uw-whisper-decoder).
 #
 # 1. data: instruction pairs from the pool (`tutti instruct build`, checked against the suite)
 #    -> $T/instruct. Needs scripts/build_pool.sh and scripts/build_suite.sh.
@@ -28,7 +30,9 @@ case "$variant" in
           need="scripts/task_arithmetic.sh train" ;;
   whisper) recipe=recipes/uniwhisper/whisper-base.toml; start="$home/teachers/whisper-base"
            need="scripts/fetch_teachers.sh" ;;
-  *) echo "unknown variant $variant (speech | whisper)" >&2; exit 2 ;;
+  whisper-decoder) recipe=recipes/uniwhisper/whisper-decoder.toml; start="$home/teachers/whisper-base"
+           need="scripts/fetch_teachers.sh" ;;
+  *) echo "unknown variant $variant (speech | whisper | whisper-decoder)" >&2; exit 2 ;;
 esac
 threads="${TUTTI_THREADS:-2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tutti/target}"
@@ -64,7 +68,7 @@ eval_() {
 bench() {
   # The start as the align run saw it: Whisper on each clip's own length (as its export runs).
   local before="$start"
-  if [ "$variant" = whisper ]; then
+  if [ "$variant" != speech ]; then
     before="$home/models/whisper-base-unpadded"
     if [ ! -d "$before" ]; then
       rm -rf "$before.partial" && cp -r "$start" "$before.partial"

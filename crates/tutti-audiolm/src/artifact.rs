@@ -4,11 +4,16 @@
 //! - `adapter.safetensors`: the adapter;
 //! - `audiolm.json`: the adapter's shape, the system message, and the LM by reference (its path
 //!   as trained and its sha256: the LM is frozen, so it is not copied), and how it was trained.
+//!
+//! With Whisper's decoder as the LM (`lm_kind = "whisper-decoder"`) there is no adapter: the
+//! encoder's states go to the decoder's cross-attention as they are.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tutti_lm::generate::Lm;
+
+use crate::decoder::{FrozenLm, LmKind, WhisperLm};
 
 use crate::adapter::AdapterConfig;
 use crate::model::AudioLm;
@@ -29,6 +34,9 @@ pub struct AudioLmManifest {
     pub system: String,
     #[serde(default)]
     pub template: crate::prompt::Template,
+    /// A decoder-only LM (GGUF) or Whisper's decoder (a Whisper model directory).
+    #[serde(default)]
+    pub lm_kind: LmKind,
     pub lm: PathBuf,
     pub lm_sha256: String,
     /// Tasks trained on and held out (the latter are zero-shot in evaluation).
@@ -95,14 +103,17 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<AudioLmManifest, AlignError>
         .map(|_| ()),
     }
     .map_err(|e| AlignError(e.to_string()))?;
-    tutti_nn::save_safetensors(&run.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
-        .map_err(|e| AlignError(e.to_string()))?;
+    if let Some((adapter, _)) = &run.adapter {
+        tutti_nn::save_safetensors(adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
+            .map_err(|e| AlignError(e.to_string()))?;
+    }
     let manifest = AudioLmManifest {
         format: FORMAT.into(),
-        adapter: Some(run.adapter_config),
+        adapter: run.adapter.as_ref().map(|(_, c)| *c),
         fusion: None,
         system: run.recipe.model.system.clone(),
         template: run.recipe.model.template,
+        lm_kind: run.lm.kind(),
         lm: run.info.lm.clone(),
         lm_sha256: run.info.lm_sha256.clone(),
         tasks: run.info.tasks.clone(),
@@ -142,6 +153,9 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
         ));
     }
     let lm_path = lm.map(Path::to_path_buf).unwrap_or(manifest.lm.clone());
+    if manifest.lm_kind == LmKind::WhisperDecoder {
+        return open_whisper_decoder(dir, &path, &lm_path, manifest);
+    }
     let gguf = tutti_lm::generate::find_gguf(&lm_path).map_err(|e| {
         AlignError(format!(
             "{e} (the LM this audio-LM was trained with; fetch it with scripts/fetch_lm.sh or pass --lm)"
@@ -214,10 +228,64 @@ pub fn open(dir: &Path, lm: Option<&Path>) -> Result<(AudioLm, AudioLmManifest),
         }
         (None, None) => unreachable!("checked above"),
     };
+    let lm = FrozenLm::Llama(lm);
     Ok((
         AudioLm {
             front,
             lm,
+            template: manifest.template,
+            system: manifest.system.clone(),
+        },
+        manifest,
+    ))
+}
+
+/// An audio-LM trained with Whisper's decoder as the LM: the encoder of `encoder/` straight into
+/// the decoder of `lm_path` (its weights' sha256 must be the one trained with).
+fn open_whisper_decoder(
+    dir: &Path,
+    manifest_path: &Path,
+    lm_path: &Path,
+    manifest: AudioLmManifest,
+) -> Result<(AudioLm, AudioLmManifest), AlignError> {
+    if manifest.adapter.is_some() || manifest.fusion.is_some() {
+        return Err(err(
+            manifest_path.display(),
+            "lm_kind whisper-decoder takes neither an adapter nor a fusion part",
+        ));
+    }
+    let whisper = WhisperLm::open(lm_path).map_err(|e| {
+        AlignError(format!(
+            "{e} (the Whisper decoder this audio-LM was trained with; scripts/fetch_teachers.sh or pass --lm)"
+        ))
+    })?;
+    let found = sha256_file(&whisper.weights)?;
+    if found != manifest.lm_sha256 {
+        return Err(err(
+            whisper.weights.display(),
+            format!(
+                "sha256 {found} is not the decoder this audio-LM was trained with ({})",
+                manifest.lm_sha256
+            ),
+        ));
+    }
+    let device = tutti_nn::device::cpu();
+    let encoder = tutti_models::artifact::load_encoder(&dir.join("encoder"), &device)
+        .map_err(|e| AlignError(e.to_string()))?;
+    if encoder.info().hidden_size != whisper.decoder.config.dim {
+        return Err(err(
+            dir.join("encoder").display(),
+            format!(
+                "the encoder is {}-wide, the decoder takes {}",
+                encoder.info().hidden_size,
+                whisper.decoder.config.dim
+            ),
+        ));
+    }
+    Ok((
+        AudioLm {
+            front: crate::model::Front::Direct { encoder },
+            lm: FrozenLm::Whisper(whisper),
             template: manifest.template,
             system: manifest.system.clone(),
         },

@@ -100,7 +100,7 @@ pub fn evaluate(
                     f.router_weights(&p.instruction)
                         .map_err(|e| AlignError(format!("{}: {e}", p.id)))?,
                 ),
-                crate::model::Front::Adapter { .. } => None,
+                crate::model::Front::Adapter { .. } | crate::model::Front::Direct { .. } => None,
             };
             if let Some(w) = &weights {
                 let sum = router.get_or_insert_with(|| vec![0.0; w.len()]);

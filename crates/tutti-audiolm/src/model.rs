@@ -7,6 +7,10 @@
 //! gradient of the surrogate `sum(audio_tokens * G)` with `G` held constant, whose gradient with
 //! respect to every encoder and adapter weight is exactly the chain rule's (tested against finite
 //! differences of the real loss).
+//!
+//! With Whisper's own decoder as the frozen LM ([`FrozenLm::Whisper`]) there is no adapter: the
+//! encoder's last hidden state is the decoder's cross-attention memory, and the hand-written
+//! backward ([`tutti_lm::whisper_grad`]) gives d loss / d encoder state directly.
 
 use burn::tensor::{Gradients, Tensor, TensorData};
 use tutti_lm::generate::{Lm, Sampling, choose, generate};
@@ -15,6 +19,7 @@ use tutti_lm::llama::KvCache;
 use tutti_models::encoder::{AudioEncoder, ForwardOptions};
 
 use crate::adapter::{Adapter, AdapterConfig};
+use crate::decoder::FrozenLm;
 use crate::prompt::{Prompt, Template, answer_tokens, prompt, targets};
 
 /// One training example.
@@ -46,9 +51,9 @@ pub struct Trainee<'a> {
     /// each clip's own length, whose padded frames would reach a shorter clip's); the tutti
     /// encoder masks padding, so its batch is exact.
     pub clip_by_clip: bool,
-    pub adapter: &'a Adapter,
-    pub config: &'a AdapterConfig,
-    pub lm: &'a Lm,
+    /// The adapter and its shape (a decoder-only LM); `None` with Whisper's decoder.
+    pub adapter: Option<(&'a Adapter, &'a AdapterConfig)>,
+    pub lm: &'a FrozenLm,
     pub template: Template,
     pub system: &'a str,
 }
@@ -193,7 +198,6 @@ pub fn batch_loss(
         encoder,
         clip_by_clip,
         adapter,
-        config,
         lm,
         template,
         system,
@@ -203,20 +207,58 @@ pub fn batch_loss(
     }
     let waves: Vec<&[f32]> = examples.iter().map(|e| e.waveform.as_slice()).collect();
     let (hidden, lengths) = last_hidden(encoder, &waves, clip_by_clip)?;
-    let (tokens, counts) = audio_tokens(hidden.clone(), &lengths, adapter, config);
-    let [batch, width, dim] = tokens.dims();
-    if dim != lm.model.config.dim {
-        return Err(format!(
-            "the adapter gives {dim}-wide tokens, the LM takes {}",
-            lm.model.config.dim
-        ));
-    }
-    let values = tutti_nn::layers::values(tokens.clone().detach());
-    let lm_grad = lm_token_grads(lm, template, system, examples, &values, width, &counts)?;
-    let (lm_loss, answer_count, grad) = (lm_grad.loss, lm_grad.answer_tokens, lm_grad.grad);
-    let device = tokens.device();
-    let g = Tensor::<3>::from_data(TensorData::new(grad, [batch, width, dim]), &device);
-    let mut surrogate = (tokens * g).sum();
+    let device = hidden.device();
+    let (mut surrogate, lm_loss, answer_count, audio_count) = match lm {
+        FrozenLm::Llama(lm) => {
+            let (adapter, config) = adapter.ok_or("a decoder-only LM needs an adapter")?;
+            let (tokens, counts) = audio_tokens(hidden.clone(), &lengths, adapter, config);
+            let [batch, width, dim] = tokens.dims();
+            if dim != lm.model.config.dim {
+                return Err(format!(
+                    "the adapter gives {dim}-wide tokens, the LM takes {}",
+                    lm.model.config.dim
+                ));
+            }
+            let values = tutti_nn::layers::values(tokens.clone().detach());
+            let g = lm_token_grads(lm, template, system, examples, &values, width, &counts)?;
+            let grad =
+                Tensor::<3>::from_data(TensorData::new(g.grad, [batch, width, dim]), &device);
+            (
+                (tokens * grad).sum(),
+                g.loss,
+                g.answer_tokens,
+                counts.iter().sum(),
+            )
+        }
+        FrozenLm::Whisper(w) => {
+            let [batch, frames, dim] = hidden.dims();
+            if dim != w.decoder.config.dim {
+                return Err(format!(
+                    "the encoder gives {dim}-wide states, Whisper's decoder takes {}",
+                    w.decoder.config.dim
+                ));
+            }
+            let values = tutti_nn::layers::values(hidden.clone().detach());
+            let mut grad = vec![0.0f32; values.len()];
+            let (mut loss, mut answers) = (0.0, 0);
+            let scale = 1.0 / batch as f32;
+            for (i, e) in examples.iter().enumerate() {
+                let len = lengths[i].min(frames);
+                let states = rows(&values, i, frames, len, dim);
+                let (tokens, targets) = w.sequence(&e.instruction, &e.answer)?;
+                let g = w.decoder.loss_and_states_grad(states, &tokens, &targets)?;
+                loss += g.loss / batch as f64;
+                answers += g.targets;
+                let dst = &mut grad[i * frames * dim..][..len * dim];
+                dst.iter_mut()
+                    .zip(&g.grad)
+                    .for_each(|(d, s)| *d = s * scale);
+            }
+            let grad = Tensor::<3>::from_data(TensorData::new(grad, [batch, frames, dim]), &device);
+            let count = lengths.iter().map(|&l| l.min(frames)).sum();
+            ((hidden.clone() * grad).sum(), loss, answers, count)
+        }
+    };
     let mut keep = 0.0;
     if let Some((weight, reference)) = keep_close {
         let [b, frames, d] = hidden.dims();
@@ -236,7 +278,7 @@ pub fn batch_loss(
         lm_loss,
         keep_close: keep,
         answer_tokens: answer_count,
-        audio_tokens: counts.iter().sum(),
+        audio_tokens: audio_count,
         grads,
     })
 }
@@ -253,12 +295,14 @@ pub enum Front {
     },
     /// U-SAM: frozen encoders fused through the window Q-Former and the routed projector.
     Fusion(Box<crate::usam::FusionFront>),
+    /// The encoder's last hidden state as it is (Whisper's decoder attends to it).
+    Direct { encoder: Box<dyn AudioEncoder> },
 }
 
 /// An audio-LM ready to answer: its front and the LM.
 pub struct AudioLm {
     pub front: Front,
-    pub lm: Lm,
+    pub lm: FrozenLm,
     pub template: Template,
     pub system: String,
 }
@@ -267,7 +311,9 @@ impl AudioLm {
     /// The rate the front takes audio at.
     pub fn sample_rate_hz(&self) -> u32 {
         match &self.front {
-            Front::Adapter { encoder, .. } => encoder.info().sample_rate_hz,
+            Front::Adapter { encoder, .. } | Front::Direct { encoder } => {
+                encoder.info().sample_rate_hz
+            }
             Front::Fusion(f) => f.frozen.sample_rate_hz,
         }
     }
@@ -295,6 +341,18 @@ impl AudioLm {
                 Ok((rows(&values, 0, width, counts[0], dim).to_vec(), None))
             }
             Front::Fusion(f) => f.audio_tokens(waveform, instruction),
+            Front::Direct { encoder } => {
+                let out = encoder
+                    .encode(&[waveform], ForwardOptions::default())
+                    .map_err(|e| e.to_string())?;
+                let hidden = out.hidden_states.last().expect("hidden states").clone();
+                let [_, frames, dim] = hidden.dims();
+                let values = tutti_nn::layers::values(hidden);
+                Ok((
+                    rows(&values, 0, frames, out.lengths[0].min(frames), dim).to_vec(),
+                    None,
+                ))
+            }
         }
     }
 
@@ -309,8 +367,14 @@ impl AudioLm {
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<String, String> {
         let (audio, _) = self.audio_tokens(waveform, instruction)?;
-        let p: Prompt = prompt(&self.lm.tokenizer, self.template, &self.system, instruction)?;
-        let h = self.lm.model.embed_spans(&[
+        let lm = match &self.lm {
+            FrozenLm::Llama(lm) => lm,
+            FrozenLm::Whisper(w) => {
+                return w.answer(&audio, instruction, max_new, sampling, on_text);
+            }
+        };
+        let p: Prompt = prompt(&lm.tokenizer, self.template, &self.system, instruction)?;
+        let h = lm.model.embed_spans(&[
             Span::Tokens(&p.before),
             Span::Embeddings(&audio),
             Span::Tokens(&p.after),
@@ -319,14 +383,14 @@ impl AudioLm {
             return Ok(String::new());
         }
         let mut cache = KvCache::default();
-        let logits = self.lm.model.forward_embedded(h, &mut cache)?.logits;
-        let vocab = self.lm.model.config.vocab;
+        let logits = lm.model.forward_embedded(h, &mut cache)?.logits;
+        let vocab = lm.model.config.vocab;
         let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(sampling.seed);
         let first = choose(&logits[logits.len() - vocab..], sampling, &mut rng);
-        let stop = &self.lm.tokenizer.stop;
+        let stop = &lm.tokenizer.stop;
         let mut ids = vec![first];
         let mut shown = String::new();
-        let tokenizer = &self.lm.tokenizer;
+        let tokenizer = &lm.tokenizer;
         // Stream the decoded text's growth (multi-byte characters can span tokens).
         let mut emit = |ids: &[u32], shown: &mut String| -> bool {
             let text = tokenizer.decode(ids, true).unwrap_or_default();
@@ -341,7 +405,7 @@ impl AudioLm {
         if go && !stop.contains(&first) && max_new > 1 {
             let mut seq = ids.clone();
             let more = generate(
-                &self.lm.model,
+                &lm.model,
                 &mut cache,
                 &[first],
                 max_new - 1,

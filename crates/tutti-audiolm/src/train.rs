@@ -19,12 +19,12 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use tutti_data::instruct::{InstructPair, open_instruct, read_pairs};
-use tutti_lm::generate::Lm;
 use tutti_models::encoder::AudioEncoder;
 use tutti_models::tutti::{TuttiEncoder, TuttiModel};
 use tutti_models::whisper::{HfWhisperEncoder, WhisperEncoder};
 
 use crate::adapter::{Adapter, AdapterConfig};
+use crate::decoder::FrozenLm;
 use crate::model::{Example, Trainee, batch_loss};
 use crate::optim::{self, AdamWSettings, Moments};
 use crate::recipe::AlignRecipe;
@@ -69,7 +69,8 @@ pub struct RunInfo {
     pub pairs: usize,
     pub tasks: Vec<String>,
     pub hold_out: Vec<String>,
-    pub adapter: AdapterConfig,
+    /// The adapter's shape; `None` with Whisper's decoder as the LM (no adapter).
+    pub adapter: Option<AdapterConfig>,
     pub trainable_encoder_parameters: usize,
     pub adapter_parameters: usize,
 }
@@ -333,9 +334,9 @@ pub struct AlignRun {
     pub recipe: AlignRecipe,
     pub info: RunInfo,
     pub encoder: TrainedEncoder,
-    pub adapter: Adapter,
-    pub adapter_config: AdapterConfig,
-    pub lm: Lm,
+    /// The adapter and its shape (`None` with Whisper's decoder as the LM).
+    pub adapter: Option<(Adapter, AdapterConfig)>,
+    pub lm: FrozenLm,
     pub pairs: Vec<InstructPair>,
     pub pool: PathBuf,
     reference: Option<Box<dyn AudioEncoder>>,
@@ -382,19 +383,35 @@ impl AlignRun {
         let m = &recipe.model;
         let mut encoder = TrainedEncoder::open(&m.encoder, &device)?;
         let encoder_weights_sha256 = sha256_file(&weights_file(&m.encoder)?)?;
-        let lm = Lm::open(&m.lm).map_err(|e| err(m.lm.display(), e))?;
-        let lm_sha256 = sha256_file(&lm.path)?;
-        let adapter_config = AdapterConfig {
-            downsample: m.downsample,
-            encoder_dim: encoder.audio().info().hidden_size,
-            hidden: m.adapter_hidden,
-            lm_dim: lm.model.config.dim,
+        let lm = FrozenLm::open(&m.lm).map_err(|e| err(m.lm.display(), e))?;
+        let lm_sha256 = sha256_file(lm.weights())?;
+        let encoder_dim = encoder.audio().info().hidden_size;
+        let mut adapter = match &lm {
+            FrozenLm::Llama(_) => {
+                let config = AdapterConfig {
+                    downsample: m.downsample,
+                    encoder_dim,
+                    hidden: m.adapter_hidden,
+                    lm_dim: lm.dim(),
+                };
+                config.check().map_err(AlignError)?;
+                let adapter = tutti_nn::device::seeded(&device, recipe.seed, || {
+                    Ok::<_, std::convert::Infallible>(config.init(&device))
+                })
+                .expect("infallible");
+                Some((adapter, config))
+            }
+            // Whisper's decoder attends to the encoder's states as they are.
+            FrozenLm::Whisper(_) if encoder_dim != lm.dim() => {
+                return Err(AlignError(format!(
+                    "[model] lm = {} is Whisper's decoder, {}-wide, but the encoder {} is {encoder_dim}-wide (it attends to the encoder's states directly)",
+                    m.lm.display(),
+                    lm.dim(),
+                    m.encoder.display()
+                )));
+            }
+            FrozenLm::Whisper(_) => None,
         };
-        adapter_config.check().map_err(AlignError)?;
-        let mut adapter = tutti_nn::device::seeded(&device, recipe.seed, || {
-            Ok::<_, std::convert::Infallible>(adapter_config.init(&device))
-        })
-        .expect("infallible");
         let layers = encoder.audio().info().num_layers;
         if m.train_top_layers.is_some_and(|t| t > layers) {
             return Err(AlignError(format!(
@@ -422,29 +439,35 @@ impl AlignRun {
             format: "tutti-align/1".into(),
             encoder: m.encoder.clone(),
             encoder_weights_sha256,
-            lm: lm.path.clone(),
+            lm: lm.path().to_path_buf(),
             lm_sha256,
             instruct: d.instruct.clone(),
             instruct_train_sha256: sha256_file(&train_path)?,
             pairs: pairs.len(),
             tasks,
             hold_out: d.hold_out.clone(),
-            adapter: adapter_config,
+            adapter: adapter.as_ref().map(|(_, c)| *c),
             trainable_encoder_parameters: encoder.trainable_count(&mask),
-            adapter_parameters: adapter.num_params(),
+            adapter_parameters: adapter.as_ref().map_or(0, |(a, _)| a.num_params()),
         };
         let mut state = TrainerState::default();
         let (mut encoder_moments, mut adapter_moments) = (Moments::default(), Moments::default());
         if let Some(ckpt) = checkpoint {
             encoder.load(&ckpt.join(ENCODER_WEIGHTS))?;
-            tutti_nn::load_safetensors_strict(&mut adapter, &ckpt.join(ADAPTER_WEIGHTS), &[], &[])
-                .map_err(|e| AlignError(e.to_string()))?;
+            if let Some((a, _)) = adapter.as_mut() {
+                tutti_nn::load_safetensors_strict(a, &ckpt.join(ADAPTER_WEIGHTS), &[], &[])
+                    .map_err(|e| AlignError(e.to_string()))?;
+            }
             // Loaded values are fresh leaves: make the trained ones tracked again.
             encoder.retrack(&mask);
-            adapter = retrack(adapter.clone(), &vec![true; optim::count(&adapter)]);
+            if let Some((a, _)) = adapter.as_mut() {
+                *a = retrack(a.clone(), &vec![true; optim::count(a)]);
+            }
             let entries = read_moments(&ckpt.join(MOMENTS))?;
             encoder_moments = optim::moments_from("encoder", mask.len(), &entries);
-            adapter_moments = optim::moments_from("adapter", optim::count(&adapter), &entries);
+            if let Some((a, _)) = &adapter {
+                adapter_moments = optim::moments_from("adapter", optim::count(a), &entries);
+            }
             let path = ckpt.join(TRAINER);
             state = serde_json::from_str(
                 &std::fs::read_to_string(&path).map_err(|e| err(path.display(), e))?,
@@ -458,7 +481,6 @@ impl AlignRun {
             info,
             encoder,
             adapter,
-            adapter_config,
             lm,
             pairs,
             pool,
@@ -536,8 +558,7 @@ impl AlignRun {
             let trainee = Trainee {
                 encoder: self.encoder.audio(),
                 clip_by_clip: self.encoder.clip_by_clip(),
-                adapter: &self.adapter,
-                config: &self.adapter_config,
+                adapter: self.adapter.as_ref().map(|(a, c)| (a, c)),
                 lm: &self.lm,
                 template: self.recipe.model.template,
                 system: &self.recipe.model.system,
@@ -556,7 +577,10 @@ impl AlignRun {
                     *g = None;
                 }
             }
-            let ada = optim::gradients(&self.adapter, &loss.grads);
+            let ada = match &self.adapter {
+                Some((a, _)) => optim::gradients(a, &loss.grads),
+                None => Vec::new(),
+            };
             let norm = optim::grad_norm(&[&enc, &ada]);
             let max = self.recipe.optim.max_grad_norm;
             let clip = if norm > max { max / norm } else { 1.0 };
@@ -568,8 +592,11 @@ impl AlignRun {
                     optim::adamw_update(enc, &mut self.encoder_moments, settings, t, enc_lr, clip);
                 self.encoder.write(new);
             }
-            let new = optim::adamw_update(ada, &mut self.adapter_moments, settings, t, lr, clip);
-            self.adapter = optim::write(self.adapter.clone(), new);
+            if let Some((a, _)) = self.adapter.as_mut() {
+                let new =
+                    optim::adamw_update(ada, &mut self.adapter_moments, settings, t, lr, clip);
+                *a = optim::write(a.clone(), new);
+            }
             let secs = start.elapsed().as_secs_f64();
             self.state.step += 1;
             self.state.examples += examples.len();
@@ -606,8 +633,10 @@ impl AlignRun {
     pub fn checkpoint(&mut self) -> Result<(), AlignError> {
         write_checkpoint(&self.dir, self.state.step, |tmp| {
             self.encoder.save(&tmp.join(ENCODER_WEIGHTS))?;
-            tutti_nn::save_safetensors(&self.adapter, &tmp.join(ADAPTER_WEIGHTS), &[])
-                .map_err(|e| AlignError(e.to_string()))?;
+            if let Some((a, _)) = &self.adapter {
+                tutti_nn::save_safetensors(a, &tmp.join(ADAPTER_WEIGHTS), &[])
+                    .map_err(|e| AlignError(e.to_string()))?;
+            }
             let mut entries = optim::moments_entries("encoder", &self.encoder_moments);
             entries.extend(optim::moments_entries("adapter", &self.adapter_moments));
             write_moments(&tmp.join(MOMENTS), &entries)?;

@@ -914,6 +914,7 @@ pub fn export(run_dir: &Path, out: &Path) -> Result<crate::artifact::AudioLmMani
         }),
         system: f.system.clone(),
         template: f.template,
+        lm_kind: crate::decoder::LmKind::Llama,
         lm: run.info.lm.clone(),
         lm_sha256: run.info.lm_sha256.clone(),
         tasks: run.info.tasks.clone(),

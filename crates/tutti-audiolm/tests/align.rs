@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use tutti_audiolm::adapter::AdapterConfig;
+use tutti_audiolm::decoder::FrozenLm;
 use tutti_audiolm::model::{Example, Trainee, batch_loss};
 use tutti_audiolm::prompt::Template;
 use tutti_audiolm::train::AlignRun;
@@ -73,13 +74,12 @@ fn trainee<'a>(
     encoder: &'a tutti_models::tutti::TuttiModel,
     adapter: &'a tutti_audiolm::adapter::Adapter,
     config: &'a AdapterConfig,
-    lm: &'a Lm,
+    lm: &'a FrozenLm,
 ) -> Trainee<'a> {
     Trainee {
         encoder,
         clip_by_clip: false,
-        adapter,
-        config,
+        adapter: Some((adapter, config)),
         lm,
         template: Template::Plain,
         system: "",
@@ -98,12 +98,12 @@ fn example(freq: f32, answer: &str) -> Example {
 fn gradients_through_the_frozen_lm_match_finite_differences() {
     let device = tutti_nn::device::cpu().autodiff();
     let encoder = tutti_models::artifact::load_model(&encoder_dir(), &device).unwrap();
-    let lm = Lm::open(&lm_path()).unwrap();
+    let lm = FrozenLm::Llama(Lm::open(&lm_path()).unwrap());
     let config = AdapterConfig {
         downsample: 4,
         encoder_dim: encoder.config.hidden_size,
         hidden: 16,
-        lm_dim: lm.model.config.dim,
+        lm_dim: lm.dim(),
     };
     let adapter = tutti_nn::device::seeded(&device, 1, || {
         Ok::<_, std::convert::Infallible>(config.init(&device))

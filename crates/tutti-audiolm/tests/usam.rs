@@ -313,7 +313,16 @@ fn lora_on_the_lm_trains_resumes_and_exports() {
     tutti_audiolm::usam::export(&whole, &out).unwrap();
     let (alm, manifest) = tutti_audiolm::artifact::open(&out, None).unwrap();
     assert!(manifest.fusion.unwrap().lora);
-    let attached: Vec<f32> = alm.lm.model.lora().unwrap().values().copied().collect();
+    let attached: Vec<f32> = alm
+        .lm
+        .as_llama()
+        .unwrap()
+        .model
+        .lora()
+        .unwrap()
+        .values()
+        .copied()
+        .collect();
     assert!(attached == end);
     // A bad target is refused by name.
     let text = std::fs::read_to_string(&recipe)

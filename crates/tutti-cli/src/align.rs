@@ -177,13 +177,13 @@ pub fn export(run: &Path, output: &Path) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let manifest = artifact::export(run, output)?;
-    let adapter = manifest.adapter.as_ref().expect("an adapter manifest");
+    let front = match &manifest.adapter {
+        Some(a) => format!("adapter {}x{} -> {}", a.downsample, a.encoder_dim, a.lm_dim),
+        None => "no adapter: Whisper's decoder attends to the encoder".into(),
+    };
     println!(
-        "{}: audio-LM (encoder/, adapter {}x{} -> {}, LM {}), tasks {}",
+        "{}: audio-LM (encoder/, {front}, LM {}), tasks {}",
         output.display(),
-        adapter.downsample,
-        adapter.encoder_dim,
-        adapter.lm_dim,
         manifest.lm.display(),
         manifest.tasks.join(", ")
     );
@@ -195,7 +195,8 @@ pub struct AskArgs {
     /// An audio-LM folder (`tutti export` of a `tutti align` run).
     #[arg(long)]
     model: PathBuf,
-    /// The LM's GGUF file or folder, when it has moved (its sha256 must match).
+    /// The LM's GGUF file or folder (or Whisper model folder), when it has moved (its sha256
+    /// must match).
     #[arg(long)]
     lm: Option<PathBuf>,
     /// An audio file, then the question (quoted, or as several words).

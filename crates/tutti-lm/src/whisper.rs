@@ -29,30 +29,30 @@ pub struct WhisperDecoderConfig {
     pub max_positions: usize,
 }
 
-struct Attention {
-    q: Affine,
-    k: Affine,
-    v: Affine,
-    o: Affine,
+pub(crate) struct Attention {
+    pub q: Affine,
+    pub k: Affine,
+    pub v: Affine,
+    pub o: Affine,
 }
 
-struct Block {
-    self_norm: Norm,
-    self_attn: Attention,
-    cross_norm: Norm,
-    cross_attn: Attention,
-    ffn_norm: Norm,
-    fc1: Affine,
-    fc2: Affine,
+pub(crate) struct Block {
+    pub self_norm: Norm,
+    pub self_attn: Attention,
+    pub cross_norm: Norm,
+    pub cross_attn: Attention,
+    pub ffn_norm: Norm,
+    pub fc1: Affine,
+    pub fc2: Affine,
 }
 
 pub struct WhisperDecoder {
     pub config: WhisperDecoderConfig,
     pub path: PathBuf,
-    embed: Vec<f32>,
-    positions: Vec<f32>,
-    blocks: Vec<Block>,
-    norm: Norm,
+    pub(crate) embed: Vec<f32>,
+    pub(crate) positions: Vec<f32>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) norm: Norm,
 }
 
 /// The decoder's state for one clip: the cross-attention keys and values of its encoder states,
