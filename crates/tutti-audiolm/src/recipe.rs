@@ -8,7 +8,9 @@
 //!
 //! [model]
 //! encoder = "$TUTTI_HOME/models/student"   # any tutti model directory
-//! lm = "$TUTTI_HOME/lm/smollm2-135m-instruct"
+//! lm = "$TUTTI_HOME/lm/smollm2-135m-instruct"   # or a Whisper model folder: its own decoder,
+//!                            # with no adapter (downsample, adapter_hidden, system and
+//!                            # template are then unused; see `decoder`)
 //! downsample = 8             # encoder frames per audio token
 //! adapter_hidden = 1024
 //! train_top_layers = 4       # encoder blocks trained (from the top); omitted: all, 0: frozen

@@ -1,6 +1,6 @@
 //! Whisper's own decoder as the frozen LM (UniWhisper's ablation), on the seeded tiny Whisper of
 //! fixtures/parity/hf_whisper (encoder and decoder) with a small word-level tokenizer holding
-//! Whisper's special tokens:
+//! Whisper's special tokens (fixtures/parity/tiny_whisper_tokenizer.json):
 //! - the gradient that reaches the encoder through the decoder's hand-written backward matches
 //!   finite differences of the real loss (and the smallest coordinate's does not);
 //! - a run needs no adapter, resumes to the same weights bit for bit, exports an audio-LM that
@@ -18,7 +18,9 @@ mod common;
 
 use common::{assert_same, fixtures, tone};
 
-/// A copy of the tiny Whisper with a tokenizer (the fixture's vocabulary is 64 tokens).
+/// A copy of the tiny Whisper with a tokenizer: fixtures/parity/tiny_whisper_tokenizer.json, a
+/// hand-written word-level tokenizer for the fixture's 64-token vocabulary with Whisper's special
+/// tokens at 60-63.
 fn whisper_with_tokenizer(dir: &Path) -> PathBuf {
     let out = dir.join("whisper");
     std::fs::create_dir_all(&out).unwrap();
@@ -29,42 +31,11 @@ fn whisper_with_tokenizer(dir: &Path) -> PathBuf {
     ] {
         std::fs::copy(fixtures().join("hf_whisper").join(f), out.join(f)).unwrap();
     }
-    let words = [
-        "[UNK]", "Kind", "?", "Pitch", "music", "sound", "low", "high",
-    ];
-    let vocab: serde_json::Map<String, serde_json::Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
-        .chain(
-            [
-                ("<|endoftext|>", 60),
-                ("<|startoftranscript|>", 61),
-                ("<|startofprev|>", 62),
-                ("<|notimestamps|>", 63),
-            ]
-            .iter()
-            .map(|(t, i)| (t.to_string(), serde_json::json!(i))),
-        )
-        .collect();
-    let added: Vec<serde_json::Value> = [
-        ("<|endoftext|>", 60),
-        ("<|startoftranscript|>", 61),
-        ("<|startofprev|>", 62),
-        ("<|notimestamps|>", 63),
-    ]
-    .iter()
-    .map(|(t, i)| {
-        serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    })
-    .collect();
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    });
-    std::fs::write(out.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::copy(
+        fixtures().join("tiny_whisper_tokenizer.json"),
+        out.join("tokenizer.json"),
+    )
+    .unwrap();
     out
 }
 

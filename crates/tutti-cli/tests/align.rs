@@ -226,3 +226,82 @@ fn bad_input_is_refused_with_its_name() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
 }
+
+/// UniWhisper's decoder ablation from the command line: a recipe whose `lm` is a Whisper model
+/// folder (the tiny Whisper of fixtures/parity/hf_whisper with the hand-written word-level
+/// tokenizer fixtures/parity/tiny_whisper_tokenizer.json) trains the encoder with no adapter,
+/// exports, and answers through Whisper's decoder.
+#[test]
+fn align_with_whispers_own_decoder_exports_and_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = setup(dir.path());
+    let whisper = dir.path().join("whisper");
+    std::fs::create_dir_all(&whisper).unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(fixtures().join("hf_whisper").join(f), whisper.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures().join("tiny_whisper_tokenizer.json"),
+        whisper.join("tokenizer.json"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    let text = text
+        .replace(
+            &fixtures().join("tutti_preln_25hz").display().to_string(),
+            &whisper.display().to_string(),
+        )
+        .replace(
+            &fixtures()
+                .join("tokenizer/tiny_lm.gguf")
+                .display()
+                .to_string(),
+            &whisper.display().to_string(),
+        );
+    let recipe = dir.path().join("whisper.toml");
+    std::fs::write(&recipe, text).unwrap();
+    let run = dir.path().join("run");
+    let (recipe_s, run_s) = (recipe.to_str().unwrap(), run.to_str().unwrap());
+    let out = tutti(&["align", "--config", recipe_s, "-o", run_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adapter 0 parameters"));
+    let alm = dir.path().join("alm");
+    let alm_s = alm.to_str().unwrap();
+    let text = ok(&["export", run_s, "-o", alm_s]);
+    assert!(text.contains("no adapter"), "{text}");
+    assert!(!alm.join("adapter.safetensors").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(alm.join("audiolm.json")).unwrap()).unwrap();
+    assert_eq!(manifest["lm_kind"], "whisper-decoder");
+    let clip = dir.path().join("pool/audio/a.wav");
+    let answer = ok(&[
+        "ask",
+        "--model",
+        alm_s,
+        "--max-new",
+        "4",
+        clip.to_str().unwrap(),
+        "Pitch?",
+    ]);
+    assert!(!answer.contains("<|"), "{answer}");
+    // A missing decoder folder is named.
+    let out = tutti(&[
+        "ask",
+        "--model",
+        alm_s,
+        "--lm",
+        "/nonexistent/whisper",
+        clip.to_str().unwrap(),
+        "Pitch?",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/whisper"));
+}

@@ -56,36 +56,145 @@ pub(crate) fn attend(
     hd: usize,
     causal_offset: Option<usize>,
 ) -> Vec<f32> {
-    let w = heads * hd;
+    attend_keep(q, k, v, n, m, heads, heads, hd, causal_offset).0
+}
+
+/// [`attend`] with grouped keys and values (`k`, `v` `[m, kv_heads * hd]`; query head `h` reads
+/// key head `h / (heads / kv_heads)`), keeping the probabilities `[heads, n, m]` (zero where a
+/// query does not see a key) for [`attend_back`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_keep(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    m: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    causal_offset: Option<usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (qw, kw, group) = (heads * hd, kv_heads * hd, heads / kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0.0f32; n * w];
-    let mut scores = vec![0.0f32; m];
+    let mut out = vec![0.0f32; n * qw];
+    let mut p = vec![0.0f32; heads * n * m];
     for h in 0..heads {
+        let kv = h / group;
         for i in 0..n {
-            let visible = causal_offset.map_or(m, |p| (p + i + 1).min(m));
-            let qi = &q[i * w + h * hd..][..hd];
+            let visible = causal_offset.map_or(m, |o| (o + i + 1).min(m));
+            let qi = &q[i * qw + h * hd..][..hd];
+            let row = &mut p[(h * n + i) * m..][..m];
             let mut max = f32::NEG_INFINITY;
-            for (j, s) in scores.iter_mut().enumerate().take(visible) {
-                let kj = &k[j * w + h * hd..][..hd];
+            for (j, s) in row.iter_mut().enumerate().take(visible) {
+                let kj = &k[j * kw + kv * hd..][..hd];
                 *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
                 max = max.max(*s);
             }
             let mut sum = 0.0f32;
-            for s in scores.iter_mut().take(visible) {
+            for s in row.iter_mut().take(visible) {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            let o = &mut out[i * w + h * hd..][..hd];
-            for (j, s) in scores.iter().enumerate().take(visible) {
-                let vj = &v[j * w + h * hd..][..hd];
-                let p = s / sum;
+            let o = &mut out[i * qw + h * hd..][..hd];
+            for (j, s) in row.iter_mut().enumerate().take(visible) {
+                *s /= sum;
+                let vj = &v[j * kw + kv * hd..][..hd];
                 for (o, x) in o.iter_mut().zip(vj) {
-                    *o += p * x;
+                    *o += *s * x;
                 }
             }
         }
     }
-    out
+    (out, p)
+}
+
+/// The backward of [`attend_keep`]: `dq`, `dk`, `dv` accumulated from `dctx`, given the kept
+/// probabilities `p`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_back(
+    dctx: &[f32],
+    (q, k, v, p): (&[f32], &[f32], &[f32], &[f32]),
+    n: usize,
+    m: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    causal_offset: Option<usize>,
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let (qw, kw, group) = (heads * hd, kv_heads * hd, heads / kv_heads);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut dp = vec![0.0f32; m];
+    for h in 0..heads {
+        let kv = h / group;
+        for i in 0..n {
+            let visible = causal_offset.map_or(m, |o| (o + i + 1).min(m));
+            let row = &p[(h * n + i) * m..][..m];
+            let dci = &dctx[i * qw + h * hd..][..hd];
+            let mut weighted = 0.0f32;
+            for j in 0..visible {
+                let vj = &v[j * kw + kv * hd..][..hd];
+                dp[j] = dci.iter().zip(vj).map(|(a, b)| a * b).sum();
+                weighted += row[j] * dp[j];
+                let dvj = &mut dv[j * kw + kv * hd..][..hd];
+                for (d, g) in dvj.iter_mut().zip(dci) {
+                    *d += row[j] * g;
+                }
+            }
+            let qi = &q[i * qw + h * hd..][..hd];
+            for j in 0..visible {
+                let ds = row[j] * (dp[j] - weighted) * scale;
+                if ds == 0.0 {
+                    continue;
+                }
+                let kj = &k[j * kw + kv * hd..][..hd];
+                let dqi = &mut dq[i * qw + h * hd..][..hd];
+                for (d, x) in dqi.iter_mut().zip(kj) {
+                    *d += ds * x;
+                }
+                let dkj = &mut dk[j * kw + kv * hd..][..hd];
+                for (d, x) in dkj.iter_mut().zip(qi) {
+                    *d += ds * x;
+                }
+            }
+        }
+    }
+}
+
+/// The positions with a next-token target, as `(position, token)`, checked against `vocab`.
+pub(crate) fn target_rows(
+    targets: &[Option<u32>],
+    vocab: usize,
+) -> Result<Vec<(usize, usize)>, String> {
+    let rows: Vec<(usize, usize)> = targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.map(|t| (i, t as usize)))
+        .collect();
+    if let Some(&(_, t)) = rows.iter().find(|(_, t)| *t >= vocab) {
+        return Err(format!("target {t} is outside the vocabulary of {vocab}"));
+    }
+    if rows.is_empty() {
+        return Err("no position has a target".into());
+    }
+    Ok(rows)
+}
+
+/// Mean cross-entropy (natural log) of `logits` (`[rows, vocab]`, one row per target) against
+/// the rows' tokens; `logits` becomes d (mean loss) / d logits.
+pub(crate) fn cross_entropy_back(logits: &mut [f32], rows: &[(usize, usize)], vocab: usize) -> f64 {
+    let m = rows.len();
+    let mut loss = 0.0f64;
+    for (r, &(_, t)) in logits.chunks_exact_mut(vocab).zip(rows) {
+        let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = r.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        loss += sum.ln() + max as f64 - r[t] as f64;
+        for v in r.iter_mut() {
+            *v = (((*v - max) as f64).exp() / sum / m as f64) as f32;
+        }
+        r[t] -= 1.0 / m as f32;
+    }
+    loss / m as f64
 }
 
 /// A safetensors tensor (f32, f16 or bf16) as f32 values, refused with the file and the tensor

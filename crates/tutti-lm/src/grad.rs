@@ -8,6 +8,7 @@
 //! Checked against PyTorch autograd on a seeded tiny llama with some positions fed by embeddings
 //! (`tests/grad.rs`, fixture by tools/parity/make_llama_fixtures.py).
 
+use crate::dense::{attend_back, attend_keep, cross_entropy_back, target_rows};
 use crate::llama::{Llama, linear, linear_back};
 use crate::lora::{Lora, Target, project, project_back};
 
@@ -142,22 +143,7 @@ impl Llama {
         if n > c.context {
             return Err(format!("{n} positions exceed the context of {}", c.context));
         }
-        let rows: Vec<(usize, usize)> = targets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.map(|t| (i, t as usize)))
-            .collect();
-        if let Some(&(_, t)) = rows.iter().find(|(_, t)| *t >= c.vocab) {
-            return Err(format!(
-                "target {t} is outside the vocabulary of {}",
-                c.vocab
-            ));
-        }
-        if rows.is_empty() {
-            return Err("no position has a target".into());
-        }
-        let group = heads / kvh;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let rows = target_rows(targets, c.vocab)?;
         let (qw, kw) = (heads * hd, kvh * hd);
 
         // Forward, keeping what the backward needs.
@@ -170,34 +156,7 @@ impl Llama {
             let v = project(&x1, n, &layer.wv, kw, dim, self.adapter(li, Target::V));
             self.rope(&mut q, n, heads, 0);
             self.rope(&mut k, n, kvh, 0);
-            let mut p = vec![0.0f32; heads * n * n];
-            let mut ctx = vec![0.0f32; n * qw];
-            for head in 0..heads {
-                let kv = head / group;
-                for i in 0..n {
-                    let qi = &q[i * qw + head * hd..][..hd];
-                    let row = &mut p[(head * n + i) * n..][..n];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, s) in row.iter_mut().enumerate().take(i + 1) {
-                        let kj = &k[j * kw + kv * hd..][..hd];
-                        *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                        max = max.max(*s);
-                    }
-                    let mut sum = 0.0f32;
-                    for s in row.iter_mut().take(i + 1) {
-                        *s = (*s - max).exp();
-                        sum += *s;
-                    }
-                    let out = &mut ctx[i * qw + head * hd..][..hd];
-                    for (j, s) in row.iter_mut().enumerate().take(i + 1) {
-                        *s /= sum;
-                        let vj = &v[j * kw + kv * hd..][..hd];
-                        for (o, x) in out.iter_mut().zip(vj) {
-                            *o += *s * x;
-                        }
-                    }
-                }
-            }
+            let (ctx, p) = attend_keep(&q, &k, &v, n, n, heads, kvh, hd, Some(0));
             let o = project(&ctx, n, &layer.wo, dim, qw, self.adapter(li, Target::O));
             let h_in = h.clone();
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
@@ -253,16 +212,7 @@ impl Llama {
             picked.extend_from_slice(&xn[i * dim..(i + 1) * dim]);
         }
         let mut dlogits = linear(&picked, m, head_w, c.vocab, dim);
-        let mut loss = 0.0f64;
-        for (r, &(_, t)) in dlogits.chunks_exact_mut(c.vocab).zip(&rows) {
-            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = r.iter().map(|&v| ((v - max) as f64).exp()).sum();
-            loss += sum.ln() + max as f64 - r[t] as f64;
-            for v in r.iter_mut() {
-                *v = (((*v - max) as f64).exp() / sum / m as f64) as f32;
-            }
-            r[t] -= 1.0 / m as f32;
-        }
+        let loss = cross_entropy_back(&mut dlogits, &rows, c.vocab);
         let mut dpicked = vec![0.0f32; m * dim];
         linear_back(&mut dpicked, &dlogits, m, head_w, c.vocab, dim);
         let mut dxn = vec![0.0f32; n * dim];
@@ -311,40 +261,17 @@ impl Llama {
             let mut dq = vec![0.0f32; n * qw];
             let mut dk = vec![0.0f32; n * kw];
             let mut dv = vec![0.0f32; n * kw];
-            let mut dp = vec![0.0f32; n];
-            for head in 0..heads {
-                let kv = head / group;
-                for i in 0..n {
-                    let row = &s.p[(head * n + i) * n..][..n];
-                    let dci = &dctx[i * qw + head * hd..][..hd];
-                    let mut weighted = 0.0f32;
-                    for j in 0..=i {
-                        let vj = &s.v[j * kw + kv * hd..][..hd];
-                        dp[j] = dci.iter().zip(vj).map(|(a, b)| a * b).sum();
-                        weighted += row[j] * dp[j];
-                        let dvj = &mut dv[j * kw + kv * hd..][..hd];
-                        for (d, g) in dvj.iter_mut().zip(dci) {
-                            *d += row[j] * g;
-                        }
-                    }
-                    let qi = &s.q[i * qw + head * hd..][..hd];
-                    for j in 0..=i {
-                        let ds = row[j] * (dp[j] - weighted) * scale;
-                        if ds == 0.0 {
-                            continue;
-                        }
-                        let kj = &s.k[j * kw + kv * hd..][..hd];
-                        let dqi = &mut dq[i * qw + head * hd..][..hd];
-                        for (d, x) in dqi.iter_mut().zip(kj) {
-                            *d += ds * x;
-                        }
-                        let dkj = &mut dk[j * kw + kv * hd..][..hd];
-                        for (d, x) in dkj.iter_mut().zip(qi) {
-                            *d += ds * x;
-                        }
-                    }
-                }
-            }
+            attend_back(
+                &dctx,
+                (&s.q, &s.k, &s.v, &s.p),
+                n,
+                n,
+                heads,
+                kvh,
+                hd,
+                Some(0),
+                (&mut dq, &mut dk, &mut dv),
+            );
             self.rotate(&mut dq, n, heads, 0, true);
             self.rotate(&mut dk, n, kvh, 0, true);
             let mut dx1 = vec![0.0f32; n * dim];
@@ -354,7 +281,7 @@ impl Llama {
             rms_backward(&mut dh, &s.h, &layer.attn_norm, &s.r1, &dx1);
         }
         Ok(InputGrad {
-            loss: loss / m as f64,
+            loss,
             targets: m,
             grad: dh,
             lora: lora_grad,

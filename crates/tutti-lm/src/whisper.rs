@@ -174,8 +174,41 @@ impl WhisperDecoder {
         })
     }
 
-    /// A fresh state for one clip's encoder states `[frames, dim]`.
-    pub fn start(&self, encoder_states: &[f32]) -> Result<WhisperCache, String> {
+    /// Token plus learned position embeddings `[tokens, dim]` of `tokens` at positions `past..`,
+    /// refused past Whisper's positions or outside the vocabulary.
+    pub(crate) fn embed_tokens(&self, tokens: &[u32], past: usize) -> Result<Vec<f32>, String> {
+        let c = &self.config;
+        let d = c.dim;
+        if past + tokens.len() > c.max_positions {
+            return Err(format!(
+                "{} tokens exceed Whisper's {} positions",
+                past + tokens.len(),
+                c.max_positions
+            ));
+        }
+        let mut h = Vec::with_capacity(tokens.len() * d);
+        for (i, &t) in tokens.iter().enumerate() {
+            let t = t as usize;
+            if t >= c.vocab {
+                return Err(format!(
+                    "token {t} is outside the vocabulary of {}",
+                    c.vocab
+                ));
+            }
+            let pos = &self.positions[(past + i) * d..][..d];
+            h.extend(
+                self.embed[t * d..(t + 1) * d]
+                    .iter()
+                    .zip(pos)
+                    .map(|(a, b)| a + b),
+            );
+        }
+        Ok(h)
+    }
+
+    /// The frame count of encoder states `[frames, dim]`, refused when they are empty, not whole
+    /// frames of the decoder's width, or not finite.
+    pub(crate) fn frames_of(&self, encoder_states: &[f32]) -> Result<usize, String> {
         let d = self.config.dim;
         if encoder_states.is_empty() || !encoder_states.len().is_multiple_of(d) {
             return Err(format!(
@@ -186,7 +219,12 @@ impl WhisperDecoder {
         if encoder_states.iter().any(|v| !v.is_finite()) {
             return Err("the encoder states hold NaN or infinite values".into());
         }
-        let frames = encoder_states.len() / d;
+        Ok(encoder_states.len() / d)
+    }
+
+    /// A fresh state for one clip's encoder states `[frames, dim]`.
+    pub fn start(&self, encoder_states: &[f32]) -> Result<WhisperCache, String> {
+        let frames = self.frames_of(encoder_states)?;
         let mut cache = WhisperCache {
             frames,
             ..Default::default()
@@ -221,30 +259,7 @@ impl WhisperDecoder {
             );
         }
         let past = cache.len;
-        if past + n > c.max_positions {
-            return Err(format!(
-                "{} tokens exceed Whisper's {} positions",
-                past + n,
-                c.max_positions
-            ));
-        }
-        let mut h = Vec::with_capacity(n * d);
-        for (i, &t) in tokens.iter().enumerate() {
-            let t = t as usize;
-            if t >= c.vocab {
-                return Err(format!(
-                    "token {t} is outside the vocabulary of {}",
-                    c.vocab
-                ));
-            }
-            let pos = &self.positions[(past + i) * d..][..d];
-            h.extend(
-                self.embed[t * d..(t + 1) * d]
-                    .iter()
-                    .zip(pos)
-                    .map(|(a, b)| a + b),
-            );
-        }
+        let mut h = self.embed_tokens(tokens, past)?;
         let hd = d / c.heads;
         for (li, b) in self.blocks.iter().enumerate() {
             let x = b.self_norm.apply(&h);

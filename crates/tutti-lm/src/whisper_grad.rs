@@ -12,7 +12,7 @@
 
 use tutti_nn::layers::erf_f32;
 
-use crate::dense::Norm;
+use crate::dense::{Norm, attend_back, attend_keep, cross_entropy_back, target_rows};
 use crate::llama::{linear, linear_back};
 use crate::whisper::WhisperDecoder;
 
@@ -78,107 +78,6 @@ fn ln_backward(dx: &mut [f32], xhat: &[f32], inv: &[f32], w: &[f32], dy: &[f32])
     }
 }
 
-/// Scaled dot-product attention of `q` `[n, heads * hd]` over `k`, `v` `[m, heads * hd]`
-/// (causal: query `i` sees keys `..= i`), with the probabilities `[heads, n, m]` kept.
-#[allow(clippy::too_many_arguments)]
-fn attn_forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    n: usize,
-    m: usize,
-    heads: usize,
-    hd: usize,
-    causal: bool,
-) -> (Vec<f32>, Vec<f32>) {
-    let w = heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut p = vec![0.0f32; heads * n * m];
-    let mut ctx = vec![0.0f32; n * w];
-    for h in 0..heads {
-        for i in 0..n {
-            let visible = if causal { (i + 1).min(m) } else { m };
-            let qi = &q[i * w + h * hd..][..hd];
-            let row = &mut p[(h * n + i) * m..][..m];
-            let mut max = f32::NEG_INFINITY;
-            for (j, s) in row.iter_mut().enumerate().take(visible) {
-                let kj = &k[j * w + h * hd..][..hd];
-                *s = qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                max = max.max(*s);
-            }
-            let mut sum = 0.0f32;
-            for s in row.iter_mut().take(visible) {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let out = &mut ctx[i * w + h * hd..][..hd];
-            for (j, s) in row.iter_mut().enumerate().take(visible) {
-                *s /= sum;
-                let vj = &v[j * w + h * hd..][..hd];
-                for (o, x) in out.iter_mut().zip(vj) {
-                    *o += *s * x;
-                }
-            }
-        }
-    }
-    (ctx, p)
-}
-
-/// The attention's backward: `dq`, `dk`, `dv` (accumulated) from `dctx`.
-#[allow(clippy::too_many_arguments)]
-fn attn_backward(
-    dctx: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    p: &[f32],
-    n: usize,
-    m: usize,
-    heads: usize,
-    hd: usize,
-    causal: bool,
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
-    let w = heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let mut dp = vec![0.0f32; m];
-    for h in 0..heads {
-        for i in 0..n {
-            let visible = if causal { (i + 1).min(m) } else { m };
-            let row = &p[(h * n + i) * m..][..m];
-            let dci = &dctx[i * w + h * hd..][..hd];
-            let mut weighted = 0.0f32;
-            for j in 0..visible {
-                let vj = &v[j * w + h * hd..][..hd];
-                dp[j] = dci.iter().zip(vj).map(|(a, b)| a * b).sum();
-                weighted += row[j] * dp[j];
-                let dvj = &mut dv[j * w + h * hd..][..hd];
-                for (d, g) in dvj.iter_mut().zip(dci) {
-                    *d += row[j] * g;
-                }
-            }
-            let qi = &q[i * w + h * hd..][..hd];
-            for j in 0..visible {
-                let ds = row[j] * (dp[j] - weighted) * scale;
-                if ds == 0.0 {
-                    continue;
-                }
-                let kj = &k[j * w + h * hd..][..hd];
-                let dqi = &mut dq[i * w + h * hd..][..hd];
-                for (d, x) in dqi.iter_mut().zip(kj) {
-                    *d += ds * x;
-                }
-                let dkj = &mut dk[j * w + h * hd..][..hd];
-                for (d, x) in dkj.iter_mut().zip(qi) {
-                    *d += ds * x;
-                }
-            }
-        }
-    }
-}
-
 /// What one block's forward keeps for its backward.
 struct Saved {
     xhat1: Vec<f32>,
@@ -215,16 +114,7 @@ impl WhisperDecoder {
         let c = &self.config;
         let (d, heads) = (c.dim, c.heads);
         let hd = d / heads;
-        if encoder_states.is_empty() || !encoder_states.len().is_multiple_of(d) {
-            return Err(format!(
-                "{} encoder values are not a whole number of {d}-wide frames",
-                encoder_states.len()
-            ));
-        }
-        if encoder_states.iter().any(|v| !v.is_finite()) {
-            return Err("the encoder states hold NaN or infinite values".into());
-        }
-        let frames = encoder_states.len() / d;
+        let frames = self.frames_of(encoder_states)?;
         let n = tokens.len();
         if n == 0 {
             return Err("an empty sequence".into());
@@ -232,52 +122,17 @@ impl WhisperDecoder {
         if targets.len() != n {
             return Err(format!("{} targets for {n} positions", targets.len()));
         }
-        if n > c.max_positions {
-            return Err(format!(
-                "{n} tokens exceed Whisper's {} positions",
-                c.max_positions
-            ));
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
-            return Err(format!(
-                "token {t} is outside the vocabulary of {}",
-                c.vocab
-            ));
-        }
-        let rows: Vec<(usize, usize)> = targets
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.map(|t| (i, t as usize)))
-            .collect();
-        if let Some(&(_, t)) = rows.iter().find(|(_, t)| *t >= c.vocab) {
-            return Err(format!(
-                "target {t} is outside the vocabulary of {}",
-                c.vocab
-            ));
-        }
-        if rows.is_empty() {
-            return Err("no position has a target".into());
-        }
+        let rows = target_rows(targets, c.vocab)?;
 
         // Forward, keeping what the backward needs.
-        let mut h = Vec::with_capacity(n * d);
-        for (i, &t) in tokens.iter().enumerate() {
-            let t = t as usize;
-            let pos = &self.positions[i * d..][..d];
-            h.extend(
-                self.embed[t * d..(t + 1) * d]
-                    .iter()
-                    .zip(pos)
-                    .map(|(a, b)| a + b),
-            );
-        }
+        let mut h = self.embed_tokens(tokens, 0)?;
         let mut saved = Vec::with_capacity(self.blocks.len());
         for b in &self.blocks {
             let (x1, xhat1, r1) = ln_forward(&h, &b.self_norm);
             let q1 = b.self_attn.q.apply(&x1, n);
             let k1 = b.self_attn.k.apply(&x1, n);
             let v1 = b.self_attn.v.apply(&x1, n);
-            let (ctx1, p1) = attn_forward(&q1, &k1, &v1, n, n, heads, hd, true);
+            let (ctx1, p1) = attend_keep(&q1, &k1, &v1, n, n, heads, heads, hd, Some(0));
             let o = b.self_attn.o.apply(&ctx1, n);
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
@@ -285,7 +140,7 @@ impl WhisperDecoder {
             let q2 = b.cross_attn.q.apply(&x2, n);
             let k2 = b.cross_attn.k.apply(encoder_states, frames);
             let v2 = b.cross_attn.v.apply(encoder_states, frames);
-            let (ctx2, p2) = attn_forward(&q2, &k2, &v2, n, frames, heads, hd, false);
+            let (ctx2, p2) = attend_keep(&q2, &k2, &v2, n, frames, heads, heads, hd, None);
             let o = b.cross_attn.o.apply(&ctx2, n);
             h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
@@ -324,16 +179,7 @@ impl WhisperDecoder {
             picked.extend_from_slice(&xn[i * d..(i + 1) * d]);
         }
         let mut dlogits = linear(&picked, m, &self.embed, c.vocab, d);
-        let mut loss = 0.0f64;
-        for (r, &(_, t)) in dlogits.chunks_exact_mut(c.vocab).zip(&rows) {
-            let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f64 = r.iter().map(|&v| ((v - max) as f64).exp()).sum();
-            loss += sum.ln() + max as f64 - r[t] as f64;
-            for v in r.iter_mut() {
-                *v = (((*v - max) as f64).exp() / sum / m as f64) as f32;
-            }
-            r[t] -= 1.0 / m as f32;
-        }
+        let loss = cross_entropy_back(&mut dlogits, &rows, c.vocab);
         let mut dpicked = vec![0.0f32; m * d];
         linear_back(&mut dpicked, &dlogits, m, &self.embed, c.vocab, d);
         let mut dxn = vec![0.0f32; n * d];
@@ -365,9 +211,16 @@ impl WhisperDecoder {
             let mut dq = vec![0.0f32; n * d];
             let mut dk = vec![0.0f32; frames * d];
             let mut dv = vec![0.0f32; frames * d];
-            attn_backward(
-                &dctx, &s.q2, &s.k2, &s.v2, &s.p2, n, frames, heads, hd, false, &mut dq, &mut dk,
-                &mut dv,
+            attend_back(
+                &dctx,
+                (&s.q2, &s.k2, &s.v2, &s.p2),
+                n,
+                frames,
+                heads,
+                heads,
+                hd,
+                None,
+                (&mut dq, &mut dk, &mut dv),
             );
             linear_back(&mut dstates, &dk, frames, &b.cross_attn.k.w, d, d);
             linear_back(&mut dstates, &dv, frames, &b.cross_attn.v.w, d, d);
@@ -381,8 +234,16 @@ impl WhisperDecoder {
             let mut dq = vec![0.0f32; n * d];
             let mut dk = vec![0.0f32; n * d];
             let mut dv = vec![0.0f32; n * d];
-            attn_backward(
-                &dctx, &s.q1, &s.k1, &s.v1, &s.p1, n, n, heads, hd, true, &mut dq, &mut dk, &mut dv,
+            attend_back(
+                &dctx,
+                (&s.q1, &s.k1, &s.v1, &s.p1),
+                n,
+                n,
+                heads,
+                heads,
+                hd,
+                Some(0),
+                (&mut dq, &mut dk, &mut dv),
             );
             let mut dx1 = vec![0.0f32; n * d];
             linear_back(&mut dx1, &dq, n, &b.self_attn.q.w, d, d);
@@ -391,7 +252,7 @@ impl WhisperDecoder {
             ln_backward(&mut dh, &s.xhat1, &s.r1, &b.self_norm.w, &dx1);
         }
         Ok(StatesGrad {
-            loss: loss / m as f64,
+            loss,
             targets: m,
             grad: dstates,
         })
