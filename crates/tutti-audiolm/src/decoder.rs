@@ -164,13 +164,7 @@ impl WhisperLm {
             &[self.eot],
             |t| {
                 seq.push(t);
-                let text = decode(&seq);
-                if text.len() > shown.len() && text.starts_with(shown.as_str()) {
-                    let more = text[shown.len()..].to_string();
-                    shown = text;
-                    return on_text(&more);
-                }
-                true
+                stream_growth(decode(&seq), &mut shown, &mut on_text)
             },
         )?;
         let ids: Vec<u32> = ids.into_iter().filter(|&t| t != self.eot).collect();
@@ -246,8 +240,20 @@ pub enum LmKind {
 
 /// Whether `path` is a Whisper model directory (`config.json` with `"model_type": "whisper"`).
 pub fn is_whisper_dir(path: &Path) -> bool {
-    std::fs::read_to_string(path.join("config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v.get("model_type").and_then(|m| m.as_str()) == Some("whisper"))
+    crate::train::model_type(path).is_ok_and(|t| t == "whisper")
+}
+
+/// Pass on what a growing decoded answer adds since `shown` (multi-byte characters can span
+/// tokens, so the text is decoded whole each time); returns `on_text`'s verdict.
+pub(crate) fn stream_growth(
+    text: String,
+    shown: &mut String,
+    on_text: &mut impl FnMut(&str) -> bool,
+) -> bool {
+    if text.len() > shown.len() && text.starts_with(shown.as_str()) {
+        let more = text[shown.len()..].to_string();
+        *shown = text;
+        return on_text(&more);
+    }
+    true
 }

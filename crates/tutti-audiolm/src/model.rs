@@ -331,27 +331,19 @@ impl AudioLm {
                 adapter,
                 config,
             } => {
-                let out = encoder
-                    .encode(&[waveform], ForwardOptions::default())
-                    .map_err(|e| e.to_string())?;
-                let hidden = out.hidden_states.last().expect("hidden states").clone();
-                let (tokens, counts) = audio_tokens(hidden, &out.lengths, adapter, config);
+                let (hidden, lengths) = last_hidden(encoder.as_ref(), &[waveform], false)?;
+                let (tokens, counts) = audio_tokens(hidden, &lengths, adapter, config);
                 let [_, width, dim] = tokens.dims();
                 let values = tutti_nn::layers::values(tokens);
                 Ok((rows(&values, 0, width, counts[0], dim).to_vec(), None))
             }
             Front::Fusion(f) => f.audio_tokens(waveform, instruction),
             Front::Direct { encoder } => {
-                let out = encoder
-                    .encode(&[waveform], ForwardOptions::default())
-                    .map_err(|e| e.to_string())?;
-                let hidden = out.hidden_states.last().expect("hidden states").clone();
+                let (hidden, lengths) = last_hidden(encoder.as_ref(), &[waveform], false)?;
                 let [_, frames, dim] = hidden.dims();
                 let values = tutti_nn::layers::values(hidden);
-                Ok((
-                    rows(&values, 0, frames, out.lengths[0].min(frames), dim).to_vec(),
-                    None,
-                ))
+                let len = lengths[0].min(frames);
+                Ok((rows(&values, 0, frames, len, dim).to_vec(), None))
             }
         }
     }
@@ -391,15 +383,9 @@ impl AudioLm {
         let mut ids = vec![first];
         let mut shown = String::new();
         let tokenizer = &lm.tokenizer;
-        // Stream the decoded text's growth (multi-byte characters can span tokens).
         let mut emit = |ids: &[u32], shown: &mut String| -> bool {
             let text = tokenizer.decode(ids, true).unwrap_or_default();
-            if text.len() > shown.len() && text.starts_with(shown.as_str()) {
-                let more = text[shown.len()..].to_string();
-                *shown = text;
-                return on_text(&more);
-            }
-            true
+            crate::decoder::stream_growth(text, shown, &mut on_text)
         };
         let mut go = emit(&ids, &mut shown);
         if go && !stop.contains(&first) && max_new > 1 {

@@ -304,7 +304,7 @@ impl TrainedEncoder {
 }
 
 /// A model directory's `model_type` (`config.json`).
-fn model_type(dir: &Path) -> Result<String, AlignError> {
+pub(crate) fn model_type(dir: &Path) -> Result<String, AlignError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         err(
@@ -454,18 +454,14 @@ impl AlignRun {
         let (mut encoder_moments, mut adapter_moments) = (Moments::default(), Moments::default());
         if let Some(ckpt) = checkpoint {
             encoder.load(&ckpt.join(ENCODER_WEIGHTS))?;
+            // Loaded values are fresh leaves: make the trained ones tracked again.
+            encoder.retrack(&mask);
+            let entries = read_moments(&ckpt.join(MOMENTS))?;
+            encoder_moments = optim::moments_from("encoder", mask.len(), &entries);
             if let Some((a, _)) = adapter.as_mut() {
                 tutti_nn::load_safetensors_strict(a, &ckpt.join(ADAPTER_WEIGHTS), &[], &[])
                     .map_err(|e| AlignError(e.to_string()))?;
-            }
-            // Loaded values are fresh leaves: make the trained ones tracked again.
-            encoder.retrack(&mask);
-            if let Some((a, _)) = adapter.as_mut() {
                 *a = retrack(a.clone(), &vec![true; optim::count(a)]);
-            }
-            let entries = read_moments(&ckpt.join(MOMENTS))?;
-            encoder_moments = optim::moments_from("encoder", mask.len(), &entries);
-            if let Some((a, _)) = &adapter {
                 adapter_moments = optim::moments_from("adapter", optim::count(a), &entries);
             }
             let path = ckpt.join(TRAINER);

@@ -166,8 +166,10 @@ fn decoder_states_gradient_matches_autograd() {
     }
     assert!((ce / count as f64 - g.loss).abs() < 1e-5);
 
-    // Finite differences on a few state values.
-    for &k in &[0usize, 37, 100, states.len() - 1] {
+    // Finite differences on the three state values with the largest gradient.
+    let mut order: Vec<usize> = (0..g.grad.len()).collect();
+    order.sort_by(|&a, &b| g.grad[b].abs().total_cmp(&g.grad[a].abs()));
+    for &k in &order[..3] {
         let eps = 1e-2f32;
         let mut plus = states.clone();
         plus[k] += eps;
@@ -183,7 +185,7 @@ fn decoder_states_gradient_matches_autograd() {
             .loss;
         let fd = ((lp - lm) / (2.0 * eps as f64)) as f32;
         assert!(
-            (fd - g.grad[k]).abs() < 0.05 * scale,
+            (fd - g.grad[k]).abs() < 0.05 * g.grad[k].abs(),
             "value {k}: finite difference {fd} vs {}",
             g.grad[k]
         );
